@@ -1,0 +1,252 @@
+"""Datasets as host arrays, and the on-device batching and augmentation.
+
+Loading (host, once): `load_dataset(config)` returns uint8 NHWC images and
+int32 labels for train / val / test from one of
+  * `cifar10` via TFDS (downloads into the TFDS data dir on a networked machine),
+  * `cifar10` from a local copy of the standard python archive
+    (`cifar-10-python.tar.gz` or its `cifar-10-batches-py/` folder), when
+    `config.data_dir` is set,
+  * `fake`: random images of any size, for smoke runs and benchmarks.
+The validation split is held out of train with a fixed seed, so it is the same
+whatever the training seed.
+
+Batching (device, every step): the whole split lives on the device as uint8;
+a batch is a gather by indices from a per-epoch permutation that is a pure
+function of (seed, epoch), followed by random crop + flip + normalization, all
+inside the jitted train step. Nothing but two integers crosses from host to
+device per step, and a resumed run sees exactly the batches it would have seen.
+
+TensorFlow / TFDS are imported only on the TFDS path.
+"""
+
+import dataclasses
+import os
+import pickle
+import tarfile
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+DATASETS = ('cifar10', 'fake')
+
+CIFAR10_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog',
+                   'frog', 'horse', 'ship', 'truck')
+# Per-channel statistics of the full CIFAR-10 training set (0..1 scale).
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+_CIFAR_TRAIN_FILES = tuple(f'data_batch_{i}' for i in range(1, 6))
+_CIFAR_TEST_FILE = 'test_batch'
+_CIFAR_DIRNAME = 'cifar-10-batches-py'
+
+
+class DataError(Exception):
+  """A dataset cannot be loaded; the message says what to do about it."""
+
+
+@dataclasses.dataclass
+class Split:
+  images: np.ndarray  # uint8 [N, H, W, C]
+  labels: np.ndarray  # int32 [N]
+
+  def __len__(self):
+    return len(self.labels)
+
+
+@dataclasses.dataclass
+class Dataset:
+  train: Split
+  val: Optional[Split]  # None when val_fraction == 0
+  test: Split
+  num_classes: int
+  mean: tuple = CIFAR10_MEAN
+  std: tuple = CIFAR10_STD
+
+
+# --- CIFAR-10 from the standard python archive --------------------------------
+
+def _read_cifar_batch(name: str, data: bytes) -> Split:
+  try:
+    d = pickle.loads(data, encoding='latin1')
+    images = np.asarray(d['data'], dtype=np.uint8)
+    labels = np.asarray(d['labels'], dtype=np.int32)
+  except Exception as e:  # pickle raises many types on truncated input.
+    raise DataError(f'CIFAR-10 batch file {name} is truncated or corrupt '
+                    f'({type(e).__name__}: {e}); re-extract the archive') from None
+  if images.ndim != 2 or images.shape[1] != 3072 or len(images) != len(labels):
+    raise DataError(f'CIFAR-10 batch file {name} has data of shape '
+                    f'{images.shape} and {len(labels)} labels; expected Nx3072 '
+                    'and N labels')
+  if len(labels) and (labels.min() < 0 or labels.max() >= 10):
+    raise DataError(f'CIFAR-10 batch file {name} has labels outside 0..9')
+  # Rows hold 1024 red, 1024 green, 1024 blue values, each plane row-major.
+  images = images.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+  return Split(np.ascontiguousarray(images), labels)
+
+
+def _concat(splits):
+  return Split(np.concatenate([s.images for s in splits]),
+               np.concatenate([s.labels for s in splits]))
+
+
+def load_cifar10_archive(path: str):
+  """(train, test) Splits from a CIFAR-10 python archive, folder or tarball.
+
+  `path` may be `cifar-10-python.tar.gz`, the extracted `cifar-10-batches-py/`
+  folder, or a folder that contains either. Batch files may hold any number of
+  images.
+  """
+  path = os.path.expanduser(path)
+  if not os.path.exists(path):
+    raise DataError(f'data_dir {path!r} does not exist; point '
+                    '--config.data_dir at cifar-10-python.tar.gz or its '
+                    f'extracted {_CIFAR_DIRNAME}/ folder')
+  if os.path.isdir(path):
+    for candidate in (os.path.join(path, _CIFAR_DIRNAME),
+                      os.path.join(path, 'cifar-10-python.tar.gz')):
+      if os.path.exists(candidate) and not os.path.exists(
+          os.path.join(path, _CIFAR_TEST_FILE)):
+        return load_cifar10_archive(candidate)
+    files = {}
+    for name in _CIFAR_TRAIN_FILES + (_CIFAR_TEST_FILE,):
+      f = os.path.join(path, name)
+      if os.path.isfile(f):
+        with open(f, 'rb') as fh:
+          files[name] = fh.read()
+  elif tarfile.is_tarfile(path):
+    files = {}
+    try:
+      with tarfile.open(path) as tar:
+        for member in tar.getmembers():
+          name = os.path.basename(member.name)
+          if member.isfile() and name in _CIFAR_TRAIN_FILES + (_CIFAR_TEST_FILE,):
+            files[name] = tar.extractfile(member).read()
+    except (tarfile.TarError, EOFError, OSError) as e:
+      raise DataError(f'data_dir {path!r} is a truncated or corrupt tarball '
+                      f'({e}); download cifar-10-python.tar.gz again') from None
+  else:
+    raise DataError(f'data_dir {path!r} is not a CIFAR-10 archive: expected '
+                    f'cifar-10-python.tar.gz or a {_CIFAR_DIRNAME}/ folder')
+  missing = [n for n in _CIFAR_TRAIN_FILES + (_CIFAR_TEST_FILE,) if n not in files]
+  if missing:
+    raise DataError(f'data_dir {path!r} is not a CIFAR-10 archive: missing '
+                    f'{", ".join(missing)} (expected data_batch_1..5 and '
+                    'test_batch in the python pickle format)')
+  train = _concat([_read_cifar_batch(n, files[n]) for n in _CIFAR_TRAIN_FILES])
+  test = _read_cifar_batch(_CIFAR_TEST_FILE, files[_CIFAR_TEST_FILE])
+  return train, test
+
+
+# --- CIFAR-10 through TFDS ------------------------------------------------------
+
+def load_cifar10_tfds(tfds_data_dir: Optional[str] = None):
+  """(train, test) Splits of TFDS `cifar10`, downloading it if needed."""
+  import tensorflow_datasets as tfds  # Lazy: only this path needs TF.
+
+  try:
+    builder = tfds.builder('cifar10', data_dir=tfds_data_dir)
+    builder.download_and_prepare()
+    out = []
+    for split in ('train', 'test'):
+      ds = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+      out.append(Split(np.asarray(ds['image'], np.uint8),
+                       np.asarray(ds['label'], np.int32)))
+  except Exception as e:  # Download/IO failures surface as many exception types.
+    where = tfds_data_dir or '~/tensorflow_datasets'
+    raise DataError(
+        f'could not load TFDS cifar10 into {where} ({type(e).__name__}: '
+        f'{str(e).splitlines()[0] if str(e) else ""}). Without network access, '
+        'download cifar-10-python.tar.gz from '
+        'https://www.cs.toronto.edu/~kriz/cifar.html elsewhere and pass '
+        '--config.data_dir=/path/to/cifar-10-python.tar.gz (or its extracted '
+        f'{_CIFAR_DIRNAME}/ folder)') from None
+  return out[0], out[1]
+
+
+# --- Fake data ------------------------------------------------------------------
+
+def load_fake(num_train: int, num_test: int, image_size: int, num_classes: int,
+              seed: int = 0):
+  """Random uint8 images and labels of the right shapes; no download."""
+  rng = np.random.default_rng(seed)
+
+  def split(n):
+    return Split(
+        rng.integers(0, 256, (n, image_size, image_size, 3), dtype=np.uint8),
+        rng.integers(0, num_classes, (n,), dtype=np.int32))
+
+  return split(num_train), split(num_test)
+
+
+# --- Assembly -------------------------------------------------------------------
+
+def hold_out_validation(train: Split, fraction: float, seed: int = 0):
+  """(train, val) with `fraction` of train held out by a fixed-seed shuffle."""
+  if not 0 <= fraction < 1:
+    raise DataError(f'val_fraction {fraction} must be in [0, 1)')
+  n_val = int(round(len(train) * fraction))
+  if n_val == 0:
+    return train, None
+  perm = np.random.default_rng(seed).permutation(len(train))
+  val_idx, train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+  return (Split(train.images[train_idx], train.labels[train_idx]),
+          Split(train.images[val_idx], train.labels[val_idx]))
+
+
+def load_dataset(config) -> Dataset:
+  """Host-side train/val/test arrays for `config.dataset`."""
+  if config.dataset == 'cifar10':
+    if config.data_dir:
+      train, test = load_cifar10_archive(config.data_dir)
+    else:
+      train, test = load_cifar10_tfds(config.tfds_data_dir or None)
+    num_classes = 10
+  elif config.dataset == 'fake':
+    num_classes = config.num_classes
+    train, test = load_fake(config.fake_num_train, config.fake_num_test,
+                            config.fake_image_size, num_classes)
+  else:
+    raise DataError(f'unknown dataset {config.dataset!r}; valid: '
+                    f'{", ".join(DATASETS)}')
+  train, val = hold_out_validation(train, config.val_fraction)
+  return Dataset(train=train, val=val, test=test, num_classes=num_classes)
+
+
+# --- On-device batching and augmentation ----------------------------------------
+
+def epoch_permutation(seed_key, epoch, num_examples: int):
+  """The order of training examples in `epoch`: a pure function of both."""
+  return jax.random.permutation(jax.random.fold_in(seed_key, epoch),
+                                num_examples)
+
+
+def random_crop_flip(key, images, pad: int = 4, flip: bool = True):
+  """Per-image random crop (after zero-padding by `pad`) and horizontal flip.
+
+  Works on uint8 and keeps the dtype; keys are split per example position in
+  the global batch, so the result does not depend on how it is sharded.
+  """
+  n, h, w, _ = images.shape
+  k_crop, k_flip = jax.random.split(key)
+  padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  offsets = jax.random.randint(k_crop, (n, 2), 0, 2 * pad + 1)
+  flips = jax.random.bernoulli(k_flip, 0.5 if flip else 0., (n,))
+
+  def one(img, off, mirror):
+    img = jax.lax.dynamic_slice(img, (off[0], off[1], 0), (h, w, img.shape[-1]))
+    return jnp.where(mirror, img[:, ::-1], img)
+
+  return jax.vmap(one)(padded, offsets, flips)
+
+
+def normalize(images, mean, std, image_size: Optional[int] = None,
+              dtype=jnp.float32):
+  """uint8 -> standardized float; optionally resized (CIFAR into the 227 net)."""
+  x = images.astype(jnp.float32) / 255.
+  if image_size and image_size != x.shape[1]:
+    x = jax.image.resize(x, (x.shape[0], image_size, image_size, x.shape[3]),
+                         method='bilinear')
+  x = (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+  return x.astype(dtype)

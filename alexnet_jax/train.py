@@ -1,0 +1,387 @@
+"""The training run: the jitted train and eval steps, and the loop around them.
+
+Read top to bottom: config checks and durations, the train state, the train
+step, evaluation, then `train_and_evaluate`, which ties data, checkpoints and
+reporting together. Everything that can fail on bad input fails before the
+workdir is touched.
+"""
+
+import dataclasses
+import json
+import math
+import os
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax.training import train_state
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from alexnet_jax import checkpointing
+from alexnet_jax import input_pipeline
+from alexnet_jax import models
+from alexnet_jax import optim
+from alexnet_jax import reporting
+
+
+class ConfigError(Exception):
+  """The config asks for something that cannot run; the message names it."""
+
+
+class TrainingError(Exception):
+  """Training cannot go on (e.g. the loss stopped being finite)."""
+
+
+def validate_config(config: ml_collections.ConfigDict):
+  """Cheap checks, before any data is read or any file written."""
+  def choice(field, valid):
+    if config[field] not in valid:
+      raise ConfigError(f'unknown {field} {config[field]!r}; valid: '
+                        f'{", ".join(valid)}')
+
+  choice('model', tuple(models.MODELS))
+  choice('dataset', input_pipeline.DATASETS)
+  choice('schedule', optim.SCHEDULES)
+  choice('init', ('',) + models.INIT_SCHEMES)
+  n = jax.device_count()
+  for field in ('batch_size', 'eval_batch_size'):
+    value = config[field]
+    if not isinstance(value, int) or value <= 0:
+      raise ConfigError(f'{field} {value!r} must be a positive integer')
+    if value % n:
+      raise ConfigError(f'{field} {value} is not divisible by the device count '
+                        f'{n}; use a multiple of {n}')
+  if config.num_steps <= 0 and config.num_epochs <= 0:
+    raise ConfigError(f'num_epochs {config.num_epochs} and num_steps '
+                      f'{config.num_steps}: one of them must be positive')
+  if not 0 <= config.val_fraction < 1:
+    raise ConfigError(f'val_fraction {config.val_fraction} must be in [0, 1)')
+  if config.schedule == 'plateau' and config.val_fraction == 0:
+    raise ConfigError("schedule 'plateau' needs a validation split; set "
+                      'val_fraction > 0 or choose step, cosine or constant')
+  if config.dataset == 'cifar10' and config.data_dir and not os.path.exists(
+      os.path.expanduser(config.data_dir)):
+    raise ConfigError(f'data_dir {config.data_dir!r} does not exist; point it '
+                      'at cifar-10-python.tar.gz or its extracted '
+                      'cifar-10-batches-py/ folder')
+
+
+@dataclasses.dataclass(frozen=True)
+class Durations:
+  """Every duration in steps; the one place epochs become steps."""
+  steps_per_epoch: int
+  total_steps: int
+  steps_per_eval: int  # 0: evaluate only at the end.
+  checkpoint_every: int  # 0: only after evaluations and at the end.
+
+  @classmethod
+  def from_config(cls, config, num_train: int):
+    steps_per_epoch = num_train // config.batch_size
+    if steps_per_epoch == 0:
+      raise ConfigError(f'batch_size {config.batch_size} is larger than the '
+                        f'{num_train} training images')
+    total = (config.num_steps if config.num_steps > 0
+             else max(1, int(round(config.num_epochs * steps_per_epoch))))
+    every = int(round(config.eval_every_epochs * steps_per_epoch))
+    return cls(steps_per_epoch, total, max(every, 0),
+               max(config.checkpoint_every_steps, 0))
+
+
+class TrainState(train_state.TrainState):
+  rng: jax.Array  # Dropout and augmentation keys derive from (rng, step).
+  plateau_value: jax.Array  # Last validation top-1 error (plateau schedule).
+
+
+# --- Model, state and shardings ---------------------------------------------
+
+def make_model(config, num_classes: int) -> models.AlexNet:
+  kwargs = dict(num_classes=num_classes, dropout_rate=config.dropout_rate,
+                dtype=jnp.bfloat16 if config.half_precision else jnp.float32)
+  if config.init:
+    kwargs['init_scheme'] = config.init
+  return models.create_model(config.model, **kwargs)
+
+
+def make_mesh():
+  """A 1-D 'data' mesh over every device of every process."""
+  return jax.make_mesh((jax.device_count(),), ('data',),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def create_train_state(model, tx, image_shape, seed: int, mesh):
+  """Shapes first (eval_shape), then init straight into the target shardings."""
+  def init(key):
+    params_key, train_key = jax.random.split(key)
+    x = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
+    params = model.init({'params': params_key}, x, train=False)['params']
+    return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
+                             rng=train_key, plateau_value=jnp.float32(1.))
+
+  key = jax.random.PRNGKey(seed)
+  abstract = jax.eval_shape(init, key)
+  shardings = jax.tree.map(lambda _: NamedSharding(mesh, P()), abstract)
+  state = jax.jit(init, out_shardings=shardings)(key)
+  return state, checkpointing.abstract_with_shardings(abstract, shardings)
+
+
+def put_replicated(array: np.ndarray, mesh) -> jax.Array:
+  """A host array as one global array replicated over the mesh (any process count)."""
+  return jax.make_array_from_callback(
+      array.shape, NamedSharding(mesh, P()), lambda index: array[index])
+
+
+# --- Train step ----------------------------------------------------------------
+
+def _correct(logits, labels, k):
+  top = jax.lax.top_k(logits, k)[1]
+  return (top == labels[:, None]).any(axis=-1).astype(jnp.float32)
+
+
+def cross_entropy(logits, labels, num_classes, label_smoothing=0.):
+  targets = jax.nn.one_hot(labels, num_classes)
+  if label_smoothing:
+    targets = optax.smooth_labels(targets, label_smoothing)
+  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+
+
+def zero_train_metrics(mesh):
+  return jax.device_put({k: jnp.zeros((), jnp.float32)
+                         for k in ('loss', 'top1', 'top5', 'count')},
+                        NamedSharding(mesh, P()))
+
+
+def make_train_step(config, model, num_classes, mean, std, mesh):
+  """jit(step)(state, metrics, images, labels, perm, offset) -> (state, metrics).
+
+  The batch is gathered on device from the uint8 training set by the epoch's
+  permutation, augmented with keys folded from (state.rng, state.step), and
+  sharded over 'data'. `metrics` accumulates sums on device until logged.
+  """
+  batch = config.batch_size
+  image_size = config.image_size or None
+  compute_dtype = model.dtype
+  data_sharding = NamedSharding(mesh, P('data'))
+  plateau = config.schedule == 'plateau'
+
+  def step_fn(state, metrics, images, labels, perm, offset):
+    idx = jax.lax.dynamic_slice_in_dim(perm, offset, batch)
+    idx = jax.lax.with_sharding_constraint(idx, data_sharding)
+    x, y = images[idx], labels[idx]
+    aug_key, dropout_key = jax.random.split(
+        jax.random.fold_in(state.rng, state.step))
+    if config.crop_padding or config.random_flip:
+      x = input_pipeline.random_crop_flip(aug_key, x, config.crop_padding,
+                                          config.random_flip)
+    x = input_pipeline.normalize(x, mean, std, image_size, compute_dtype)
+
+    def loss_fn(params):
+      logits = state.apply_fn({'params': params}, x, train=True,
+                              rngs={'dropout': dropout_key})
+      loss = cross_entropy(logits, y, num_classes, config.label_smoothing)
+      return loss.mean(), logits
+
+    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    extra = {'value': state.plateau_value} if plateau else {}
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params,
+                                         **extra)
+    state = state.replace(step=state.step + 1,
+                          params=optax.apply_updates(state.params, updates),
+                          opt_state=opt_state)
+    metrics = {
+        'loss': metrics['loss'] + loss * batch,
+        'top1': metrics['top1'] + _correct(logits, y, 1).sum(),
+        'top5': metrics['top5'] + _correct(logits, y, min(5, num_classes)).sum(),
+        'count': metrics['count'] + batch,
+    }
+    return state, metrics
+
+  return jax.jit(step_fn, donate_argnums=(0, 1))
+
+
+# --- Evaluation ------------------------------------------------------------------
+
+def make_eval_fn(config, model, num_classes, mean, std, mesh):
+  """jit(eval)(params, images, labels) -> summed loss/top1/top5 over EVERY example.
+
+  The split is walked in fixed-size batches by a scan; the last batch is padded
+  (repeating the final example) and masked, so each example counts once.
+  """
+  batch = config.eval_batch_size
+  data_sharding = NamedSharding(mesh, P('data'))
+
+  def eval_fn(params, images, labels):
+    n = labels.shape[0]
+
+    def body(sums, j):
+      pos = j * batch + jnp.arange(batch)
+      mask = (pos < n).astype(jnp.float32)
+      idx = jax.lax.with_sharding_constraint(jnp.minimum(pos, n - 1),
+                                             data_sharding)
+      x = input_pipeline.normalize(images[idx], mean, std,
+                                   config.image_size or None, model.dtype)
+      y = labels[idx]
+      logits = model.apply({'params': params}, x, train=False)
+      batch_sums = {
+          'loss': cross_entropy(logits, y, num_classes),
+          'top1': _correct(logits, y, 1),
+          'top5': _correct(logits, y, min(5, num_classes)),
+      }
+      return {k: sums[k] + (v * mask).sum() for k, v in batch_sums.items()}, None
+
+    zeros = {k: jnp.zeros((), jnp.float32) for k in ('loss', 'top1', 'top5')}
+    sums, _ = jax.lax.scan(body, zeros, jnp.arange(-(-n // batch)))
+    return sums
+
+  return jax.jit(eval_fn)
+
+
+def evaluate(eval_fn, params, split_arrays):
+  images, labels = split_arrays
+  sums = eval_fn(params, images, labels)
+  n = labels.shape[0]
+  return {k: float(v) / n for k, v in jax.device_get(sums).items()}, sums
+
+
+# --- The run -----------------------------------------------------------------------
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains, evaluating on val as it goes and on test at the end; resumes.
+
+  Returns the final metrics: {'step', 'val': {...} or None, 'test': {...}}.
+  """
+  validate_config(config)
+  data = input_pipeline.load_dataset(config)
+  durations = Durations.from_config(config, len(data.train))
+  mesh = make_mesh()
+  model = make_model(config, data.num_classes)
+  tx, lr_schedule = optim.make_optimizer(
+      config, durations.steps_per_epoch, durations.total_steps,
+      durations.steps_per_eval or durations.total_steps)
+  native = data.train.images.shape[1:]
+  image_shape = ((config.image_size, config.image_size, native[2])
+                 if config.image_size else native)
+  state, abstract_state = create_train_state(model, tx, image_shape,
+                                             config.seed, mesh)
+
+  # Only now, with config, data and model known good, touch the workdir.
+  ckpt = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
+  start_step = ckpt.latest_step() or 0
+  if start_step:
+    state = ckpt.restore(start_step, abstract_state)
+  reporter = reporting.Reporter(workdir, durations.total_steps, start_step)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  n_params = sum(x.size for x in jax.tree.leaves(state.params))
+  reporter.log(
+      f'{config.model}: {n_params:,} parameters | {config.dataset}: '
+      f'{len(data.train)} train / {len(data.val) if data.val else 0} val / '
+      f'{len(data.test)} test | global batch {config.batch_size} = '
+      f'{config.batch_size // jax.device_count()} x {jax.device_count()} '
+      f'devices ({jax.process_count()} processes) | {durations.total_steps} '
+      f'steps ({durations.steps_per_epoch}/epoch)')
+  if start_step:
+    reporter.log(f'resuming from {ckpt.directory} at step {start_step}')
+
+  train_arrays = (put_replicated(data.train.images, mesh),
+                  put_replicated(data.train.labels, mesh))
+  eval_arrays = {name: (put_replicated(s.images, mesh),
+                        put_replicated(s.labels, mesh))
+                 for name, s in (('val', data.val), ('test', data.test)) if s}
+  train_step = make_train_step(config, model, data.num_classes, data.mean,
+                               data.std, mesh)
+  eval_fn = make_eval_fn(config, model, data.num_classes, data.mean, data.std,
+                         mesh)
+  data_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0x5eed)
+  permutation = jax.jit(input_pipeline.epoch_permutation, static_argnums=2,
+                        out_shardings=NamedSharding(mesh, P()))
+
+  def learning_rate(step):
+    return float(lr_schedule(step)) * float(optim.plateau_scale(state.opt_state))
+
+  def evaluate_split(name, step):
+    metrics, sums = evaluate(eval_fn, state.params, eval_arrays[name])
+    reporter.write(step, name, epoch=step / durations.steps_per_epoch,
+                   **metrics)
+    reporter.log(f'{name:>5} @ step {step}: loss {metrics["loss"]:.4f} | top1 '
+                 f'{100 * metrics["top1"]:.2f}% | top5 '
+                 f'{100 * metrics["top5"]:.2f}%')
+    return metrics, sums
+
+  step = start_step
+  perm_epoch, perm = None, None
+  metrics_acc = zero_train_metrics(mesh)
+  stopwatch = reporting.Stopwatch()
+  val_metrics = None
+  try:
+    while step < durations.total_steps:
+      epoch, index = divmod(step, durations.steps_per_epoch)
+      if epoch != perm_epoch:
+        perm_epoch, perm = epoch, permutation(data_key, epoch, len(data.train))
+      state, metrics_acc = train_step(
+          state, metrics_acc, *train_arrays, perm,
+          np.int32(index * config.batch_size))
+      step += 1
+      if step == start_step + 1:  # Leave compilation out of the timings.
+        jax.block_until_ready(metrics_acc)
+        stopwatch.reset(step)
+        metrics_acc = zero_train_metrics(mesh)
+        continue
+
+      last = step == durations.total_steps
+      if step % config.log_every_steps == 0 or last:
+        m = jax.device_get(metrics_acc)
+        metrics_acc = zero_train_metrics(mesh)
+        count = max(m['count'], 1)
+        loss = m['loss'] / count
+        if not math.isfinite(loss):
+          raise TrainingError(
+              f'non-finite training loss ({loss}) at step {step}; stopped '
+              f'without saving. The last good checkpoint (step '
+              f'{ckpt.latest_step()}) is kept; lower --config.learning_rate '
+              'and rerun to resume from it')
+        seconds = stopwatch.rate(step)
+        images_per_sec = config.batch_size / seconds
+        stopwatch.reset(step)
+        lr = learning_rate(step)
+        reporter.write(step, 'train', epoch=step / durations.steps_per_epoch,
+                       loss=loss, top1=m['top1'] / count,
+                       top5=m['top5'] / count, lr=lr,
+                       images_per_sec=images_per_sec)
+        reporter.progress(step, step / durations.steps_per_epoch, loss,
+                          m['top1'] / count, lr, images_per_sec, seconds)
+
+      eval_now = (durations.steps_per_eval and
+                  step % durations.steps_per_eval == 0) or last
+      if eval_now and 'val' in eval_arrays:
+        val_metrics, sums = evaluate_split('val', step)
+        state = state.replace(plateau_value=1. - sums['top1'] / len(data.val))
+        ckpt.save(step, state, {checkpointing.BEST_METRIC: val_metrics['top1']})
+      elif eval_now or (durations.checkpoint_every and
+                        step % durations.checkpoint_every == 0):
+        ckpt.save(step, state)
+      reporter.flush()
+
+    if val_metrics is None and 'val' in eval_arrays:
+      val_metrics, _ = evaluate_split('val', step)
+    test_metrics, _ = evaluate_split('test', step)
+    best = ckpt.best_step()
+    final = {'step': step, 'val': val_metrics, 'test': test_metrics,
+             'best_val_step': best}
+    if jax.process_index() == 0:
+      with open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:
+        json.dump(final, f, indent=2)
+    reporter.log(f'done: step {step} | test top1 '
+                 f'{100 * test_metrics["top1"]:.2f}% | best val checkpoint: '
+                 f'step {best}')
+    return final
+  finally:
+    ckpt.close()
+    reporter.close()

@@ -1,0 +1,73 @@
+"""Every config field, with its default. Other configs start from here.
+
+Durations may be given in epochs or steps (a step count > 0 wins); the trainer
+turns them into steps in one place (`train.Durations`).
+"""
+
+import ml_collections
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+
+  # --- Model -------------------------------------------------------------
+  # One of models.MODELS: alexnet_paper (2012 two-tower net, 227x227),
+  # alexnet_paper_one_tower, alexnet_torchvision (224x224), alexnet_cifar
+  # (32x32), alexnet_tiny (tests only).
+  c.model = 'alexnet_paper'
+  # Initialization: '' keeps the preset's own; 'paper' (N(0, 0.01), biases 1
+  # on conv2/4/5 and fc6/7), 'caffe' (bvlc_alexnet's), 'he' (variance scaling).
+  c.init = ''
+  c.dropout_rate = 0.5
+  # Model input side in pixels; 0 = the images' own size. Images of another
+  # size are resized on the device (bilinear), e.g. CIFAR 32 -> 227.
+  c.image_size = 0
+  # Compute in bfloat16 (parameters and optimizer state stay float32). Use on
+  # GPU/TPU; on CPU bfloat16 convolutions are slower than float32.
+  c.half_precision = False
+
+  # --- Data --------------------------------------------------------------
+  c.dataset = 'cifar10'  # 'cifar10' or 'fake'.
+  # Local copy of CIFAR-10 (cifar-10-python.tar.gz or cifar-10-batches-py/).
+  # Empty: load through TFDS, downloading on first use.
+  c.data_dir = ''
+  c.tfds_data_dir = ''  # Empty: TFDS's default (~/tensorflow_datasets).
+  # Fraction of the training images held out for validation (model selection,
+  # the best checkpoint, the plateau schedule). 0 disables validation.
+  c.val_fraction = 0.1
+  # Random crop after zero-padding by this many pixels (0: off); random flip.
+  c.crop_padding = 4
+  c.random_flip = True
+  # Shapes of the 'fake' dataset.
+  c.num_classes = 1000  # For 'fake' only; cifar10 has 10.
+  c.fake_image_size = 227
+  c.fake_num_train = 512
+  c.fake_num_test = 128
+
+  # --- Optimization: SGD with momentum in the paper's update rule ---------
+  # v <- momentum * v - weight_decay * lr * w - lr * g;  w <- w + v
+  c.batch_size = 128  # Global, over all devices; must divide by device count.
+  c.eval_batch_size = 500  # Global; padded and masked at the split's end.
+  c.learning_rate = 0.01
+  c.momentum = 0.9
+  c.weight_decay = 5e-4  # On conv/FC kernels; biases are not decayed.
+  # 'plateau': the paper's /10 when validation error stops improving,
+  # `plateau_reductions` times; 'step': x`lr_step_factor` at each of
+  # `lr_step_epochs`; 'cosine': linear warmup then cosine to 0; 'constant'.
+  c.schedule = 'plateau'
+  c.warmup_epochs = 0.0
+  c.lr_step_epochs = (30, 60, 80)
+  c.lr_step_factor = 0.1
+  c.plateau_patience = 5  # Evaluations without improvement before /10.
+  c.plateau_reductions = 3
+  c.label_smoothing = 0.0
+
+  # --- Duration and bookkeeping -------------------------------------------
+  c.num_epochs = 90.0  # The paper trained "roughly 90 cycles".
+  c.num_steps = -1  # > 0 overrides num_epochs.
+  c.eval_every_epochs = 1.0
+  c.log_every_steps = 50
+  c.checkpoint_every_steps = 1000  # Also after every evaluation and at the end.
+  c.keep_checkpoints = 3  # The latest K; the best by val top-1 is kept too.
+  c.seed = 0
+  return c
