@@ -141,28 +141,58 @@ def load_cifar10_archive(path: str):
 
 # --- CIFAR-10 through TFDS ------------------------------------------------------
 
+# Where TFDS's cifar10 builder downloads the archive from.
+_CIFAR10_HOST = 'www.cs.toronto.edu'
+
+
+def _offline_message(where: str, reason: str) -> str:
+  return (f'could not download TFDS cifar10 into {where} ({reason}). Without '
+          'network access, download cifar-10-python.tar.gz from '
+          'https://www.cs.toronto.edu/~kriz/cifar.html elsewhere and pass '
+          '--config.data_dir=/path/to/cifar-10-python.tar.gz (or its extracted '
+          f'{_CIFAR_DIRNAME}/ folder)')
+
+
+def _check_reachable(host: str, timeout: float = 10.):
+  """Fails in seconds, not after minutes of TFDS download retries."""
+  import socket
+  try:
+    socket.create_connection((host, 443), timeout=timeout).close()
+    return None
+  except OSError as e:
+    return f'{host} is unreachable: {e}'
+
+
 def load_cifar10_tfds(tfds_data_dir: Optional[str] = None):
   """(train, test) Splits of TFDS `cifar10`, downloading it if needed."""
   import tensorflow_datasets as tfds  # Lazy: only this path needs TF.
 
-  try:
-    builder = tfds.builder('cifar10', data_dir=tfds_data_dir)
-    builder.download_and_prepare()
+  def load(download):
+    splits = tfds.load('cifar10', split=['train', 'test'], batch_size=4096,
+                       data_dir=tfds_data_dir, download=download)
     out = []
-    for split in ('train', 'test'):
-      ds = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
-      out.append(Split(np.asarray(ds['image'], np.uint8),
-                       np.asarray(ds['label'], np.int32)))
-  except Exception as e:  # Download/IO failures surface as many exception types.
-    where = tfds_data_dir or '~/tensorflow_datasets'
-    raise DataError(
-        f'could not load TFDS cifar10 into {where} ({type(e).__name__}: '
-        f'{str(e).splitlines()[0] if str(e) else ""}). Without network access, '
-        'download cifar-10-python.tar.gz from '
-        'https://www.cs.toronto.edu/~kriz/cifar.html elsewhere and pass '
-        '--config.data_dir=/path/to/cifar-10-python.tar.gz (or its extracted '
-        f'{_CIFAR_DIRNAME}/ folder)') from None
-  return out[0], out[1]
+    for ds in splits:
+      batches = list(tfds.as_numpy(ds))
+      out.append(Split(
+          np.concatenate([b['image'] for b in batches]).astype(np.uint8),
+          np.concatenate([b['label'] for b in batches]).astype(np.int32)))
+    return tuple(out)
+
+  try:
+    return load(download=False)  # Already prepared: no network needed.
+  except AssertionError:  # TFDS's "could not find data in <dir>".
+    pass
+  where = tfds_data_dir or os.environ.get('TFDS_DATA_DIR',
+                                          '~/tensorflow_datasets')
+  unreachable = _check_reachable(_CIFAR10_HOST)
+  if unreachable:
+    raise DataError(_offline_message(where, unreachable))
+  try:
+    return load(download=True)
+  except Exception as e:  # Network failures come as many exception types.
+    first_line = str(e).strip().splitlines()[0] if str(e).strip() else ''
+    raise DataError(_offline_message(
+        where, f'{type(e).__name__}: {first_line}')) from None
 
 
 # --- Fake data ------------------------------------------------------------------

@@ -7,6 +7,7 @@ Bad input ends with one line on stderr, `error: ...`, and exit status 2.
 """
 
 import os
+import re
 import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # Before TF/XLA load.
@@ -31,17 +32,42 @@ USER_ERRORS = (train.ConfigError, input_pipeline.DataError,
                checkpointing.CheckpointError, train.TrainingError)
 
 
+def fail(message: str):
+  """One line on stderr, exit status 2: the bad-input contract."""
+  print(f'error: {" ".join(str(message).split())}', file=sys.stderr,
+        flush=True)
+  sys.exit(2)
+
+
+def parse_flags(argv):
+  """absl parsing, with unknown or ill-typed --config.* values as one line."""
+  try:
+    return FLAGS(argv)
+  except (AttributeError, KeyError) as e:  # ml_collections: no such field.
+    text = str(e).replace('\\n', ' ').replace('\\', '')
+    key = re.search(r"'([^']+)'", text)
+    hint = re.search(r'Did you mean "([^"]+)"', text)
+    fail(f'unknown config key {key.group(1) if key else text!r}'
+         + (f' (did you mean {hint.group(1)!r}?)' if hint else '')
+         + '; every field is listed in configs/default.py')
+  except flags.Error as e:
+    fail(e)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   if not FLAGS['verbosity'].present:  # orbax logs every save at INFO.
     logging.set_verbosity(logging.WARNING)
   try:
+    FLAGS.config.get('model')  # A config file that failed to load raises here.
+  except (OSError, SyntaxError, ImportError) as e:
+    fail(f'cannot load --config: {str(e).strip().splitlines()[-1].strip()}')
+  try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except USER_ERRORS as e:
-    print(f'error: {e}', file=sys.stderr, flush=True)
-    sys.exit(2)
+    fail(e)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -61,7 +61,7 @@ def make_optimizer(config, steps_per_epoch: int, total_steps: int,
   ]
   if config.schedule == 'plateau':
     chain.append(optax.contrib.reduce_on_plateau(
-        factor=0.1, patience=config.plateau_patience, rtol=0., atol=0.,
+        factor=0.1, patience=config.plateau_patience,
         accumulation_size=steps_per_eval,
         min_scale=0.1 ** config.plateau_reductions))
   chain.append(optax.trace(decay=config.momentum, nesterov=False))

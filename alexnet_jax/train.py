@@ -336,7 +336,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         continue
 
       last = step == durations.total_steps
-      if step % config.log_every_steps == 0 or last:
+      eval_now = (durations.steps_per_eval and
+                  step % durations.steps_per_eval == 0) or last
+      save_now = eval_now or (durations.checkpoint_every and
+                              step % durations.checkpoint_every == 0)
+      # Logging is also the finite-loss check, so it runs before every save.
+      if step % config.log_every_steps == 0 or save_now:
         m = jax.device_get(metrics_acc)
         metrics_acc = zero_train_metrics(mesh)
         count = max(m['count'], 1)
@@ -358,14 +363,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         reporter.progress(step, step / durations.steps_per_epoch, loss,
                           m['top1'] / count, lr, images_per_sec, seconds)
 
-      eval_now = (durations.steps_per_eval and
-                  step % durations.steps_per_eval == 0) or last
       if eval_now and 'val' in eval_arrays:
         val_metrics, sums = evaluate_split('val', step)
         state = state.replace(plateau_value=1. - sums['top1'] / len(data.val))
         ckpt.save(step, state, {checkpointing.BEST_METRIC: val_metrics['top1']})
-      elif eval_now or (durations.checkpoint_every and
-                        step % durations.checkpoint_every == 0):
+      elif save_now:
         ckpt.save(step, state)
       reporter.flush()
 

@@ -1,0 +1,206 @@
+"""The data path: the local archive on real CIFAR-10 images (folder and
+tarball), TFDS under mock_data, bad archives, the validation hold-out, and
+on-device augmentation."""
+
+import os
+import pickle
+import shutil
+import socket
+import tarfile
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from alexnet_jax import input_pipeline as ip
+
+
+def read_raw(path):
+  with open(path, 'rb') as f:
+    return pickle.load(f, encoding='latin1')
+
+
+def test_local_folder_loads_real_images(cifar_dir):
+  train, test = ip.load_cifar10_archive(cifar_dir)
+  assert train.images.shape == (5085, 32, 32, 3)
+  assert test.images.shape == (1017, 32, 32, 3)
+  assert train.images.dtype == np.uint8 and train.labels.dtype == np.int32
+  assert set(np.unique(train.labels)) == set(range(10))
+  counts = np.bincount(test.labels, minlength=10)
+  assert counts.min() >= 80 and counts.max() <= 120
+  # Channel planes decoded independently of the loader: first image of batch 1.
+  raw = read_raw(os.path.join(cifar_dir, 'data_batch_1'))
+  first = np.asarray(raw['data'][0], np.uint8)
+  np.testing.assert_array_equal(train.images[0, :, :, 0].ravel(), first[:1024])
+  np.testing.assert_array_equal(train.images[0, :, :, 2].ravel(), first[2048:])
+  assert train.labels[0] == raw['labels'][0]
+  # Real photos, not noise: neighbouring pixels are strongly correlated.
+  x = train.images[:200].astype(np.float32)
+  corr = np.corrcoef(x[:, :, :-1].ravel(), x[:, :, 1:].ravel())[0, 1]
+  assert corr > 0.8
+
+
+def test_tarball_and_parent_folder_give_the_same_arrays(cifar_dir, tmp_path):
+  tarball = tmp_path / 'cifar-10-python.tar.gz'
+  with tarfile.open(tarball, 'w:gz') as tar:
+    tar.add(cifar_dir, arcname='cifar-10-batches-py')
+  want_train, want_test = ip.load_cifar10_archive(cifar_dir)
+  for source in (tarball, tmp_path):  # The tarball, and a folder holding it.
+    train, test = ip.load_cifar10_archive(str(source))
+    np.testing.assert_array_equal(train.images, want_train.images)
+    np.testing.assert_array_equal(train.labels, want_train.labels)
+    np.testing.assert_array_equal(test.images, want_test.images)
+  parent = tmp_path / 'extracted'
+  shutil.copytree(cifar_dir, parent / 'cifar-10-batches-py')
+  train, _ = ip.load_cifar10_archive(str(parent))
+  np.testing.assert_array_equal(train.labels, want_train.labels)
+
+
+def write_batches(folder, sizes, seed=0):
+  """A CIFAR-format archive with `sizes[i]` images in batch i (test last)."""
+  rng = np.random.default_rng(seed)
+  os.makedirs(folder, exist_ok=True)
+  names = [f'data_batch_{i}' for i in range(1, 6)] + ['test_batch']
+  for name, n in zip(names, sizes):
+    with open(os.path.join(folder, name), 'wb') as f:
+      pickle.dump({'data': rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                   'labels': list(rng.integers(0, 10, n))}, f)
+
+
+def test_any_number_of_images_per_batch_file(tmp_path):
+  write_batches(tmp_path, [3, 1, 4, 1, 5, 9])
+  train, test = ip.load_cifar10_archive(str(tmp_path))
+  assert len(train) == 14 and len(test) == 9
+
+
+@pytest.mark.parametrize('case, match', [
+    ('missing', 'does not exist'),
+    ('empty_dir', 'not a CIFAR-10 archive: missing data_batch_1'),
+    ('not_tar', 'not a CIFAR-10 archive'),
+    ('truncated', 'data_batch_3 is truncated or corrupt'),
+    ('truncated_tar', 'truncated or corrupt tarball'),
+])
+def test_bad_archives_name_the_problem(tmp_path, case, match):
+  path = tmp_path / 'data'
+  if case == 'empty_dir':
+    path.mkdir()
+  elif case == 'not_tar':
+    path.write_text('hello')
+  elif case == 'truncated':
+    write_batches(path, [5] * 6)
+    f = path / 'data_batch_3'
+    f.write_bytes(f.read_bytes()[:1000])
+  elif case == 'truncated_tar':
+    write_batches(tmp_path / 'src', [50] * 6)
+    with tarfile.open(tmp_path / 'a.tar.gz', 'w:gz') as tar:
+      tar.add(tmp_path / 'src', arcname='cifar-10-batches-py')
+    data = (tmp_path / 'a.tar.gz').read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+  with pytest.raises(ip.DataError, match=match) as err:
+    ip.load_cifar10_archive(str(path))
+  assert '\n' not in str(err.value)
+
+
+def test_tfds_path_under_mock_data(tmp_path):
+  tfds = pytest.importorskip('tensorflow_datasets')
+  with tfds.testing.mock_data(num_examples=12, data_dir=None):
+    train, test = ip.load_cifar10_tfds(str(tmp_path))
+  assert train.images.shape == (12, 32, 32, 3)
+  assert train.images.dtype == np.uint8
+  assert test.labels.dtype == np.int32
+  assert ((0 <= train.labels) & (train.labels < 10)).all()
+
+
+def _cifar_host_reachable():
+  try:
+    socket.create_connection((ip._CIFAR10_HOST, 443), timeout=5).close()
+    return True
+  except OSError:
+    return False
+
+
+def test_tfds_without_network_says_how_to_use_a_local_archive(tmp_path):
+  pytest.importorskip('tensorflow_datasets')
+  if _cifar_host_reachable():
+    pytest.skip('network is up: TFDS would really download CIFAR-10')
+  with pytest.raises(ip.DataError, match='--config.data_dir=') as err:
+    ip.load_cifar10_tfds(str(tmp_path))
+  assert 'unreachable' in str(err.value)
+
+
+def test_validation_hold_out_is_fixed_disjoint_and_sized(cifar_dir):
+  train, _ = ip.load_cifar10_archive(cifar_dir)
+  tr, val = ip.hold_out_validation(train, 0.1)
+  assert len(val) == 508 and len(tr) == 5085 - 508
+  tr2, val2 = ip.hold_out_validation(train, 0.1)
+  np.testing.assert_array_equal(val.labels, val2.labels)
+  # Disjoint and complete: image bytes of both splits add up to the original.
+  key = lambda imgs: {im.tobytes() for im in imgs}
+  assert not key(tr.images) & key(val.images)
+  assert key(tr.images) | key(val.images) == key(train.images)
+  assert ip.hold_out_validation(train, 0.)[1] is None
+
+
+def test_load_dataset_fake_and_unknown():
+  cfg = ml_collections.ConfigDict(dict(
+      dataset='fake', num_classes=7, fake_num_train=20, fake_num_test=6,
+      fake_image_size=40, val_fraction=0.25, data_dir='', tfds_data_dir=''))
+  data = ip.load_dataset(cfg)
+  assert data.train.images.shape == (15, 40, 40, 3)
+  assert len(data.val) == 5 and len(data.test) == 6 and data.num_classes == 7
+  cfg.dataset = 'imagenet42'
+  with pytest.raises(ip.DataError, match="unknown dataset 'imagenet42'.*cifar10"):
+    ip.load_dataset(cfg)
+
+
+def test_epoch_permutation_is_a_pure_function_of_seed_and_epoch():
+  key = jax.random.PRNGKey(3)
+  a = ip.epoch_permutation(key, 4, 100)
+  np.testing.assert_array_equal(a, ip.epoch_permutation(key, 4, 100))
+  assert sorted(np.asarray(a).tolist()) == list(range(100))
+  assert not np.array_equal(a, ip.epoch_permutation(key, 5, 100))
+  assert not np.array_equal(a, ip.epoch_permutation(jax.random.PRNGKey(4), 4,
+                                                    100))
+
+
+def test_crop_flip_moves_pixels_only_and_is_deterministic(cifar_dir):
+  train, _ = ip.load_cifar10_archive(cifar_dir)
+  images = jnp.asarray(train.images[:64])
+  out = ip.random_crop_flip(jax.random.PRNGKey(0), images, pad=4)
+  again = ip.random_crop_flip(jax.random.PRNGKey(0), images, pad=4)
+  other = ip.random_crop_flip(jax.random.PRNGKey(1), images, pad=4)
+  np.testing.assert_array_equal(out, again)
+  assert not np.array_equal(out, other)
+  assert out.dtype == jnp.uint8 and out.shape == images.shape
+  # Every output is its own input shifted by (dy, dx) in [-4, 4], maybe
+  # mirrored, with zeros shifted in: the content (and so the label) is kept.
+  padded = np.pad(np.asarray(images), ((0, 0), (4, 4), (4, 4), (0, 0)))
+  out = np.asarray(out)
+  for i in range(len(images)):
+    found = False
+    for dy in range(9):
+      for dx in range(9):
+        window = padded[i, dy:dy + 32, dx:dx + 32]
+        if (np.array_equal(out[i], window) or
+            np.array_equal(out[i], window[:, ::-1])):
+          found = True
+    assert found, i
+  flipped = sum(not np.array_equal(out[i], padded[i, 4:36, 4:36])
+                for i in range(len(images)))
+  assert flipped > 0
+
+
+def test_no_flip_no_pad_is_identity():
+  images = jnp.arange(2 * 8 * 8 * 3, dtype=jnp.uint8).reshape(2, 8, 8, 3)
+  out = ip.random_crop_flip(jax.random.PRNGKey(0), images, pad=0, flip=False)
+  np.testing.assert_array_equal(out, images)
+
+
+def test_normalize_standardizes_and_resizes():
+  images = jnp.full((2, 32, 32, 3), 128, jnp.uint8)
+  x = ip.normalize(images, ip.CIFAR10_MEAN, ip.CIFAR10_STD, image_size=227)
+  assert x.shape == (2, 227, 227, 3)
+  want = (128 / 255 - np.array(ip.CIFAR10_MEAN)) / np.array(ip.CIFAR10_STD)
+  np.testing.assert_allclose(x[0, 100, 100], want, rtol=1e-5)

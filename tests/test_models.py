@@ -1,0 +1,226 @@
+"""Shapes and parameter counts under jax.eval_shape (nothing allocated), init
+schemes, determinism, dropout, and LRN against the paper's formula."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from alexnet_jax import models
+
+
+def layer_shapes(model, image_size):
+  """Output shape of every layer, by name, without allocating anything."""
+  x = jax.ShapeDtypeStruct((2, image_size, image_size, 3), jnp.float32)
+
+  def run(x):
+    variables = model.init(jax.random.PRNGKey(0), x, train=False)
+    _, state = model.apply(variables, x, train=False,
+                           capture_intermediates=True,
+                           mutable=['intermediates'])
+    return variables['params'], state['intermediates']
+
+  params, inter = jax.eval_shape(run, x)
+  shapes = {}
+  for name, value in inter.items():
+    if name.startswith('conv') or name.startswith('fc'):
+      shapes[name] = value['__call__'][0].shape[1:]
+    elif name.startswith('pool') or name == 'flatten':
+      shapes[name] = value[0].shape[1:]
+  n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
+  return shapes, n_params
+
+
+def test_paper_net_layer_shapes_and_parameter_count():
+  shapes, n = layer_shapes(models.AlexNetPaper(num_classes=1000), 227)
+  assert shapes == {
+      'conv1': (55, 55, 96), 'pool1': (27, 27, 96),
+      'conv2': (27, 27, 256), 'pool2': (13, 13, 256),
+      'conv3': (13, 13, 384), 'conv4': (13, 13, 384), 'conv5': (13, 13, 256),
+      'pool5': (6, 6, 256), 'flatten': (9216,),
+      'fc6': (4096,), 'fc7': (4096,), 'fc8': (1000,),
+  }
+  assert n == 60_965_224
+
+
+def test_paper_net_has_two_towers_in_conv2_conv4_conv5_only():
+  params = jax.eval_shape(
+      lambda: models.AlexNetPaper().init(
+          jax.random.PRNGKey(0), jnp.zeros((1, 227, 227, 3)))['params'])
+  kernels = {k: v['kernel'].shape for k, v in params.items()}
+  assert kernels['conv1'] == (11, 11, 3, 96)
+  assert kernels['conv2'] == (5, 5, 48, 256)  # Each tower sees its 48 maps.
+  assert kernels['conv3'] == (3, 3, 256, 384)  # Full: both towers' maps.
+  assert kernels['conv4'] == (3, 3, 192, 384)
+  assert kernels['conv5'] == (3, 3, 192, 256)
+
+
+def test_single_tower_parameter_count():
+  shapes, n = layer_shapes(models.AlexNetPaperOneTower(num_classes=1000), 227)
+  assert shapes['pool5'] == (6, 6, 256)
+  assert n == 62_378_344
+
+
+def test_torchvision_variant_shapes_and_parameter_count():
+  shapes, n = layer_shapes(models.AlexNetTorchvision(num_classes=1000), 224)
+  assert shapes == {
+      'conv1': (55, 55, 64), 'pool1': (27, 27, 64),
+      'conv2': (27, 27, 192), 'pool2': (13, 13, 192),
+      'conv3': (13, 13, 384), 'conv4': (13, 13, 256), 'conv5': (13, 13, 256),
+      'pool5': (6, 6, 256), 'flatten': (9216,),
+      'fc6': (4096,), 'fc7': (4096,), 'fc8': (1000,),
+  }
+  assert n == 61_100_840
+
+
+def test_torchvision_variant_adaptive_pool_accepts_other_sizes():
+  shapes, n = layer_shapes(models.AlexNetTorchvision(num_classes=1000), 256)
+  assert shapes['pool5'] == (7, 7, 256)
+  assert shapes['flatten'] == (9216,)  # Adaptive pool brings it back to 6x6.
+  assert n == 61_100_840
+
+
+def test_seed_pytorch_table_cifar10_at_224():
+  """The seeds' PyTorch AlexNet: one tower, no LRN, conv1 unpadded, 10 classes."""
+  seed_net = models.AlexNet(num_classes=10, groups=1, lrn=False,
+                            paddings=(0, 2, 1, 1, 1))
+  shapes, n = layer_shapes(seed_net, 224)
+  assert [shapes[k][0] for k in ('conv1', 'pool1', 'conv2', 'pool2', 'conv3',
+                                 'conv4', 'conv5', 'pool5')] == [
+                                     54, 26, 26, 12, 12, 12, 12, 5]
+  assert shapes['flatten'] == (5 * 5 * 256,)
+  assert shapes['fc8'] == (10,)
+  assert n == 46_787_978
+
+
+def test_seed_net_logits_are_not_rectified():
+  """The seed's defect was a ReLU on the logits; ours can go negative."""
+  model = models.AlexNetTiny(num_classes=10, init_scheme='paper')
+  x = jax.random.normal(jax.random.PRNGKey(1), (8, 32, 32, 3))
+  variables = model.init(jax.random.PRNGKey(0), x)
+  logits = model.apply(variables, x)
+  assert (logits < 0).any()
+
+
+def test_cifar_form_shapes():
+  shapes, n = layer_shapes(models.AlexNetCifar(num_classes=10), 32)
+  assert shapes['conv1'] == (32, 32, 64)
+  assert shapes['pool1'] == (16, 16, 64)
+  assert shapes['pool2'] == (8, 8, 128)
+  assert shapes['pool5'] == (4, 4, 192)
+  assert shapes['fc8'] == (10,)
+  assert n == 5_351_946
+
+
+@pytest.mark.parametrize('name', sorted(models.MODELS))
+def test_every_preset_builds_through_the_factory(name):
+  size = 32 if name in ('alexnet_cifar', 'alexnet_tiny') else (
+      224 if name == 'alexnet_torchvision' else 227)
+  shapes, _ = layer_shapes(models.create_model(name, num_classes=7), size)
+  assert shapes['fc8'] == (7,)
+
+
+def test_unknown_model_name_lists_choices():
+  with pytest.raises(ValueError, match="unknown model 'vgg'.*alexnet_paper"):
+    models.create_model('vgg')
+
+
+def test_paper_init_statistics():
+  params = models.AlexNetPaperOneTower(num_classes=10).init(
+      jax.random.PRNGKey(0), jnp.zeros((1, 227, 227, 3)))['params']
+  for name in ('conv1', 'conv3', 'fc8'):
+    assert float(jnp.abs(params[name]['bias']).max()) == 0.
+  for name in ('conv2', 'conv4', 'conv5', 'fc6', 'fc7'):
+    np.testing.assert_array_equal(params[name]['bias'], 1.)
+  for name in ('conv3', 'fc6'):
+    w = np.asarray(params[name]['kernel'])
+    assert abs(w.mean()) < 1e-3
+    assert abs(w.std() - 0.01) < 5e-4
+
+
+def test_he_init_scales_with_fan_in():
+  params = models.AlexNetCifar(num_classes=10).init(
+      jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))['params']
+  w = np.asarray(params['conv3']['kernel'])  # fan_in = 3*3*128
+  assert abs(w.std() - np.sqrt(2. / (9 * 128))) < 0.1 * np.sqrt(2. / (9 * 128))
+  np.testing.assert_array_equal(params['conv3']['bias'], 0.)
+  np.testing.assert_array_equal(params['fc8']['kernel'], 0.)  # Logits start at 0.
+
+
+def test_forward_is_deterministic_and_dropout_only_in_training():
+  model = models.AlexNetTiny(num_classes=10, init_scheme='paper')
+  x = jax.random.normal(jax.random.PRNGKey(1), (4, 32, 32, 3))
+  variables = model.init(jax.random.PRNGKey(0), x)
+  again = model.init(jax.random.PRNGKey(0), x)
+  jax.tree.map(np.testing.assert_array_equal, variables, again)
+
+  eval_a = model.apply(variables, x, train=False)
+  eval_b = model.apply(variables, x, train=False,
+                       rngs={'dropout': jax.random.PRNGKey(5)})
+  np.testing.assert_array_equal(eval_a, eval_b)
+
+  train_a = model.apply(variables, x, train=True,
+                        rngs={'dropout': jax.random.PRNGKey(2)})
+  train_a2 = model.apply(variables, x, train=True,
+                         rngs={'dropout': jax.random.PRNGKey(2)})
+  train_b = model.apply(variables, x, train=True,
+                        rngs={'dropout': jax.random.PRNGKey(3)})
+  np.testing.assert_array_equal(train_a, train_a2)
+  assert not np.allclose(train_a, train_b)
+  assert not np.allclose(train_a, eval_a)
+
+
+def test_bfloat16_compute_keeps_float32_parameters():
+  model = models.AlexNetTiny(num_classes=10, dtype=jnp.bfloat16)
+  x = jnp.ones((2, 32, 32, 3))
+  variables = model.init(jax.random.PRNGKey(0), x)
+  assert {p.dtype for p in jax.tree.leaves(variables)} == {jnp.dtype('float32')}
+  assert model.apply(variables, x).dtype == jnp.bfloat16
+
+
+def lrn_reference(a, size=5, k=2., alpha=1e-4, beta=0.75):
+  """The paper's equation, written as a loop over channels."""
+  n_channels = a.shape[-1]
+  out = np.empty_like(a)
+  for i in range(n_channels):
+    lo, hi = max(0, i - size // 2), min(n_channels - 1, i + size // 2)
+    s = (a[..., lo:hi + 1] ** 2).sum(-1)
+    out[..., i] = a[..., i] / (k + alpha * s) ** beta
+  return out
+
+
+def test_lrn_matches_the_paper_formula():
+  a = np.random.default_rng(0).normal(0, 30, (2, 3, 3, 16)).astype(np.float64)
+  got = models.local_response_norm(jnp.asarray(a, jnp.float32))
+  np.testing.assert_allclose(got, lrn_reference(a), rtol=1e-5)
+
+
+def test_lrn_window_stays_inside_each_tower():
+  a = np.random.default_rng(1).normal(0, 30, (1, 2, 2, 12)).astype(np.float64)
+  got = models.local_response_norm(jnp.asarray(a, jnp.float32), groups=2)
+  want = np.concatenate([lrn_reference(a[..., :6]), lrn_reference(a[..., 6:])],
+                        axis=-1)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_adaptive_avg_pool_bins_like_torch():
+  x = jnp.arange(2 * 7 * 7 * 1, dtype=jnp.float32).reshape(2, 7, 7, 1)
+  y = models.adaptive_avg_pool(x, 3)
+  # torch bins for 7 -> 3: [0,3), [2,5), [4,7)
+  np.testing.assert_allclose(y[0, 0, 0, 0], x[0, 0:3, 0:3, 0].mean())
+  np.testing.assert_allclose(y[1, 2, 1, 0], x[1, 4:7, 2:5, 0].mean())
+
+
+@pytest.mark.parametrize('padding', [0, 1])
+def test_max_pool_matches_flax_values_and_gradient_without_ties(padding):
+  import flax.linen as nn
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 13, 13, 4))
+  want = nn.max_pool(x, (3, 3), (2, 2), padding=((padding, padding),) * 2)
+  np.testing.assert_array_equal(models.max_pool(x, 3, 2, padding), want)
+  loss = lambda f: lambda x: (f(x) ** 2).sum()
+  g_ours = jax.grad(loss(lambda x: models.max_pool(x, 3, 2, padding)))(x)
+  g_flax = jax.grad(loss(lambda x: nn.max_pool(
+      x, (3, 3), (2, 2), padding=((padding, padding),) * 2)))(x)
+  np.testing.assert_allclose(g_ours, g_flax, rtol=1e-6)
