@@ -67,6 +67,26 @@ class Checkpointer:
     self.manager.close()
 
 
+def load_state_on_host(workdir: str, step: Optional[int] = None) -> Any:
+  """A saved train state as numpy arrays, whatever mesh it was saved from.
+
+  For inspection, evaluation and tests: every array is restored onto this
+  process's first device (orbax reshards), then fetched to the host.
+  """
+  directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  if step is None:
+    steps = [int(d) for d in os.listdir(directory) if d.isdigit()]
+    step = max(steps)
+  path = os.path.join(directory, str(step), 'default')
+  checkpointer = ocp.StandardCheckpointer()
+  metadata = checkpointer.metadata(path).item_metadata
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+      metadata)
+  return jax.device_get(checkpointer.restore(path, target))
+
+
 def abstract_with_shardings(abstract_tree, shardings):
   """ShapeDtypeStructs carrying target shardings, for restoring onto any mesh."""
   return jax.tree.map(

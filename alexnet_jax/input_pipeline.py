@@ -244,12 +244,47 @@ def load_dataset(config) -> Dataset:
   return Dataset(train=train, val=val, test=test, num_classes=num_classes)
 
 
-# --- On-device batching and augmentation ----------------------------------------
+# --- Data shards -----------------------------------------------------------------
+#
+# The training set is cut into `num_shards` equal, contiguous shards (the
+# remainder is dropped); the global batch takes batch_size / num_shards
+# examples from each shard, in shard order, each shard shuffled on its own.
+# Process p of P keeps only shards [p*S/P, (p+1)*S/P): the rows of the batch
+# its devices hold. Because the batch is defined by the shards and not by the
+# processes, any process count that divides num_shards sees the same batches.
 
-def epoch_permutation(seed_key, epoch, num_examples: int):
-  """The order of training examples in `epoch`: a pure function of both."""
-  return jax.random.permutation(jax.random.fold_in(seed_key, epoch),
-                                num_examples)
+def process_share(train: Split, num_shards: int, process_index: int,
+                  process_count: int):
+  """(this process's contiguous shards, examples per shard)."""
+  per_shard = len(train) // num_shards
+  per_process = num_shards // process_count
+  lo = process_index * per_process * per_shard
+  hi = lo + per_process * per_shard
+  return Split(train.images[lo:hi], train.labels[lo:hi]), per_shard
+
+
+def epoch_permutations(seed_key, epoch, num_shards: int, per_shard: int):
+  """[num_shards, per_shard]: each shard's order in `epoch`, a pure function."""
+  epoch_key = jax.random.fold_in(seed_key, epoch)
+  return jax.vmap(lambda s: jax.random.permutation(
+      jax.random.fold_in(epoch_key, s), per_shard))(jnp.arange(num_shards))
+
+
+def batch_indices(perms, step_in_epoch, batch_size: int, process_count: int):
+  """[batch_size] indices into the owning process's share, shard-major.
+
+  Row r of the batch is example perms[v, step * b + j] of shard v = r // b
+  (b = batch_size / num_shards), found at (v mod shards-per-process) *
+  per_shard + that in its process's share.
+  """
+  num_shards, per_shard = perms.shape
+  b = batch_size // num_shards
+  rows = jax.lax.dynamic_slice_in_dim(perms, step_in_epoch * b, b, axis=1)
+  offset = (jnp.arange(num_shards) % (num_shards // process_count)) * per_shard
+  return (rows + offset[:, None]).reshape(batch_size)
+
+
+# --- On-device augmentation --------------------------------------------------------
 
 
 def random_crop_flip(key, images, pad: int = 4, flip: bool = True):

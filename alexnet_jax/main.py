@@ -18,6 +18,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from alexnet_jax import checkpointing
+from alexnet_jax import distributed
 from alexnet_jax import input_pipeline
 from alexnet_jax import train
 
@@ -26,10 +27,18 @@ config_flags.DEFINE_config_file(
     'config', None, 'Training config file (configs/*.py).', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Checkpoints, metrics and TensorBoard '
                     'events go here; rerunning with it resumes.')
+flags.DEFINE_string('coordinator_address', None, 'Multi-process runs: '
+                    'HOST:PORT of process 0 (else JAX_COORDINATOR_ADDRESS, or '
+                    'auto-detected on Cloud TPU pods and under SLURM).')
+flags.DEFINE_integer('num_processes', None, 'Multi-process runs: how many.')
+flags.DEFINE_integer('process_id', None, 'Multi-process runs: this one, 0..N-1.')
+flags.DEFINE_integer('coordinator_timeout', 300, 'Seconds to wait for every '
+                     'process to reach the coordinator.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 USER_ERRORS = (train.ConfigError, input_pipeline.DataError,
-               checkpointing.CheckpointError, train.TrainingError)
+               checkpointing.CheckpointError, train.TrainingError,
+               distributed.DistributedError)
 
 
 def fail(message: str):
@@ -64,6 +73,8 @@ def main(argv):
   except (OSError, SyntaxError, ImportError) as e:
     fail(f'cannot load --config: {str(e).strip().splitlines()[-1].strip()}')
   try:
+    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                           FLAGS.process_id, FLAGS.coordinator_timeout)
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except USER_ERRORS as e:
     fail(e)

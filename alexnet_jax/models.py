@@ -217,7 +217,7 @@ AlexNetTorchvision = functools.partial(
 # wide, so a CPU trains it in minutes; the shape (5 conv + 3 FC, ReLU,
 # overlapping pooling, dropout) is AlexNet's.
 AlexNetCifar = functools.partial(
-    AlexNet, widths=(64, 128, 256, 192, 192), kernels=(3, 3, 3, 3, 3),
+    AlexNet, widths=(48, 96, 192, 128, 128), kernels=(3, 3, 3, 3, 3),
     strides=(1, 1, 1, 1, 1), paddings=(1, 1, 1, 1, 1), groups=1, lrn=False,
     pool_padding=1, hidden=1024, init_scheme='he')
 

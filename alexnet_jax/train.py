@@ -19,14 +19,14 @@ import ml_collections
 import numpy as np
 import optax
 from flax.training import train_state
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from alexnet_jax import checkpointing
+from alexnet_jax import distributed
 from alexnet_jax import input_pipeline
 from alexnet_jax import models
 from alexnet_jax import optim
 from alexnet_jax import reporting
+from alexnet_jax import sharding
 
 
 class ConfigError(Exception):
@@ -49,11 +49,24 @@ def validate_config(config: ml_collections.ConfigDict):
   choice('schedule', optim.SCHEDULES)
   choice('init', ('',) + models.INIT_SCHEMES)
   n = jax.device_count()
+  mp = config.model_parallelism
+  if not isinstance(mp, int) or mp < 1 or n % mp:
+    raise ConfigError(f'model_parallelism {mp!r} must be a positive divisor of '
+                      f'the device count {n}')
+  shards = num_data_shards(config)
+  if shards < 1 or shards % jax.process_count():
+    raise ConfigError(f'data_shards {config.data_shards} must be a positive '
+                      f'multiple of the process count {jax.process_count()} '
+                      '(0: one shard per process)')
+  if isinstance(config.batch_size, int) and config.batch_size > 0 and (
+      config.batch_size % shards):
+    raise ConfigError(f'batch_size {config.batch_size} is not divisible by '
+                      f'data_shards {shards}')
   for field in ('batch_size', 'eval_batch_size'):
     value = config[field]
     if not isinstance(value, int) or value <= 0:
       raise ConfigError(f'{field} {value!r} must be a positive integer')
-    if value % n:
+    if field == 'batch_size' and value % n:
       raise ConfigError(f'{field} {value} is not divisible by the device count '
                         f'{n}; use a multiple of {n}')
   if config.num_steps <= 0 and config.num_epochs <= 0:
@@ -71,6 +84,10 @@ def validate_config(config: ml_collections.ConfigDict):
                       'cifar-10-batches-py/ folder')
 
 
+def num_data_shards(config) -> int:
+  return config.data_shards or jax.process_count()
+
+
 @dataclasses.dataclass(frozen=True)
 class Durations:
   """Every duration in steps; the one place epochs become steps."""
@@ -81,7 +98,8 @@ class Durations:
 
   @classmethod
   def from_config(cls, config, num_train: int):
-    steps_per_epoch = num_train // config.batch_size
+    shards = num_data_shards(config)
+    steps_per_epoch = (num_train // shards) // (config.batch_size // shards)
     if steps_per_epoch == 0:
       raise ConfigError(f'batch_size {config.batch_size} is larger than the '
                         f'{num_train} training images')
@@ -107,12 +125,6 @@ def make_model(config, num_classes: int) -> models.AlexNet:
   return models.create_model(config.model, **kwargs)
 
 
-def make_mesh():
-  """A 1-D 'data' mesh over every device of every process."""
-  return jax.make_mesh((jax.device_count(),), ('data',),
-                       axis_types=(jax.sharding.AxisType.Auto,))
-
-
 def create_train_state(model, tx, image_shape, seed: int, mesh):
   """Shapes first (eval_shape), then init straight into the target shardings."""
   def init(key):
@@ -124,15 +136,9 @@ def create_train_state(model, tx, image_shape, seed: int, mesh):
 
   key = jax.random.PRNGKey(seed)
   abstract = jax.eval_shape(init, key)
-  shardings = jax.tree.map(lambda _: NamedSharding(mesh, P()), abstract)
+  shardings = sharding.state_shardings(abstract, mesh)
   state = jax.jit(init, out_shardings=shardings)(key)
   return state, checkpointing.abstract_with_shardings(abstract, shardings)
-
-
-def put_replicated(array: np.ndarray, mesh) -> jax.Array:
-  """A host array as one global array replicated over the mesh (any process count)."""
-  return jax.make_array_from_callback(
-      array.shape, NamedSharding(mesh, P()), lambda index: array[index])
 
 
 # --- Train step ----------------------------------------------------------------
@@ -152,26 +158,35 @@ def cross_entropy(logits, labels, num_classes, label_smoothing=0.):
 def zero_train_metrics(mesh):
   return jax.device_put({k: jnp.zeros((), jnp.float32)
                          for k in ('loss', 'top1', 'top5', 'count')},
-                        NamedSharding(mesh, P()))
+                        sharding.replicated(mesh))
 
 
 def make_train_step(config, model, num_classes, mean, std, mesh):
-  """jit(step)(state, metrics, images, labels, perm, offset) -> (state, metrics).
+  """jit(step)(state, metrics, images, labels, perms, step_in_epoch).
 
-  The batch is gathered on device from the uint8 training set by the epoch's
-  permutation, augmented with keys folded from (state.rng, state.step), and
-  sharded over 'data'. `metrics` accumulates sums on device until logged.
+  `images`/`labels` are [devices, share, ...]: row d is the training share of
+  the process owning device d. Each device gathers its rows of the batch from
+  its own row by the epoch's permutations (`input_pipeline.batch_indices`);
+  the batch is augmented with keys folded from (state.rng, state.step).
+  `metrics` accumulates sums on device until logged.
   """
   batch = config.batch_size
   image_size = config.image_size or None
   compute_dtype = model.dtype
-  data_sharding = NamedSharding(mesh, P('data'))
+  batch_sharding = sharding.batch(mesh)
   plateau = config.schedule == 'plateau'
+  n_devices = mesh.size
 
-  def step_fn(state, metrics, images, labels, perm, offset):
-    idx = jax.lax.dynamic_slice_in_dim(perm, offset, batch)
-    idx = jax.lax.with_sharding_constraint(idx, data_sharding)
-    x, y = images[idx], labels[idx]
+  def step_fn(state, metrics, images, labels, perms, step_in_epoch):
+    step_fn.traces += 1  # Runs at trace time only: counts compilations.
+    idx = input_pipeline.batch_indices(perms, step_in_epoch, batch,
+                                       jax.process_count())
+    idx = jax.lax.with_sharding_constraint(
+        idx.reshape(n_devices, batch // n_devices), batch_sharding)
+    take = jax.vmap(lambda rows, i: rows[i])
+    x = take(images, idx).reshape((batch,) + images.shape[2:])
+    y = take(labels, idx).reshape(batch)
+    x = jax.lax.with_sharding_constraint(x, batch_sharding)
     aug_key, dropout_key = jax.random.split(
         jax.random.fold_in(state.rng, state.step))
     if config.crop_padding or config.random_flip:
@@ -201,7 +216,10 @@ def make_train_step(config, model, num_classes, mean, std, mesh):
     }
     return state, metrics
 
-  return jax.jit(step_fn, donate_argnums=(0, 1))
+  step_fn.traces = 0
+  jitted = jax.jit(step_fn, donate_argnums=(0, 1))
+  jitted.traces = lambda: step_fn.traces
+  return jitted
 
 
 # --- Evaluation ------------------------------------------------------------------
@@ -210,10 +228,13 @@ def make_eval_fn(config, model, num_classes, mean, std, mesh):
   """jit(eval)(params, images, labels) -> summed loss/top1/top5 over EVERY example.
 
   The split is walked in fixed-size batches by a scan; the last batch is padded
-  (repeating the final example) and masked, so each example counts once.
+  (repeating the final example) and masked, so each example counts once. With
+  `eval_flip`, predictions are the mean softmax of each image and its mirror
+  image (the paper's test-time averaging; the log of that mean is the logit).
   """
-  batch = config.eval_batch_size
-  data_sharding = NamedSharding(mesh, P('data'))
+  # Any size works: rounded up to a multiple of the device count, and padded.
+  batch = -(-config.eval_batch_size // mesh.size) * mesh.size
+  data_sharding = sharding.batch(mesh)
 
   def eval_fn(params, images, labels):
     n = labels.shape[0]
@@ -227,6 +248,10 @@ def make_eval_fn(config, model, num_classes, mean, std, mesh):
                                    config.image_size or None, model.dtype)
       y = labels[idx]
       logits = model.apply({'params': params}, x, train=False)
+      if config.eval_flip:  # The paper's test-time averaging over reflections.
+        mirrored = model.apply({'params': params}, x[:, :, ::-1], train=False)
+        logits = jnp.log((jax.nn.softmax(logits.astype(jnp.float32)) +
+                          jax.nn.softmax(mirrored.astype(jnp.float32))) / 2)
       batch_sums = {
           'loss': cross_entropy(logits, y, num_classes),
           'top1': _correct(logits, y, 1),
@@ -258,7 +283,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   validate_config(config)
   data = input_pipeline.load_dataset(config)
   durations = Durations.from_config(config, len(data.train))
-  mesh = make_mesh()
+  shards = num_data_shards(config)
+  share, per_shard = input_pipeline.process_share(
+      data.train, shards, jax.process_index(), jax.process_count())
+  mesh = sharding.make_mesh(config.model_parallelism)
   model = make_model(config, data.num_classes)
   tx, lr_schedule = optim.make_optimizer(
       config, durations.steps_per_epoch, durations.total_steps,
@@ -268,6 +296,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  if config.image_size else native)
   state, abstract_state = create_train_state(model, tx, image_shape,
                                              config.seed, mesh)
+  distributed.check_shared_workdir(workdir)
 
   # Only now, with config, data and model known good, touch the workdir.
   ckpt = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
@@ -284,24 +313,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       f'{config.model}: {n_params:,} parameters | {config.dataset}: '
       f'{len(data.train)} train / {len(data.val) if data.val else 0} val / '
       f'{len(data.test)} test | global batch {config.batch_size} = '
-      f'{config.batch_size // jax.device_count()} x {jax.device_count()} '
-      f'devices ({jax.process_count()} processes) | {durations.total_steps} '
-      f'steps ({durations.steps_per_epoch}/epoch)')
+      f'{config.batch_size // jax.device_count()} per device x '
+      f'{jax.device_count()} devices ({jax.process_count()} processes, mesh '
+      f'{dict(mesh.shape)}) | {durations.total_steps} steps '
+      f'({durations.steps_per_epoch}/epoch)')
   if start_step:
     reporter.log(f'resuming from {ckpt.directory} at step {start_step}')
 
-  train_arrays = (put_replicated(data.train.images, mesh),
-                  put_replicated(data.train.labels, mesh))
-  eval_arrays = {name: (put_replicated(s.images, mesh),
-                        put_replicated(s.labels, mesh))
+  train_arrays = (sharding.put_process_share(share.images, mesh),
+                  sharding.put_process_share(share.labels, mesh))
+  eval_arrays = {name: (sharding.put_replicated(s.images, mesh),
+                        sharding.put_replicated(s.labels, mesh))
                  for name, s in (('val', data.val), ('test', data.test)) if s}
   train_step = make_train_step(config, model, data.num_classes, data.mean,
                                data.std, mesh)
   eval_fn = make_eval_fn(config, model, data.num_classes, data.mean, data.std,
                          mesh)
   data_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0x5eed)
-  permutation = jax.jit(input_pipeline.epoch_permutation, static_argnums=2,
-                        out_shardings=NamedSharding(mesh, P()))
+  permutations = jax.jit(input_pipeline.epoch_permutations,
+                         static_argnums=(2, 3),
+                         out_shardings=sharding.replicated(mesh))
 
   def learning_rate(step):
     return float(lr_schedule(step)) * float(optim.plateau_scale(state.opt_state))
@@ -316,7 +347,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return metrics, sums
 
   step = start_step
-  perm_epoch, perm = None, None
+  perm_epoch, perms = None, None
   metrics_acc = zero_train_metrics(mesh)
   stopwatch = reporting.Stopwatch()
   val_metrics = None
@@ -324,10 +355,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     while step < durations.total_steps:
       epoch, index = divmod(step, durations.steps_per_epoch)
       if epoch != perm_epoch:
-        perm_epoch, perm = epoch, permutation(data_key, epoch, len(data.train))
-      state, metrics_acc = train_step(
-          state, metrics_acc, *train_arrays, perm,
-          np.int32(index * config.batch_size))
+        perm_epoch, perms = epoch, permutations(data_key, epoch, shards,
+                                                per_shard)
+      state, metrics_acc = train_step(state, metrics_acc, *train_arrays,
+                                      perms, np.int32(index))
       step += 1
       if step == start_step + 1:  # Leave compilation out of the timings.
         jax.block_until_ready(metrics_acc)

@@ -38,6 +38,10 @@ def get_config():
   # Random crop after zero-padding by this many pixels (0: off); random flip.
   c.crop_padding = 4
   c.random_flip = True
+  # Evaluate on each image and its horizontal reflection, averaging the
+  # softmax, as the paper's test procedure does (Sec. 4.1; its 10 crops are
+  # for ImageNet-sized images).
+  c.eval_flip = True
   # Shapes of the 'fake' dataset.
   c.num_classes = 1000  # For 'fake' only; cifar10 has 10.
   c.fake_image_size = 227
@@ -47,7 +51,9 @@ def get_config():
   # --- Optimization: SGD with momentum in the paper's update rule ---------
   # v <- momentum * v - weight_decay * lr * w - lr * g;  w <- w + v
   c.batch_size = 128  # Global, over all devices; must divide by device count.
-  c.eval_batch_size = 500  # Global; padded and masked at the split's end.
+  # Global; rounded up to a multiple of the device count; the split's last
+  # batch is padded and masked, so every example counts once.
+  c.eval_batch_size = 500
   c.learning_rate = 0.01
   c.momentum = 0.9
   c.weight_decay = 5e-4  # On conv/FC kernels; biases are not decayed.
@@ -70,4 +76,15 @@ def get_config():
   c.checkpoint_every_steps = 1000  # Also after every evaluation and at the end.
   c.keep_checkpoints = 3  # The latest K; the best by val top-1 is kept too.
   c.seed = 0
+
+  # --- Parallelism (see README "Running on many devices and hosts") --------
+  # Devices per FC-layer group: > 1 splits fc6/fc7/fc8 weights over a 'model'
+  # mesh axis (Krizhevsky's "one weird trick"); convolutions stay
+  # data-parallel on every device. Must divide the device count.
+  c.model_parallelism = 1
+  # Shards of the training set; the global batch takes batch_size/data_shards
+  # examples from each, and each process keeps only its shards. 0: one per
+  # process. Fix it (to a multiple of every process count you will use) to get
+  # the same batches, and so the same run, on 1, 2, 4, ... processes.
+  c.data_shards = 0
   return c

@@ -155,14 +155,39 @@ def test_load_dataset_fake_and_unknown():
     ip.load_dataset(cfg)
 
 
-def test_epoch_permutation_is_a_pure_function_of_seed_and_epoch():
+def test_epoch_permutations_are_a_pure_function_of_seed_and_epoch():
   key = jax.random.PRNGKey(3)
-  a = ip.epoch_permutation(key, 4, 100)
-  np.testing.assert_array_equal(a, ip.epoch_permutation(key, 4, 100))
-  assert sorted(np.asarray(a).tolist()) == list(range(100))
-  assert not np.array_equal(a, ip.epoch_permutation(key, 5, 100))
-  assert not np.array_equal(a, ip.epoch_permutation(jax.random.PRNGKey(4), 4,
-                                                    100))
+  a = ip.epoch_permutations(key, 4, 2, 50)
+  assert a.shape == (2, 50)
+  np.testing.assert_array_equal(a, ip.epoch_permutations(key, 4, 2, 50))
+  for row in np.asarray(a):
+    assert sorted(row.tolist()) == list(range(50))
+  assert not np.array_equal(a[0], a[1])
+  assert not np.array_equal(a, ip.epoch_permutations(key, 5, 2, 50))
+  assert not np.array_equal(a, ip.epoch_permutations(jax.random.PRNGKey(4), 4,
+                                                     2, 50))
+
+
+def test_shards_give_the_same_batches_for_any_process_count():
+  """4 shards of 10 examples, batch 8: the examples of each global batch do
+  not depend on whether 1, 2 or 4 processes hold the shards."""
+  train = ip.Split(np.zeros((43, 1, 1, 1), np.uint8),
+                   np.arange(43, dtype=np.int32))  # Label = example id.
+  perms = ip.epoch_permutations(jax.random.PRNGKey(0), 0, 4, 10)
+  batches = {}
+  for procs in (1, 2, 4):
+    rows = []
+    for p in range(procs):
+      share, per_shard = ip.process_share(train, 4, p, procs)
+      assert per_shard == 10 and len(share) == 40 // procs
+      idx = np.asarray(ip.batch_indices(perms, 1, 8, procs))
+      mine = slice(p * 8 // procs, (p + 1) * 8 // procs)
+      rows.append(share.labels[idx[mine]])
+    batches[procs] = np.concatenate(rows)
+  np.testing.assert_array_equal(batches[1], batches[2])
+  np.testing.assert_array_equal(batches[1], batches[4])
+  # Two examples from each shard, none from the dropped remainder (40..42).
+  assert sorted(batches[1] // 10) == [0, 0, 1, 1, 2, 2, 3, 3]
 
 
 def test_crop_flip_moves_pixels_only_and_is_deterministic(cifar_dir):

@@ -17,6 +17,7 @@ import pytest
 
 from alexnet_jax import input_pipeline
 from alexnet_jax import models
+from alexnet_jax import sharding
 from alexnet_jax import train
 from configs import cifar10
 
@@ -125,14 +126,15 @@ def test_kill_9_then_rerun_resumes_to_identical_final_metrics(
   assert steps == [(r['step'], r['split']) for r in read_jsonl(ref)]
 
 
-def test_eval_scores_every_example_exactly_once(cifar_dir):
+@pytest.mark.parametrize('eval_flip', [False, True])
+def test_eval_scores_every_example_exactly_once(cifar_dir, eval_flip):
   """1,017 test images in batches of 500: padded and masked, none dropped."""
-  cfg = tiny_config(cifar_dir, eval_batch_size=500)
+  cfg = tiny_config(cifar_dir, eval_batch_size=500, eval_flip=eval_flip)
   _, test = input_pipeline.load_cifar10_archive(cifar_dir)
-  model = models.AlexNetTiny(num_classes=10)
+  model = models.AlexNetTiny(num_classes=10, init_scheme='paper')
   params = model.init(jax.random.PRNGKey(0),
                       jnp.zeros((1, 32, 32, 3)))['params']
-  mesh = train.make_mesh()
+  mesh = sharding.make_mesh()
   eval_fn = train.make_eval_fn(cfg, model, 10, input_pipeline.CIFAR10_MEAN,
                                input_pipeline.CIFAR10_STD, mesh)
   metrics, _ = train.evaluate(eval_fn, params, (jnp.asarray(test.images),
@@ -140,10 +142,13 @@ def test_eval_scores_every_example_exactly_once(cifar_dir):
   x = input_pipeline.normalize(jnp.asarray(test.images),
                                input_pipeline.CIFAR10_MEAN,
                                input_pipeline.CIFAR10_STD)
-  logits = model.apply({'params': params}, x)
-  want_top1 = float((logits.argmax(-1) == test.labels).mean())
-  want_loss = float(train.cross_entropy(logits, jnp.asarray(test.labels),
-                                        10).mean())
+  probs = jax.nn.softmax(model.apply({'params': params}, x))
+  if eval_flip:
+    probs = (probs + jax.nn.softmax(
+        model.apply({'params': params}, x[:, :, ::-1]))) / 2
+  labels = jnp.asarray(test.labels)
+  want_top1 = float((probs.argmax(-1) == labels).mean())
+  want_loss = float(-jnp.log(probs[jnp.arange(len(labels)), labels]).mean())
   assert metrics['top1'] == pytest.approx(want_top1, abs=1e-7)
   assert metrics['loss'] == pytest.approx(want_loss, rel=1e-5)
 

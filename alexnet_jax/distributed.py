@@ -1,0 +1,85 @@
+"""Multi-process start: JAX's own multi-controller runtime, nothing home-made.
+
+`initialize` calls `jax.distributed.initialize` when the run is multi-process:
+with explicit --coordinator_address/--num_processes/--process_id, with JAX's
+standard environment variables, or by JAX's auto-detection on Cloud TPU pods
+and under SLURM. `check_shared_workdir` then makes sure every process sees the
+same workdir, since orbax checkpoints need shared storage.
+"""
+
+import os
+import uuid
+
+import jax
+
+# Environment that means "this process is one of several".
+_JAX_ENV = ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID')
+
+
+class DistributedError(Exception):
+  """The processes of a multi-process run could not form one job."""
+
+
+def _auto_detected() -> bool:
+  """Cloud TPU pod slice or a SLURM job step with more than one task."""
+  if int(os.environ.get('SLURM_NTASKS', os.environ.get('SLURM_NPROCS', '1')
+                        ) or 1) > 1 and 'SLURM_STEP_ID' in os.environ:
+    return True
+  hosts = os.environ.get('TPU_WORKER_HOSTNAMES', '')
+  return len([h for h in hosts.split(',') if h]) > 1
+
+
+def initialize(coordinator_address=None, num_processes=None, process_id=None,
+               timeout_seconds: int = 300) -> bool:
+  """Joins the multi-process job if there is one; returns whether it did."""
+  explicit = any(v is not None for v in (coordinator_address, num_processes,
+                                         process_id))
+  if not (explicit or any(os.environ.get(k) for k in _JAX_ENV) or
+          _auto_detected()):
+    return False
+  address = coordinator_address or os.environ.get('JAX_COORDINATOR_ADDRESS')
+  try:
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address, num_processes=num_processes,
+        process_id=process_id, initialization_timeout=timeout_seconds)
+  except Exception as e:  # XLA runtime errors carry no stable type.
+    detail = ' '.join(str(e).split())[:300]
+    raise DistributedError(
+        f'process {process_id if process_id is not None else "?"} could not '
+        f'join the job through the coordinator at {address or "(auto)"} '
+        f'within {timeout_seconds} s: {detail}') from None
+  return True
+
+
+def check_shared_workdir(workdir: str):
+  """Fails on every process unless all of them see one and the same workdir.
+
+  Process 0 writes a fresh token into the workdir; every process reads it
+  back. A process that cannot (local disks, a different --workdir) makes the
+  whole job stop before anything else is written.
+  """
+  if jax.process_count() == 1:
+    return
+  from etils import epath  # orbax's path library: local, GCS, ...
+  from jax.experimental import multihost_utils
+  import numpy as np
+
+  path = epath.Path(workdir) / '.process_check'
+  token = uuid.uuid4().int % (2 ** 31) if jax.process_index() == 0 else 0
+  token = int(multihost_utils.broadcast_one_to_all(np.int32(token)))
+  if jax.process_index() == 0:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(str(token))
+  multihost_utils.sync_global_devices('alexnet_jax:workdir_written')
+  try:
+    seen = path.read_text().strip() == str(token)
+  except OSError:
+    seen = False
+  all_seen = multihost_utils.process_allgather(np.int32(seen))
+  if not np.all(all_seen):
+    missing = [i for i, ok in enumerate(np.ravel(all_seen)) if not ok]
+    raise DistributedError(
+        f'workdir {workdir!r} is not shared by all processes: process(es) '
+        f'{missing} cannot read what process 0 wrote there. Multi-host runs '
+        'need a workdir on shared storage (a gs:// path or a shared '
+        'filesystem), the same on every process')

@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# Run N CPU processes on this machine as one JAX multi-controller job, the
+# way a multi-host run works, to try multi-host code paths without a cluster.
+#
+# Usage:
+#   launch/local_multiprocess.sh [--dry-run] N [ALEXNET_JAX_MAIN_ARGS...]
+#   launch/local_multiprocess.sh 2 --config=configs/cifar10.py --workdir=/tmp/w
+#
+# Process i runs
+#   JAX_PLATFORMS=cpu $PYTHON -m alexnet_jax.main \
+#     --coordinator_address=127.0.0.1:$PORT --num_processes=N --process_id=i ARGS
+# Process 0 (the coordinator) prints to this terminal; the others write to
+# $LOGDIR/process_i.log, shown here only when that process fails.
+# If any process fails, the rest are stopped and its exit status is returned.
+# Ctrl-C or SIGTERM stops all of them.
+#
+#   --dry-run   print the N commands (`+ ...`) and exit; run none
+#   -h, --help  show this help
+#
+# Environment:
+#   PYTHON  interpreter (default: python3)
+#   PORT    coordinator port (default: a free port on 127.0.0.1)
+#   LOGDIR  where the logs go (default: a new temporary directory, removed
+#           when every process succeeds)
+#
+# Bad input: one line `error: ...` on stderr, exit status 2.
+
+set -euo pipefail
+
+die() {
+  printf 'error: %s\n' "$*" >&2
+  exit 2
+}
+
+dry_run=0
+case ${1:-} in
+  -h|--help)
+    awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"
+    exit 0 ;;
+  --dry-run) dry_run=1; shift ;;
+esac
+
+(($#)) || die "missing N, the number of processes (see --help)"
+n=$1
+shift
+[[ $n =~ ^[0-9]{1,6}$ ]] && ((10#$n > 0)) || die "N must be a positive integer, got: $n"
+n=$((10#$n))
+
+PYTHON=${PYTHON:-python3}
+if [[ -n ${PORT:-} ]]; then
+  [[ $PORT =~ ^[1-9][0-9]{0,4}$ ]] && ((PORT <= 65535)) ||
+    die "PORT must be a TCP port number (1-65535), got: $PORT"
+  port=$PORT
+else
+  # The kernel's choice of a free port; it could be taken again before
+  # process 0 binds it, which is unlikely enough on one machine.
+  port=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])') ||
+    die "could not pick a free port with $PYTHON; set PORT"
+fi
+
+command_for() {
+  local id=$1
+  shift
+  cmd=("$PYTHON" -m alexnet_jax.main --coordinator_address="127.0.0.1:$port"
+       --num_processes="$n" --process_id="$id" "$@")
+}
+
+if ((dry_run)); then
+  for ((i = 0; i < n; i++)); do
+    command_for "$i" "$@"
+    line='+ JAX_PLATFORMS=cpu'
+    for arg in "${cmd[@]}"; do line+=" $(printf '%q' "$arg")"; done
+    printf '%s\n' "$line"
+  done
+  exit 0
+fi
+
+if ((BASH_VERSINFO[0] < 5 || (BASH_VERSINFO[0] == 5 && BASH_VERSINFO[1] < 1))); then
+  die "needs bash >= 5.1 (for wait -n -p), this is $BASH_VERSION"
+fi
+
+own_logdir=0
+if [[ -z ${LOGDIR:-} ]]; then
+  LOGDIR=$(mktemp -d "${TMPDIR:-/tmp}/alexnet_jax_multiprocess.XXXXXX")
+  own_logdir=1
+fi
+mkdir -p "$LOGDIR"
+
+# `python -m alexnet_jax.main` must import the package wherever this is run.
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
+
+declare -A index_of=()  # pid -> process id
+pids=()
+
+stop_all() {
+  local pid
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  # A process stuck in a collective may ignore SIGTERM for a while.
+  local deadline=$((SECONDS + ${KILL_GRACE:-10}))
+  for pid in "${pids[@]}"; do
+    while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  wait 2>/dev/null || true
+}
+
+on_signal() {
+  trap - INT TERM
+  printf 'launch: stopping %d processes\n' "${#pids[@]}" >&2
+  stop_all
+  exit "$1"
+}
+# Background jobs of a script ignore SIGINT, so Ctrl-C must be forwarded.
+trap 'on_signal 130' INT
+trap 'on_signal 143' TERM
+
+for ((i = 0; i < n; i++)); do
+  command_for "$i" "$@"
+  if ((i == 0)); then
+    JAX_PLATFORMS=cpu "${cmd[@]}" &
+  else
+    JAX_PLATFORMS=cpu "${cmd[@]}" >"$LOGDIR/process_$i.log" 2>&1 &
+  fi
+  pids+=($!)
+  index_of[$!]=$i
+done
+
+remaining=$n
+while ((remaining > 0)); do
+  status=0
+  finished=
+  wait -n -p finished "${pids[@]}" || status=$?
+  # Empty means wait was interrupted (the trap exits) or had nothing to wait for.
+  [[ -n $finished ]] || break
+  remaining=$((remaining - 1))
+  i=${index_of[$finished]}
+  # Drop it so stop_all and later waits only see live processes.
+  for k in "${!pids[@]}"; do
+    [[ ${pids[$k]} != "$finished" ]] || unset 'pids[k]'
+  done
+  pids=(${pids[@]+"${pids[@]}"})
+  if ((status != 0)); then
+    trap - INT TERM
+    printf 'launch: process %d exited with status %d; stopping the others\n' \
+      "$i" "$status" >&2
+    if ((i != 0)); then
+      printf -- '----- %s -----\n' "$LOGDIR/process_$i.log" >&2
+      cat "$LOGDIR/process_$i.log" >&2 || true
+      printf -- '----- end of %s -----\n' "$LOGDIR/process_$i.log" >&2
+    fi
+    stop_all
+    printf 'launch: logs of processes 1..%d are in %s\n' "$((n - 1))" "$LOGDIR" >&2
+    exit "$status"
+  fi
+done
+
+((own_logdir)) && rm -rf "$LOGDIR"
+exit 0
