@@ -317,6 +317,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       f'{jax.device_count()} devices ({jax.process_count()} processes, mesh '
       f'{dict(mesh.shape)}) | {durations.total_steps} steps '
       f'({durations.steps_per_epoch}/epoch)')
+  if config.model_parallelism > 1:
+    reporter.log(f"FC layers split over 'model' ({config.model_parallelism} "
+                 'ways): fc6 kernel sharded '
+                 f"{state.params['fc6']['kernel'].sharding.spec}")
   if start_step:
     reporter.log(f'resuming from {ckpt.directory} at step {start_step}')
 
@@ -407,7 +411,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     test_metrics, _ = evaluate_split('test', step)
     best = ckpt.best_step()
     final = {'step': step, 'val': val_metrics, 'test': test_metrics,
-             'best_val_step': best}
+             'best_val_step': best,
+             # 1 unless something made the step recompile (a test checks).
+             'train_step_traces': train_step.traces()}
     if jax.process_index() == 0:
       with open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:
         json.dump(final, f, indent=2)

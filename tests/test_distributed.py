@@ -1,0 +1,173 @@
+"""Scale-out on CPU: 8 simulated devices against 1, FC model parallelism
+against data parallelism, checkpoints across device counts, a real 2-process
+jax.distributed run against a single process, no retracing, and the
+multi-process failure messages.
+
+Device counts are fixed when a process starts JAX, so each configuration runs
+as its own `python -m alexnet_jax.main` process.
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from alexnet_jax import checkpointing
+from tests.conftest import REPO
+
+
+def free_port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def run_main(workdir, cifar_dir, env, devices=1, extra=(), timeout=600):
+  env = dict(env)
+  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  env['JAX_PLATFORMS'] = 'cpu'
+  args = [sys.executable, '-m', 'alexnet_jax.main',
+          '--config=configs/cifar10.py', f'--workdir={workdir}',
+          '--config.model=alexnet_tiny', f'--config.data_dir={cifar_dir}',
+          '--config.num_steps=6', '--config.log_every_steps=2',
+          '--config.data_shards=2', '--config.eval_batch_size=256',
+          '--config.dropout_rate=0.5', '--config.learning_rate=0.05',
+          *extra]
+  result = subprocess.run(args, cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result
+
+
+def params_of(workdir, step=None):
+  return checkpointing.load_state_on_host(workdir, step)['params']
+
+
+def assert_trees_close(a, b, rtol=1e-5):
+  for (path, x), (_, y) in zip(jax.tree_util.tree_leaves_with_path(a),
+                               jax.tree_util.tree_leaves_with_path(b)):
+    err = np.linalg.norm(x - y) / max(np.linalg.norm(y), 1e-12)
+    assert err <= rtol, (jax.tree_util.keystr(path), err)
+
+
+def train_losses(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [r['loss'] for r in map(json.loads, f) if r['split'] == 'train']
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+  """Six steps of the tiny net on 1 device, 8 devices, 8 devices with FC
+  model parallelism over 2, and 2 real processes."""
+  from tests.conftest import CIFAR_SUBSET
+  if not (CIFAR_SUBSET / 'test_batch').is_file():
+    pytest.skip(f'real CIFAR-10 subset not found at {CIFAR_SUBSET}')
+  cifar = str(CIFAR_SUBSET)
+  env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL='2')
+  root = tmp_path_factory.mktemp('scale')
+  out = {'cifar': cifar, 'env': env, 'root': root}
+  out['one'] = str(root / 'one')
+  out['one_log'] = run_main(out['one'], cifar, env, devices=1).stdout
+  out['eight'] = str(root / 'eight')
+  out['eight_log'] = run_main(out['eight'], cifar, env, devices=8).stdout
+  out['fc_mp'] = str(root / 'fc_mp')
+  out['fc_mp_log'] = run_main(out['fc_mp'], cifar, env, devices=8,
+                              extra=['--config.model_parallelism=2']).stdout
+  return out
+
+
+def test_eight_devices_match_one_device(runs):
+  assert "'data': 8" in runs['eight_log']
+  assert_trees_close(params_of(runs['eight']), params_of(runs['one']))
+  np.testing.assert_allclose(train_losses(runs['eight']),
+                             train_losses(runs['one']), rtol=1e-5)
+
+
+def test_fc_model_parallel_matches_data_parallel(runs):
+  log = runs['fc_mp_log']
+  assert "'data': 4, 'model': 2" in log
+  assert "fc6 kernel sharded PartitionSpec(None, 'model')" in log
+  assert_trees_close(params_of(runs['fc_mp']), params_of(runs['eight']))
+  np.testing.assert_allclose(train_losses(runs['fc_mp']),
+                             train_losses(runs['one']), rtol=1e-5)
+
+
+def test_checkpoint_moves_between_device_counts(runs, tmp_path):
+  """8 -> 1 and 1 -> 8 (with FC split over 'model'): resume and go on."""
+  cifar, env = runs['cifar'], runs['env']
+  from_eight = str(tmp_path / 'from_eight')
+  shutil.copytree(runs['eight'], from_eight)
+  from_one = str(tmp_path / 'from_one')
+  shutil.copytree(runs['one'], from_one)
+  more = ['--config.num_steps=8']
+  log = run_main(from_eight, cifar, env, devices=1, extra=more).stdout
+  assert 'resuming from' in log and 'at step 6' in log
+  log = run_main(from_one, cifar, env, devices=8,
+                 extra=more + ['--config.model_parallelism=2']).stdout
+  assert 'resuming from' in log and 'at step 6' in log
+  assert_trees_close(params_of(from_eight, 8), params_of(from_one, 8))
+
+
+def test_train_step_is_traced_once(runs):
+  """Evaluation, the plateau value, logging and checkpoints cause no retrace."""
+  for name in ('one', 'eight', 'fc_mp'):
+    with open(os.path.join(runs[name], 'final_metrics.json')) as f:
+      assert json.load(f)['train_step_traces'] == 1, name
+
+
+def test_two_processes_match_one_process(runs, tmp_path):
+  """A real 2-process job through jax.distributed on localhost."""
+  workdir = str(tmp_path / 'two')
+  env = dict(runs['env'], PYTHON=sys.executable)
+  args = ['bash', 'launch/local_multiprocess.sh', '2',
+          '--config=configs/cifar10.py', f'--workdir={workdir}',
+          '--config.model=alexnet_tiny', f'--config.data_dir={runs["cifar"]}',
+          '--config.num_steps=6', '--config.log_every_steps=2',
+          '--config.data_shards=2', '--config.eval_batch_size=256',
+          '--config.dropout_rate=0.5', '--config.learning_rate=0.05']
+  result = subprocess.run(args, cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+  assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+  assert '2 devices (2 processes' in result.stdout
+  np.testing.assert_allclose(train_losses(workdir), train_losses(runs['one']),
+                             rtol=1e-5)
+  assert_trees_close(params_of(workdir), params_of(runs['one']))
+
+
+def test_unreachable_coordinator_is_one_line_naming_it(runs, tmp_path):
+  port = free_port()
+  env = dict(runs['env'], JAX_PLATFORMS='cpu')
+  result = subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.main', '--config=configs/cifar10.py',
+       f'--workdir={tmp_path / "w"}', f'--coordinator_address=127.0.0.1:{port}',
+       '--num_processes=2', '--process_id=1', '--coordinator_timeout=5'],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2
+  errors = [l for l in result.stderr.splitlines() if l.startswith('error:')]
+  assert len(errors) == 1, result.stderr[-2000:]
+  assert f'127.0.0.1:{port}' in errors[0] and 'process 1' in errors[0]
+  assert not os.path.exists(tmp_path / 'w')
+
+
+def test_processes_that_disagree_about_the_workdir_stop(runs, tmp_path):
+  port = free_port()
+  env = dict(runs['env'], JAX_PLATFORMS='cpu')
+  procs = [subprocess.Popen(
+      [sys.executable, '-m', 'alexnet_jax.main', '--config=configs/cifar10.py',
+       f'--workdir={tmp_path / f"w{i}"}', '--config.model=alexnet_tiny',
+       f'--config.data_dir={runs["cifar"]}', '--config.num_steps=2',
+       f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
+       f'--process_id={i}', '--coordinator_timeout=60'],
+      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True) for i in range(2)]
+  outs = [p.communicate(timeout=300) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 2, err[-2000:]
+    assert 'is not shared by all processes' in err
+  assert not os.path.exists(tmp_path / 'w0' / 'checkpoints')

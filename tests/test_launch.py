@@ -1,0 +1,250 @@
+"""The launch scripts: syntax, the exact commands their dry runs print, and
+one-line errors on bad input. Dry runs only: nothing here needs gcloud, SLURM,
+a network or a second process of alexnet_jax.main."""
+
+import os
+import pathlib
+import shlex
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+LAUNCH = REPO / 'launch'
+TPU = LAUNCH / 'tpu_vm.sh'
+SLURM = LAUNCH / 'slurm_gpu.sbatch'
+LOCAL = LAUNCH / 'local_multiprocess.sh'
+BASH = shutil.which('bash')
+
+
+@pytest.fixture
+def bare_path(tmp_path):
+  """A PATH holding only the few tools the dry runs use: no gcloud, no srun."""
+  bin_dir = tmp_path / 'bin'
+  bin_dir.mkdir()
+  for tool in ('dirname', 'mktemp', 'rm', 'awk'):
+    found = shutil.which(tool)
+    assert found, f'{tool} is needed by the scripts'
+    (bin_dir / tool).symlink_to(found)
+  return str(bin_dir)
+
+
+def run(script, *args, env=None):
+  return subprocess.run([BASH, str(script), *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=30)
+
+
+def commands(stdout):
+  """Dry-run output as argv lists; every line must be one `+ ` command."""
+  lines = stdout.splitlines()
+  assert lines and all(line.startswith('+ ') for line in lines), stdout
+  return [shlex.split(line[2:]) for line in lines]
+
+
+def option(argv, name):
+  values = [a.split('=', 1)[1] for a in argv if a.startswith(name + '=')]
+  assert len(values) == 1, (name, argv)
+  return values[0]
+
+
+def assert_one_error_line(result):
+  assert result.returncode == 2, result
+  assert result.stdout == ''
+  lines = result.stderr.splitlines()
+  assert len(lines) == 1 and lines[0].startswith('error: '), result.stderr
+
+
+@pytest.mark.parametrize('script', [TPU, SLURM, LOCAL], ids=lambda p: p.name)
+def test_syntax_and_executable(script):
+  subprocess.run([BASH, '-n', str(script)], check=True, timeout=30)
+  assert os.access(script, os.X_OK)
+
+
+# --- tpu_vm.sh ---------------------------------------------------------------
+
+TPU_ARGS = ('--workdir=gs://bucket/runs/a1', '--tfds-data-dir', 'gs://bucket/tfds')
+
+
+def test_tpu_dry_run_commands(bare_path):
+  result = run(TPU, '--dry-run', '--name=my-tpu', '--project', 'proj-1',
+               *TPU_ARGS, '--', '--config.num_epochs=90', 'two words',
+               env={'PATH': bare_path})
+  assert result.returncode == 0, result.stderr
+  argvs = commands(result.stdout)
+  gcloud = [a for a in argvs if a[0] == 'gcloud']
+  assert [a[1:5] for a in gcloud] == [
+      ['compute', 'tpus', 'tpu-vm', verb]
+      for verb in ('describe', 'create', 'scp', 'ssh', 'ssh')]
+  for argv in gcloud:
+    assert '--zone=us-central2-b' in argv and '--project=proj-1' in argv
+  describe, create, scp, install, train = gcloud
+  for argv in (describe, create, install, train):
+    assert argv[5] == 'my-tpu'
+  assert scp[6] == 'my-tpu:alexnet_jax.tar.gz'
+  assert '--accelerator-type=v4-32' in create
+  assert '--version=tpu-ubuntu2204-base' in create
+  for argv in (scp, install, train):
+    assert '--worker=all' in argv
+
+  # The tarball made first is the one copied to the workers.
+  tar = argvs[0]
+  assert tar[0] == 'tar' and str(REPO) in tar
+  assert tar[tar.index('-czf') + 1] == scp[5]
+  assert '--exclude=.git' in tar
+
+  setup = option(install, '--command')
+  assert "'jax[tpu]==0.10.2'" in setup and 'requirements.txt' in setup
+  assert '-m venv' in setup
+
+  remote = shlex.split(option(train, '--command'))
+  main = remote.index('alexnet_jax.main')
+  assert remote[main - 2].endswith('/bin/python') and remote[main - 1] == '-m'
+  assert remote[main + 1:] == [
+      '--config=configs/cifar10.py', '--workdir=gs://bucket/runs/a1',
+      '--config.tfds_data_dir=gs://bucket/tfds', '--config.num_epochs=90',
+      'two words']
+
+
+def test_tpu_options_override_defaults(bare_path):
+  result = run(TPU, '--dry-run', '--zone=europe-west4-a',
+               '--accelerator-type', 'v5litepod-16', '--version=v2-alpha-tpuv5-lite',
+               '--config=configs/cifar10_227.py', *TPU_ARGS,
+               env={'PATH': bare_path})
+  assert result.returncode == 0, result.stderr
+  gcloud = [a for a in commands(result.stdout) if a[0] == 'gcloud']
+  create = gcloud[1]
+  assert create[5] == 'alexnet-jax'
+  assert '--accelerator-type=v5litepod-16' in create
+  assert '--version=v2-alpha-tpuv5-lite' in create
+  assert all('--zone=europe-west4-a' in a for a in gcloud)
+  assert not any(x.startswith('--project') for a in gcloud for x in a)
+  assert '--config=configs/cifar10_227.py' in shlex.split(
+      option(gcloud[-1], '--command'))
+
+
+def test_tpu_help_shows_defaults():
+  result = run(TPU, '--help')
+  assert result.returncode == 0
+  for default in ('us-central2-b', 'v4-32', 'tpu-ubuntu2204-base',
+                  'configs/cifar10.py', '--dry-run', '--tfds-data-dir'):
+    assert default in result.stdout
+
+
+@pytest.mark.parametrize('args', [
+    ('--tfds-data-dir=gs://bucket/tfds',),                      # no --workdir
+    ('--workdir=/tmp/run', '--tfds-data-dir=gs://bucket/tfds'),  # not gs://
+    ('--workdir=gs://bucket/run',),                             # no tfds dir
+    ('--workdir=gs://bucket/run', '--tfds-data-dir=/data/tfds'),
+    (*TPU_ARGS, '--zone'),                                       # no value
+    (*TPU_ARGS, '--zone='),
+    (*TPU_ARGS, '--bogus=1'),
+    (*TPU_ARGS, 'stray'),
+    (*TPU_ARGS, '--name=Bad_Name'),
+    (*TPU_ARGS, '--config=configs/missing.py'),
+], ids=['no-workdir', 'local-workdir', 'no-tfds', 'local-tfds', 'no-value',
+        'empty-value', 'unknown', 'positional', 'bad-name', 'missing-config'])
+def test_tpu_bad_input(args, bare_path):
+  # --dry-run too: validation must not depend on gcloud being there.
+  assert_one_error_line(run(TPU, '--dry-run', *args, env={'PATH': bare_path}))
+
+
+# --- slurm_gpu.sbatch --------------------------------------------------------
+
+
+@pytest.fixture
+def slurm_env(bare_path):
+  """DRY_RUN outside any job: no SLURM_* variables, no srun on PATH."""
+  return {'PATH': bare_path, 'DRY_RUN': '1', 'VENV': ''}
+
+
+def test_slurm_dry_run_defaults(slurm_env):
+  result = run(SLURM, env=slurm_env)
+  assert result.returncode == 0, result.stderr
+  [argv] = commands(result.stdout)
+  assert argv[0] == 'srun'
+  main = argv.index('alexnet_jax.main')
+  assert argv[main - 2:main] == ['python', '-m']
+  assert argv[main + 1:] == [
+      '--config=configs/cifar10.py',
+      f'--workdir={REPO}/workdirs/alexnet_jax-local']
+
+
+def test_slurm_dry_run_in_job_with_overrides(slurm_env):
+  env = dict(slurm_env, SLURM_SUBMIT_DIR=str(REPO), SLURM_JOB_NAME='aj',
+             SLURM_JOB_ID='1234', SLURM_CPUS_PER_TASK='8',
+             CONFIG='configs/cifar10_227.py', DATA_DIR='/shared/cifar 10')
+  result = run(SLURM, '--', '--config.num_epochs=90', 'two words', env=env)
+  assert result.returncode == 0, result.stderr
+  [argv] = commands(result.stdout)
+  assert '--cpus-per-task=8' in argv[:argv.index('-m')]
+  assert argv[argv.index('alexnet_jax.main') + 1:] == [
+      '--config=configs/cifar10_227.py', f'--workdir={REPO}/workdirs/aj-1234',
+      '--config.data_dir=/shared/cifar 10', '--config.num_epochs=90',
+      'two words']
+
+  env['WORKDIR'] = '/shared/runs/x'
+  [argv] = commands(run(SLURM, '--config.seed=3', env=env).stdout)
+  assert '--workdir=/shared/runs/x' in argv and argv[-1] == '--config.seed=3'
+
+
+def test_slurm_sbatch_headers():
+  headers = [line.split(None, 1)[1] for line in SLURM.read_text().splitlines()
+             if line.startswith('#SBATCH')]
+  for header in ('--nodes=2', '--ntasks-per-node=8', '--gpus-per-task=1',
+                 '--cpus-per-task=8', '--time=24:00:00',
+                 '--job-name=alexnet_jax'):
+    assert header in headers
+
+
+@pytest.mark.parametrize('overrides', [
+    {'CONFIG': 'configs/missing.py'}, {'VENV': '/nonexistent/venv'}],
+    ids=['missing-config', 'missing-venv'])
+def test_slurm_bad_input(slurm_env, overrides):
+  assert_one_error_line(run(SLURM, env=dict(slurm_env, **overrides)))
+
+
+# --- local_multiprocess.sh ---------------------------------------------------
+
+
+@pytest.mark.parametrize('n', [1, 3])
+def test_local_dry_run_commands(n):
+  env = dict(os.environ, PYTHON=sys.executable)
+  env.pop('PORT', None)
+  result = run(LOCAL, '--dry-run', str(n), '--config=configs/cifar10.py',
+               '--workdir=/tmp/a b', env=env)
+  assert result.returncode == 0, result.stderr
+  argvs = commands(result.stdout)
+  assert len(argvs) == n
+  ports = set()
+  for i, argv in enumerate(argvs):
+    assert argv[:4] == ['JAX_PLATFORMS=cpu', sys.executable, '-m',
+                        'alexnet_jax.main']
+    host, port = option(argv, '--coordinator_address').rsplit(':', 1)
+    assert host == '127.0.0.1' and 0 < int(port) < 65536
+    ports.add(port)
+    assert option(argv, '--num_processes') == str(n)
+    assert option(argv, '--process_id') == str(i)
+    assert argv[-2:] == ['--config=configs/cifar10.py', '--workdir=/tmp/a b']
+  assert len(ports) == 1
+
+
+def test_local_dry_run_honours_port_and_python():
+  env = dict(os.environ, PORT='23456', PYTHON='/opt/py/bin/python3')
+  argvs = commands(run(LOCAL, '--dry-run', '2', env=env).stdout)
+  assert [a[1] for a in argvs] == ['/opt/py/bin/python3'] * 2
+  assert all(option(a, '--coordinator_address') == '127.0.0.1:23456'
+             for a in argvs)
+
+
+@pytest.mark.parametrize('args', [
+    ('0',), ('abc',), ('-1',), (), ('--dry-run', '0'), ('--dry-run', 'abc')],
+    ids=['zero', 'abc', 'negative', 'missing', 'dry-zero', 'dry-abc'])
+def test_local_bad_n(args):
+  assert_one_error_line(run(LOCAL, *args, env=dict(os.environ)))
+
+
+def test_local_bad_port():
+  env = dict(os.environ, PORT='70000')
+  assert_one_error_line(run(LOCAL, '--dry-run', '2', env=env))
