@@ -8,6 +8,9 @@ same workdir, since orbax checkpoints need shared storage.
 """
 
 import os
+import socket
+import sys
+import time
 import uuid
 
 import jax
@@ -29,6 +32,24 @@ def _auto_detected() -> bool:
   return len([h for h in hosts.split(',') if h]) > 1
 
 
+def _wait_for_coordinator(address: str, timeout_seconds: float):
+  """Polls HOST:PORT until it accepts a connection; the reason if it never does.
+
+  JAX aborts the whole process (a C++ fatal error, no Python exception) when
+  it cannot reach the coordinator, so a non-coordinator process checks first.
+  """
+  host, _, port = address.rpartition(':')
+  deadline = time.monotonic() + timeout_seconds
+  while True:
+    try:
+      socket.create_connection((host.strip('[]'), int(port)), timeout=2).close()
+      return None
+    except (OSError, ValueError) as e:
+      if time.monotonic() >= deadline or isinstance(e, ValueError):
+        return f'{type(e).__name__}: {e}'
+    time.sleep(0.5)
+
+
 def initialize(coordinator_address=None, num_processes=None, process_id=None,
                timeout_seconds: int = 300) -> bool:
   """Joins the multi-process job if there is one; returns whether it did."""
@@ -38,6 +59,21 @@ def initialize(coordinator_address=None, num_processes=None, process_id=None,
           _auto_detected()):
     return False
   address = coordinator_address or os.environ.get('JAX_COORDINATOR_ADDRESS')
+  pid = process_id if process_id is not None else os.environ.get(
+      'JAX_PROCESS_ID')
+  if address and pid is not None and int(pid) != 0:
+    reason = _wait_for_coordinator(address, timeout_seconds)
+    if reason:
+      raise DistributedError(
+          f'process {pid} could not reach the coordinator at {address} within '
+          f'{timeout_seconds} s ({reason}); start process 0 there first, or '
+          'fix --coordinator_address')
+  if pid is not None and int(pid) == 0 and num_processes:
+    # If the others never arrive, JAX aborts after the timeout with a C++
+    # error; this line says what it was waiting for.
+    print(f'process 0: coordinator at {address}, waiting up to '
+          f'{timeout_seconds} s for {num_processes} processes', file=sys.stderr,
+          flush=True)
   try:
     jax.distributed.initialize(
         coordinator_address=coordinator_address, num_processes=num_processes,

@@ -320,7 +320,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if config.model_parallelism > 1:
     reporter.log(f"FC layers split over 'model' ({config.model_parallelism} "
                  'ways): fc6 kernel sharded '
-                 f"{state.params['fc6']['kernel'].sharding.spec}")
+                 f"{tuple(state.params['fc6']['kernel'].sharding.spec)}")
   if start_step:
     reporter.log(f'resuming from {ckpt.directory} at step {start_step}')
 
