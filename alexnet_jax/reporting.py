@@ -77,12 +77,16 @@ class Reporter:
           if k != 'epoch' and v is not None and math.isfinite(float(v))})
 
   def progress(self, step: int, epoch: float, loss: float, top1: float,
-               lr: float, images_per_sec: float, seconds_per_step: float):
-    eta = _format_duration((self.total_steps - step) * seconds_per_step)
+               lr: float, images_per_sec, seconds_per_step: float):
+    if images_per_sec is None:  # No timed step yet (just compiled).
+      speed, eta = '      - img/s', '-'
+    else:
+      speed = f'{images_per_sec:7.1f} img/s'
+      eta = _format_duration((self.total_steps - step) * seconds_per_step)
     width = len(str(self.total_steps))
     self.log(f'step {step:>{width}}/{self.total_steps} | epoch {epoch:6.2f} | '
              f'loss {loss:.4f} | top1 {100 * top1:5.1f}% | lr {lr:.4g} | '
-             f'{images_per_sec:7.1f} img/s | ETA {eta}')
+             f'{speed} | ETA {eta}')
 
   def flush(self):
     if self.enabled and self._tb is not None:

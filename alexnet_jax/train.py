@@ -135,7 +135,13 @@ def create_train_state(model, tx, image_shape, seed: int, mesh):
                              rng=train_key, plateau_value=jnp.float32(1.))
 
   key = jax.random.PRNGKey(seed)
-  abstract = jax.eval_shape(init, key)
+  try:
+    abstract = jax.eval_shape(init, key)
+  except (TypeError, ValueError) as e:  # E.g. maps pooled down to nothing.
+    raise ConfigError(
+        f'the model cannot take {image_shape[0]}x{image_shape[1]} input '
+        f'({str(e).splitlines()[0][:120]}); set --config.image_size, e.g. 227 '
+        'for alexnet_paper, 224 for alexnet_torchvision') from None
   shardings = sharding.state_shardings(abstract, mesh)
   state = jax.jit(init, out_shardings=shardings)(key)
   return state, checkpointing.abstract_with_shardings(abstract, shardings)
@@ -367,8 +373,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if step == start_step + 1:  # Leave compilation out of the timings.
         jax.block_until_ready(metrics_acc)
         stopwatch.reset(step)
-        metrics_acc = zero_train_metrics(mesh)
-        continue
 
       last = step == durations.total_steps
       eval_now = (durations.steps_per_eval and
@@ -387,8 +391,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
               f'without saving. The last good checkpoint (step '
               f'{ckpt.latest_step()}) is kept; lower --config.learning_rate '
               'and rerun to resume from it')
-        seconds = stopwatch.rate(step)
-        images_per_sec = config.batch_size / seconds
+        seconds = stopwatch.rate(step)  # NaN right after compilation.
+        images_per_sec = (config.batch_size / seconds
+                          if math.isfinite(seconds) else None)
         stopwatch.reset(step)
         lr = learning_rate(step)
         reporter.write(step, 'train', epoch=step / durations.steps_per_epoch,

@@ -121,9 +121,12 @@ def test_kill_9_then_rerun_resumes_to_identical_final_metrics(
   with open(os.path.join(work, 'final_metrics.json')) as f:
     got = json.load(f)
   assert got == want
-  # The log has no duplicated or torn records after the resume.
-  steps = [(r['step'], r['split']) for r in read_jsonl(work)]
-  assert steps == [(r['step'], r['split']) for r in read_jsonl(ref)]
+  # The log has no duplicated or torn records after the resume, and the same
+  # values (speed aside) as the uninterrupted run's.
+  def comparable(records):
+    return [{k: v for k, v in r.items() if k != 'images_per_sec'}
+            for r in records]
+  assert comparable(read_jsonl(work)) == comparable(read_jsonl(ref))
 
 
 @pytest.mark.parametrize('eval_flip', [False, True])
