@@ -106,12 +106,13 @@ def test_seed_net_logits_are_not_rectified():
 
 def test_cifar_form_shapes():
   shapes, n = layer_shapes(models.AlexNetCifar(num_classes=10), 32)
-  assert shapes['conv1'] == (32, 32, 64)
-  assert shapes['pool1'] == (16, 16, 64)
-  assert shapes['pool2'] == (8, 8, 128)
-  assert shapes['pool5'] == (4, 4, 192)
+  assert shapes['conv1'] == (32, 32, 48)
+  assert shapes['pool1'] == (16, 16, 48)
+  assert shapes['pool2'] == (8, 8, 96)
+  assert shapes['pool5'] == (4, 4, 128)
+  assert shapes['flatten'] == (2048,)
   assert shapes['fc8'] == (10,)
-  assert n == 5_351_946
+  assert n == 3_735_914
 
 
 @pytest.mark.parametrize('name', sorted(models.MODELS))
