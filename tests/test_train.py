@@ -26,6 +26,8 @@ def tiny_config(cifar_dir, **overrides):
   c = cifar10.get_config()
   c.model = 'alexnet_tiny'
   c.data_dir = cifar_dir
+  c.batch_size = 128
+  c.learning_rate = 0.02
   c.num_epochs = 2
   c.log_every_steps = 5
   c.checkpoint_every_steps = 10
@@ -83,6 +85,7 @@ def run_cli(args, env, **kwargs):
 
 def cli_args(cifar_dir, workdir, **overrides):
   base = dict(model='alexnet_tiny', data_dir=cifar_dir, num_epochs=3,
+              batch_size=128,
               log_every_steps=5, checkpoint_every_steps=10,
               schedule='plateau', plateau_patience=1, learning_rate=0.02)
   base.update(overrides)
