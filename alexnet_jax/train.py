@@ -409,6 +409,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         ckpt.save(step, state, {checkpointing.BEST_METRIC: val_metrics['top1']})
       elif save_now:
         ckpt.save(step, state)
+      if eval_now:  # Keep evaluation out of the next window's img/s.
+        stopwatch.reset(step)
       reporter.flush()
 
     if val_metrics is None and 'val' in eval_arrays:
