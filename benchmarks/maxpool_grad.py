@@ -1,0 +1,67 @@
+"""Why models.max_pool exists: the gradient of 3x3/2 max-pooling on CPU.
+
+Times jit(grad) of flax's nn.max_pool (XLA select-and-scatter) against
+models.max_pool (max over strided slices) on conv1-sized maps of the CIFAR net,
+and of the whole CIFAR-form train step's gradient with each. Prints medians.
+
+  python -m benchmarks.maxpool_grad [--batch 32] [--repeats 20]
+"""
+
+import argparse
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from alexnet_jax import models
+
+
+def median_ms(fn, *args, repeats):
+  jax.block_until_ready(fn(*args))  # Compile and warm up.
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - t)
+  return 1e3 * float(np.median(times))
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument('--batch', type=int, default=32)
+  parser.add_argument('--repeats', type=int, default=20)
+  args = parser.parse_args()
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(args.batch, 32, 32, 48)), jnp.float32)
+  pools = {
+      'nn.max_pool (select-and-scatter)': lambda v: nn.max_pool(
+          v, (3, 3), (2, 2), padding=((1, 1), (1, 1))),
+      'models.max_pool (strided slices)': lambda v: models.max_pool(v, 3, 2, 1),
+  }
+  print(f'{jax.devices()[0].device_kind}, {jax.device_count()} device(s), '
+        f'jax {jax.__version__}, batch {args.batch}, median of {args.repeats}')
+  for name, pool in pools.items():
+    grad = jax.jit(jax.grad(lambda v: (pool(v) ** 2).sum()))
+    print(f'  pool1 gradient, {name}: '
+          f'{median_ms(grad, x, repeats=args.repeats):7.2f} ms')
+
+  images = jnp.asarray(rng.normal(size=(args.batch, 32, 32, 3)), jnp.float32)
+  model = models.AlexNetCifar(num_classes=10)
+  params = model.init(jax.random.PRNGKey(0), images[:1])['params']
+  for name, pool in pools.items():
+    original = models.max_pool
+    models.max_pool = lambda v, w, s, p, pool=pool: pool(v)
+    try:
+      grad = jax.jit(jax.grad(lambda p: (model.apply(
+          {'params': p}, images) ** 2).sum()))
+      ms = median_ms(grad, params, repeats=args.repeats)
+    finally:
+      models.max_pool = original
+    print(f'  CIFAR-form gradient step, {name}: {ms:7.2f} ms '
+          f'({args.batch / ms * 1e3:6.1f} img/s)')
+
+
+if __name__ == '__main__':
+  main()
