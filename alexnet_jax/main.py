@@ -1,9 +1,12 @@
 """Command line: parse flags, then `train.train_and_evaluate(config, workdir)`.
 
   python -m alexnet_jax.main --config=configs/cifar10.py --workdir=DIR \
-      [--config.key=value ...]
+      [--config.key=value ...] \
+      [--coordinator_address=HOST:PORT --num_processes=N --process_id=I]
 
-Bad input ends with one line on stderr, `error: ...`, and exit status 2.
+The multi-process flags are for clusters JAX cannot detect by itself (it does
+on Cloud TPU pods and under SLURM). Bad input ends with one line on stderr,
+`error: ...`, and exit status 2.
 """
 
 import os
