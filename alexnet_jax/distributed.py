@@ -2,8 +2,8 @@
 
 `initialize` calls `jax.distributed.initialize` when the run is multi-process:
 with explicit --coordinator_address/--num_processes/--process_id, with JAX's
-standard environment variables, or by JAX's auto-detection on Cloud TPU pods
-and under SLURM. `check_shared_workdir` then makes sure every process sees the
+standard environment variables, or by JAX's own cluster detection (Cloud TPU
+pods, SLURM, ...), which also tells a plain single-process run apart. `check_shared_workdir` then makes sure every process sees the
 same workdir, since orbax checkpoints need shared storage.
 """
 
@@ -21,15 +21,6 @@ _JAX_ENV = ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID')
 
 class DistributedError(Exception):
   """The processes of a multi-process run could not form one job."""
-
-
-def _auto_detected() -> bool:
-  """Cloud TPU pod slice or a SLURM job step with more than one task."""
-  if int(os.environ.get('SLURM_NTASKS', os.environ.get('SLURM_NPROCS', '1')
-                        ) or 1) > 1 and 'SLURM_STEP_ID' in os.environ:
-    return True
-  hosts = os.environ.get('TPU_WORKER_HOSTNAMES', '')
-  return len([h for h in hosts.split(',') if h]) > 1
 
 
 def _wait_for_coordinator(address: str, timeout_seconds: float):
@@ -55,9 +46,17 @@ def initialize(coordinator_address=None, num_processes=None, process_id=None,
   """Joins the multi-process job if there is one; returns whether it did."""
   explicit = any(v is not None for v in (coordinator_address, num_processes,
                                          process_id))
-  if not (explicit or any(os.environ.get(k) for k in _JAX_ENV) or
-          _auto_detected()):
-    return False
+  if not (explicit or any(os.environ.get(k) for k in _JAX_ENV)):
+    # Let JAX's own cluster detection (Cloud TPU VMs and GKE, SLURM, Open
+    # MPI, ...) decide; with no cluster it says so at once, and the run is a
+    # single process.
+    try:
+      jax.distributed.initialize(initialization_timeout=timeout_seconds)
+      return True
+    except ValueError as e:
+      if 'coordinator_address' in str(e):  # No cluster found.
+        return False
+      raise DistributedError(f'multi-process start failed: {e}') from None
   address = coordinator_address or os.environ.get('JAX_COORDINATOR_ADDRESS')
   pid = process_id if process_id is not None else os.environ.get(
       'JAX_PROCESS_ID')

@@ -77,8 +77,9 @@ def max_pool(x, window: int = 3, stride: int = 2, padding: int = 0):
   a window tie for the maximum (it is split between them instead of going to
   the first); after a ReLU, ties are zeros whose gradient the ReLU drops
   anyway. Why: XLA lowers nn.max_pool's gradient to select-and-scatter, which
-  on CPU took 4x longer than these fusible slices (173 vs 41 ms for conv1's
-  pool at batch 128 on 2 cores), a fifth of the CIFAR net's whole step.
+  is slow on CPU; `benchmarks/maxpool_grad.py` on 2 cores, batch 32: 31 vs
+  4 ms for the gradient of the CIFAR net's first pool, 105 vs 92 ms for its
+  whole gradient step.
   """
   n, h, w, c = x.shape
   if padding:
