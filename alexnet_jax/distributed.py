@@ -3,8 +3,9 @@
 `initialize` calls `jax.distributed.initialize` when the run is multi-process:
 with explicit --coordinator_address/--num_processes/--process_id, with JAX's
 standard environment variables, or by JAX's own cluster detection (Cloud TPU
-pods, SLURM, ...), which also tells a plain single-process run apart. `check_shared_workdir` then makes sure every process sees the
-same workdir, since orbax checkpoints need shared storage.
+pods, SLURM, ...), which also tells a plain single-process run apart.
+`check_shared_workdir` then makes sure every process sees the same workdir,
+since orbax checkpoints need shared storage.
 """
 
 import os

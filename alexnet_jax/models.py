@@ -158,7 +158,6 @@ class AlexNet(nn.Module):
     return nn.Dense(features, dtype=self.dtype, param_dtype=jnp.float32,
                     kernel_init=kinit, bias_init=binit, name=name)
 
-
   @nn.compact
   def __call__(self, x, *, train: bool = False):
     if self.dropout_placement not in ('paper', 'torchvision'):
@@ -215,10 +214,10 @@ AlexNetTorchvision = functools.partial(
 # AlexNet for native 32x32 input (CIFAR): conv1 becomes 3x3/1, so the three
 # overlapping 3x3/2 pools (padded by 1) take 32 -> 16 -> 8 -> 4, and fc6 sees
 # 4x4x128. Widths are about half the paper's (48-96-192-128-128) and the FC
-# layers 1024 wide: on 2 CPU cores this trains at
-# ~290 img/s even at batch 32, where 64-128-256-192-192 managed 113 img/s and
-# learned no better per epoch. The shape (5 conv + 3 FC, ReLU, overlapping
-# pooling, dropout 0.5) is AlexNet's; LRN is off (`lrn=True` turns it on).
+# layers 1024 wide, so a CPU runs it fast even at the small batches that suit
+# a small dataset (README "Results": how this was chosen). The shape (5 conv +
+# 3 FC, ReLU, overlapping pooling, dropout 0.5) is AlexNet's; LRN is off
+# (`lrn=True` turns it on).
 AlexNetCifar = functools.partial(
     AlexNet, widths=(48, 96, 192, 128, 128), kernels=(3, 3, 3, 3, 3),
     strides=(1, 1, 1, 1, 1), paddings=(1, 1, 1, 1, 1), groups=1, lrn=False,

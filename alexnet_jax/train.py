@@ -49,6 +49,13 @@ def validate_config(config: ml_collections.ConfigDict):
   choice('schedule', optim.SCHEDULES)
   choice('init', ('',) + models.INIT_SCHEMES)
   n = jax.device_count()
+  for field in ('batch_size', 'eval_batch_size'):
+    value = config[field]
+    if not isinstance(value, int) or value <= 0:
+      raise ConfigError(f'{field} {value!r} must be a positive integer')
+  if config.batch_size % n:
+    raise ConfigError(f'batch_size {config.batch_size} is not divisible by the '
+                      f'device count {n}; use a multiple of {n}')
   mp = config.model_parallelism
   if not isinstance(mp, int) or mp < 1 or n % mp:
     raise ConfigError(f'model_parallelism {mp!r} must be a positive divisor of '
@@ -58,17 +65,9 @@ def validate_config(config: ml_collections.ConfigDict):
     raise ConfigError(f'data_shards {config.data_shards} must be a positive '
                       f'multiple of the process count {jax.process_count()} '
                       '(0: one shard per process)')
-  if isinstance(config.batch_size, int) and config.batch_size > 0 and (
-      config.batch_size % shards):
+  if config.batch_size % shards:
     raise ConfigError(f'batch_size {config.batch_size} is not divisible by '
                       f'data_shards {shards}')
-  for field in ('batch_size', 'eval_batch_size'):
-    value = config[field]
-    if not isinstance(value, int) or value <= 0:
-      raise ConfigError(f'{field} {value!r} must be a positive integer')
-    if field == 'batch_size' and value % n:
-      raise ConfigError(f'{field} {value} is not divisible by the device count '
-                        f'{n}; use a multiple of {n}')
   if config.num_steps <= 0 and config.num_epochs <= 0:
     raise ConfigError(f'num_epochs {config.num_epochs} and num_steps '
                       f'{config.num_steps}: one of them must be positive')
@@ -77,11 +76,6 @@ def validate_config(config: ml_collections.ConfigDict):
   if config.schedule == 'plateau' and config.val_fraction == 0:
     raise ConfigError("schedule 'plateau' needs a validation split; set "
                       'val_fraction > 0 or choose step, cosine or constant')
-  if config.dataset == 'cifar10' and config.data_dir and not os.path.exists(
-      os.path.expanduser(config.data_dir)):
-    raise ConfigError(f'data_dir {config.data_dir!r} does not exist; point it '
-                      'at cifar-10-python.tar.gz or its extracted '
-                      'cifar-10-batches-py/ folder')
 
 
 def num_data_shards(config) -> int:
