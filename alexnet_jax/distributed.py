@@ -16,12 +16,10 @@ import uuid
 
 import jax
 
+from alexnet_jax.errors import DistributedError
+
 # Environment that means "this process is one of several".
 _JAX_ENV = ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID')
-
-
-class DistributedError(Exception):
-  """The processes of a multi-process run could not form one job."""
 
 
 def _wait_for_coordinator(address: str, timeout_seconds: float):

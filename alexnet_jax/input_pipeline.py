@@ -20,6 +20,7 @@ TensorFlow / TFDS are imported only on the TFDS path.
 """
 
 import dataclasses
+import io
 import os
 import pickle
 import tarfile
@@ -28,6 +29,8 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from alexnet_jax.errors import DataError
 
 DATASETS = ('cifar10', 'fake')
 
@@ -40,10 +43,6 @@ CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 _CIFAR_TRAIN_FILES = tuple(f'data_batch_{i}' for i in range(1, 6))
 _CIFAR_TEST_FILE = 'test_batch'
 _CIFAR_DIRNAME = 'cifar-10-batches-py'
-
-
-class DataError(Exception):
-  """A dataset cannot be loaded; the message says what to do about it."""
 
 
 @dataclasses.dataclass
@@ -67,11 +66,62 @@ class Dataset:
 
 # --- CIFAR-10 from the standard python archive --------------------------------
 
+class _HostilePickle(Exception):
+  pass
+
+
+# The only globals a CIFAR-10 batch file refers to: numpy's array rebuild,
+# and (in files re-written with numpy) its scalar rebuild.
+_NUMPY_RECONSTRUCT = np.zeros(1).__reduce__()[0]
+_NUMPY_SCALAR = np.int64(0).__reduce__()[0]
+
+
+def _numeric_scalar(dtype, *args):
+  """numpy's scalar rebuild, for plain numeric dtypes only (an object dtype
+  would read raw bytes as a Python object)."""
+  if not isinstance(dtype, np.dtype) or dtype.hasobject:
+    raise _HostilePickle(f'numpy scalar of dtype {dtype!r}')
+  return _NUMPY_SCALAR(dtype, *args)
+
+
+_CIFAR_GLOBALS = {
+    ('numpy.core.multiarray', '_reconstruct'): _NUMPY_RECONSTRUCT,
+    ('numpy._core.multiarray', '_reconstruct'): _NUMPY_RECONSTRUCT,
+    ('numpy.core.multiarray', 'scalar'): _numeric_scalar,
+    ('numpy._core.multiarray', 'scalar'): _numeric_scalar,
+    ('numpy', 'ndarray'): np.ndarray,
+    ('numpy', 'dtype'): np.dtype,
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+  """Unpickles what real CIFAR-10 files hold, and nothing that can run code.
+
+  A pickle can call any importable function on load. The batch files only
+  ever need dicts, lists, strings, numbers and numpy arrays, so every other
+  global (os.system, builtins.eval, ...) is refused before it is looked up.
+  """
+
+  def find_class(self, module, name):
+    if (module, name) in _CIFAR_GLOBALS:
+      return _CIFAR_GLOBALS[(module, name)]
+    raise _HostilePickle(f'{module}.{name}')
+
+
 def _read_cifar_batch(name: str, data: bytes) -> Split:
   try:
-    d = pickle.loads(data, encoding='latin1')
+    d = _CifarUnpickler(io.BytesIO(data), encoding='latin1').load()
+    if not isinstance(d, dict) or not {'data', 'labels'} <= set(d):
+      raise ValueError(f'a {type(d).__name__} without data and labels')
+    if isinstance(d['data'], np.ndarray) and d['data'].dtype != np.uint8:
+      raise ValueError(f'data of dtype {d["data"].dtype}, not uint8')
     images = np.asarray(d['data'], dtype=np.uint8)
     labels = np.asarray(d['labels'], dtype=np.int32)
+  except _HostilePickle as e:
+    raise DataError(f'CIFAR-10 batch file {name} asks to load the Python '
+                    f'object {e}, which CIFAR-10 files never contain; refusing '
+                    'to load it (a crafted or foreign pickle). Use the '
+                    'original archive') from None
   except Exception as e:  # pickle raises many types on truncated input.
     raise DataError(f'CIFAR-10 batch file {name} is truncated or corrupt '
                     f'({type(e).__name__}: {e}); re-extract the archive') from None

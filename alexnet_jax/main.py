@@ -1,17 +1,21 @@
 """Command line: parse flags, then `train.train_and_evaluate(config, workdir)`.
 
   python -m alexnet_jax.main --config=configs/cifar10.py --workdir=DIR \
-      [--config.key=value ...] \
+      [--config.key=value ...] [--verbose] \
       [--coordinator_address=HOST:PORT --num_processes=N --process_id=I]
 
 The multi-process flags are for clusters JAX cannot detect by itself (it does
 on Cloud TPU pods and under SLURM). Bad input ends with one line on stderr,
-`error: ...`, and exit status 2.
+`error: ...`, and exit status 2 (--verbose adds the traceback). A SIGTERM or
+SIGINT saves the current step and exits with 128 + the signal number.
 """
 
+import difflib
+import importlib.util
 import os
-import re
 import sys
+import threading
+import traceback
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # Before TF/XLA load.
 
@@ -20,16 +24,18 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from alexnet_jax import checkpointing
 from alexnet_jax import distributed
-from alexnet_jax import input_pipeline
 from alexnet_jax import train
+from alexnet_jax.errors import Interrupted
+from alexnet_jax.errors import UserError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
     'config', None, 'Training config file (configs/*.py).', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Checkpoints, metrics and TensorBoard '
-                    'events go here; rerunning with it resumes.')
+                    'events go here (local or gs://); rerunning with it '
+                    'resumes.')
+flags.DEFINE_bool('verbose', False, 'Print the traceback of user errors too.')
 flags.DEFINE_string('coordinator_address', None, 'Multi-process runs: '
                     'HOST:PORT of process 0 (else JAX_COORDINATOR_ADDRESS, or '
                     'auto-detected on Cloud TPU pods and under SLURM).')
@@ -39,31 +45,90 @@ flags.DEFINE_integer('coordinator_timeout', 300, 'Seconds to wait for every '
                      'process to reach the coordinator.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
-USER_ERRORS = (train.ConfigError, input_pipeline.DataError,
-               checkpointing.CheckpointError, train.TrainingError,
-               distributed.DistributedError)
 
-
-def fail(message: str):
+def fail(message, verbose: bool = False):
   """One line on stderr, exit status 2: the bad-input contract."""
+  if verbose:
+    traceback.print_exc()
   print(f'error: {" ".join(str(message).split())}', file=sys.stderr,
         flush=True)
   sys.exit(2)
 
 
+def quiet_library_tracebacks():
+  """Library tracebacks off (the one `error:` line says what happened).
+
+  When a write fails, orbax's background threads log the exception with its
+  traceback, and asyncio reports coroutines it could not finish. Without
+  --verbose those become one-line log records or nothing.
+  """
+  def strip_traceback(record):
+    record.exc_info, record.exc_text, record.stack_info = None, None, None
+    return True
+
+  logging.get_absl_handler().addFilter(strip_traceback)
+  sys.unraisablehook = lambda unraisable: None
+  threading.excepthook = lambda args: None
+
+
+def _flag_value(argv, name):
+  for arg in argv:
+    if arg.startswith(f'--{name}='):
+      return arg.split('=', 1)[1]
+  return None
+
+
+def explain_config_error(argv, error: Exception) -> str:
+  """Why ml_collections refused the config: no get_config, or an unknown key.
+
+  Found by loading the config file ourselves and checking each --config.KEY
+  against it, not by parsing the library's message.
+  """
+  path = _flag_value(argv, 'config')
+  try:
+    spec = importlib.util.spec_from_file_location('_user_config', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+  except Exception:  # Reported by the generic message below.
+    module = None
+  if module is not None and not callable(getattr(module, 'get_config', None)):
+    return (f'config file {path!r} defines no get_config(); a config file '
+            'is a Python file whose get_config() returns an '
+            'ml_collections.ConfigDict (e.g. configs/cifar10.py)')
+  if module is not None:
+    config = module.get_config()
+    for arg in argv:
+      if not arg.startswith('--config.'):
+        continue
+      key = arg[len('--config.'):].split('=', 1)[0]
+      node, parts = config, key.split('.')
+      for i, part in enumerate(parts):
+        if not hasattr(node, 'keys') or part not in node:
+          known = list(node.keys()) if hasattr(node, 'keys') else []
+          close = difflib.get_close_matches(part, known, n=1)
+          hint = f" (did you mean {'.'.join(parts[:i] + close)!r}?)" if close \
+              else ''
+          return (f'unknown config key {key!r}{hint}; every field is listed '
+                  'in configs/default.py')
+        node = node[part]
+  return f'bad --config or --config.* flag ({type(error).__name__}: {error})'
+
+
+def config_load_error(e: Exception) -> str:
+  """ml_collections puts the cause of a failed load on the last line."""
+  return f'cannot load --config: {str(e).strip().splitlines()[-1].strip()}'
+
+
 def parse_flags(argv):
-  """absl parsing, with unknown or ill-typed --config.* values as one line."""
+  """absl parsing, with config-file and --config.* problems as one line."""
   try:
     return FLAGS(argv)
-  except (AttributeError, KeyError) as e:  # ml_collections: no such field.
-    text = str(e).replace('\\n', ' ').replace('\\', '')
-    key = re.search(r"'([^']+)'", text)
-    hint = re.search(r'Did you mean "([^"]+)"', text)
-    fail(f'unknown config key {key.group(1) if key else text!r}'
-         + (f' (did you mean {hint.group(1)!r}?)' if hint else '')
-         + '; every field is listed in configs/default.py')
+  except (OSError, SyntaxError, ImportError) as e:  # With --config.* given.
+    fail(config_load_error(e), '--verbose' in argv)
+  except (AttributeError, KeyError) as e:  # ml_collections' refusals.
+    fail(explain_config_error(argv, e), '--verbose' in argv)
   except flags.Error as e:
-    fail(e)
+    fail(e, '--verbose' in argv)
 
 
 def main(argv):
@@ -71,16 +136,20 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   if not FLAGS['verbosity'].present:  # orbax logs every save at INFO.
     logging.set_verbosity(logging.WARNING)
+  if not FLAGS.verbose:
+    quiet_library_tracebacks()
   try:
     FLAGS.config.get('model')  # A config file that failed to load raises here.
   except (OSError, SyntaxError, ImportError) as e:
-    fail(f'cannot load --config: {str(e).strip().splitlines()[-1].strip()}')
+    fail(config_load_error(e), FLAGS.verbose)
   try:
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                            FLAGS.process_id, FLAGS.coordinator_timeout)
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except USER_ERRORS as e:
-    fail(e)
+  except UserError as e:
+    fail(e, FLAGS.verbose)
+  except Interrupted as e:
+    sys.exit(128 + e.signum)
 
 
 if __name__ == '__main__':

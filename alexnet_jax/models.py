@@ -153,6 +153,29 @@ class AlexNet(nn.Module):
   init_scheme: str = 'paper'
   dtype: Any = jnp.float32
 
+  def spatial_sizes(self, size: int) -> list:
+    """Side of the feature maps after each conv and pool, for `size` input.
+
+    The shape arithmetic of `__call__` (floor((n + 2p - k) / s) + 1), so an
+    input too small for the net is caught by name before anything is traced.
+    """
+    sizes = []
+    for i, (k, s, p) in enumerate(
+        zip(self.kernels, self.strides, self.paddings), start=1):
+      size = (size + 2 * p - k) // s + 1
+      sizes.append(size)
+      if i in (1, 2, 5) and size >= 1:
+        size = (size + 2 * self.pool_padding - 3) // 2 + 1
+        sizes.append(size)
+    return sizes
+
+  def min_input_size(self) -> int:
+    """The smallest square input that leaves every feature map non-empty."""
+    size = 1
+    while min(self.spatial_sizes(size)) < 1:
+      size += 1
+    return size
+
   def _dense(self, name, features):
     kinit, binit = _initializers(self.init_scheme, name)
     return nn.Dense(features, dtype=self.dtype, param_dtype=jnp.float32,

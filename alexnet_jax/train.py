@@ -1,23 +1,23 @@
 """The training run: the jitted train and eval steps, and the loop around them.
 
 Read top to bottom: config checks and durations, the train state, the train
-step, evaluation, then `train_and_evaluate`, which ties data, checkpoints and
-reporting together. Everything that can fail on bad input fails before the
-workdir is touched.
+step, evaluation, then `train_and_evaluate`, which ties data, checkpoints,
+signals and reporting together. Everything that can fail on bad input fails
+before the workdir is touched.
 """
 
+import contextlib
 import dataclasses
 import json
 import math
-import os
-from typing import Any
+from typing import Optional
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from etils import epath
 from flax.training import train_state
 
 from alexnet_jax import checkpointing
@@ -25,39 +25,81 @@ from alexnet_jax import distributed
 from alexnet_jax import input_pipeline
 from alexnet_jax import models
 from alexnet_jax import optim
+from alexnet_jax import preemption
 from alexnet_jax import reporting
 from alexnet_jax import sharding
+from alexnet_jax.errors import ConfigError
+from alexnet_jax.errors import Interrupted
+from alexnet_jax.errors import TrainingError
 
 
-class ConfigError(Exception):
-  """The config asks for something that cannot run; the message names it."""
+# --- Config checks and durations ---------------------------------------------
+
+def _finite(v):
+  return isinstance(v, (int, float)) and not isinstance(v, bool) and \
+      math.isfinite(v)
 
 
-class TrainingError(Exception):
-  """Training cannot go on (e.g. the loss stopped being finite)."""
+def _integer(v):
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+# field: (valid?, what it must be). Checked in this order.
+_RANGES = {
+    'batch_size': (lambda v: _integer(v) and v > 0, 'a positive integer'),
+    'eval_batch_size': (lambda v: _integer(v) and v > 0, 'a positive integer'),
+    'learning_rate': (lambda v: _finite(v) and v > 0,
+                      'a positive finite number'),
+    'momentum': (lambda v: _finite(v) and 0 <= v < 1, 'in [0, 1)'),
+    'weight_decay': (lambda v: _finite(v) and v >= 0, 'a finite number >= 0'),
+    'dropout_rate': (lambda v: _finite(v) and 0 <= v < 1, 'in [0, 1)'),
+    'label_smoothing': (lambda v: _finite(v) and 0 <= v < 1, 'in [0, 1)'),
+    'num_epochs': (_finite, 'a finite number'),
+    'num_steps': (_integer, 'an integer'),
+    'eval_every_epochs': (lambda v: _finite(v) and v >= 0,
+                          'a finite number >= 0 (0: only at the end)'),
+    'warmup_epochs': (lambda v: _finite(v) and v >= 0, 'a finite number >= 0'),
+    'log_every_steps': (lambda v: _integer(v) and v > 0, 'a positive integer'),
+    'checkpoint_every_steps': (
+        lambda v: _integer(v) and v >= 0,
+        'an integer >= 0 (0: only after evaluations and at the end)'),
+    'keep_checkpoints': (lambda v: _integer(v) and v > 0,
+                         'a positive integer'),
+    'plateau_patience': (lambda v: _integer(v) and v > 0, 'a positive integer'),
+    'plateau_reductions': (lambda v: _integer(v) and v >= 0,
+                           'an integer >= 0'),
+    'image_size': (lambda v: _integer(v) and v >= 0,
+                   "an integer >= 0 (0: the images' own size)"),
+    'crop_padding': (lambda v: _integer(v) and v >= 0, 'an integer >= 0'),
+    'val_fraction': (lambda v: _finite(v) and 0 <= v < 1, 'in [0, 1)'),
+    'lr_step_epochs': (lambda v: isinstance(v, (tuple, list)) and all(
+        _finite(e) and e > 0 for e in v), 'a list of positive epoch numbers'),
+}
 
 
 def validate_config(config: ml_collections.ConfigDict):
   """Cheap checks, before any data is read or any file written."""
-  def choice(field, valid):
+  def choice(field, valid, note=''):
     if config[field] not in valid:
       raise ConfigError(f'unknown {field} {config[field]!r}; valid: '
-                        f'{", ".join(valid)}')
+                        f'{", ".join(v for v in valid if v)}{note}')
 
   choice('model', tuple(models.MODELS))
   choice('dataset', input_pipeline.DATASETS)
   choice('schedule', optim.SCHEDULES)
-  choice('init', ('',) + models.INIT_SCHEMES)
+  choice('init', ('',) + models.INIT_SCHEMES, " ('' keeps the preset's own)")
+  for field, (valid, what) in _RANGES.items():
+    if not valid(config[field]):
+      raise ConfigError(f'{field} {config[field]!r} must be {what}')
+  if config.num_steps <= 0 and config.num_epochs <= 0:
+    raise ConfigError(f'num_epochs {config.num_epochs} must be positive (or '
+                      f'set num_steps > 0; it is {config.num_steps})')
   n = jax.device_count()
-  for field in ('batch_size', 'eval_batch_size'):
-    value = config[field]
-    if not isinstance(value, int) or value <= 0:
-      raise ConfigError(f'{field} {value!r} must be a positive integer')
   if config.batch_size % n:
     raise ConfigError(f'batch_size {config.batch_size} is not divisible by the '
                       f'device count {n}; use a multiple of {n}')
   mp = config.model_parallelism
-  if not isinstance(mp, int) or mp < 1 or n % mp:
+  if not _integer(mp) or mp < 1 or n % mp:
     raise ConfigError(f'model_parallelism {mp!r} must be a positive divisor of '
                       f'the device count {n}')
   shards = num_data_shards(config)
@@ -68,11 +110,6 @@ def validate_config(config: ml_collections.ConfigDict):
   if config.batch_size % shards:
     raise ConfigError(f'batch_size {config.batch_size} is not divisible by '
                       f'data_shards {shards}')
-  if config.num_steps <= 0 and config.num_epochs <= 0:
-    raise ConfigError(f'num_epochs {config.num_epochs} and num_steps '
-                      f'{config.num_steps}: one of them must be positive')
-  if not 0 <= config.val_fraction < 1:
-    raise ConfigError(f'val_fraction {config.val_fraction} must be in [0, 1)')
   if config.schedule == 'plateau' and config.val_fraction == 0:
     raise ConfigError("schedule 'plateau' needs a validation split; set "
                       'val_fraction > 0 or choose step, cosine or constant')
@@ -105,7 +142,7 @@ class Durations:
 
 
 class TrainState(train_state.TrainState):
-  rng: jax.Array  # Dropout and augmentation keys derive from (rng, step).
+  rng: jax.Array  # Raw key data; dropout/augmentation keys fold in the step.
   plateau_value: jax.Array  # Last validation top-1 error (plateau schedule).
 
 
@@ -119,6 +156,20 @@ def make_model(config, num_classes: int) -> models.AlexNet:
   return models.create_model(config.model, **kwargs)
 
 
+def model_input_shape(config, model, native_shape) -> tuple:
+  """(H, W, C) the model sees: the images' own, or config.image_size square."""
+  h, w, c = native_shape
+  if config.image_size:
+    h = w = config.image_size
+  smallest = model.min_input_size()
+  if min(h, w) < smallest:
+    raise ConfigError(
+        f'{config.model} cannot take {h}x{w} input (it needs at least '
+        f'{smallest}x{smallest}); set --config.image_size, e.g. 227 for '
+        'alexnet_paper, 224 for alexnet_torchvision')
+  return (h, w, c)
+
+
 def create_train_state(model, tx, image_shape, seed: int, mesh):
   """Shapes first (eval_shape), then init straight into the target shardings."""
   def init(key):
@@ -126,19 +177,22 @@ def create_train_state(model, tx, image_shape, seed: int, mesh):
     x = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
     params = model.init({'params': params_key}, x, train=False)['params']
     return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
-                             rng=train_key, plateau_value=jnp.float32(1.))
+                             rng=jax.random.key_data(train_key),
+                             plateau_value=jnp.float32(1.))
 
-  key = jax.random.PRNGKey(seed)
-  try:
-    abstract = jax.eval_shape(init, key)
-  except (TypeError, ValueError) as e:  # E.g. maps pooled down to nothing.
-    raise ConfigError(
-        f'the model cannot take {image_shape[0]}x{image_shape[1]} input '
-        f'({str(e).splitlines()[0][:120]}); set --config.image_size, e.g. 227 '
-        'for alexnet_paper, 224 for alexnet_torchvision') from None
+  key = jax.random.key(seed)
+  abstract = jax.eval_shape(init, key)
   shardings = sharding.state_shardings(abstract, mesh)
   state = jax.jit(init, out_shardings=shardings)(key)
   return state, checkpointing.abstract_with_shardings(abstract, shardings)
+
+
+def resolved_config(config, model, num_classes: int, image_shape) -> dict:
+  """The config with the values the run actually used (for config.json)."""
+  used = config.to_dict()
+  used.update(num_classes=num_classes, init=model.init_scheme,
+              image_size=image_shape[0])
+  return used
 
 
 # --- Train step ----------------------------------------------------------------
@@ -156,9 +210,11 @@ def cross_entropy(logits, labels, num_classes, label_smoothing=0.):
 
 
 def zero_train_metrics(mesh):
-  return jax.device_put({k: jnp.zeros((), jnp.float32)
-                         for k in ('loss', 'top1', 'top5', 'count')},
-                        sharding.replicated(mesh))
+  """Sums accumulated on device between logs, and the first non-finite step."""
+  metrics = {k: jnp.zeros((), jnp.float32)
+             for k in ('loss', 'top1', 'top5', 'count')}
+  metrics['first_nonfinite_step'] = jnp.full((), -1, jnp.int32)
+  return jax.device_put(metrics, sharding.replicated(mesh))
 
 
 def make_train_step(config, model, num_classes, mean, std, mesh):
@@ -168,7 +224,8 @@ def make_train_step(config, model, num_classes, mean, std, mesh):
   the process owning device d. Each device gathers its rows of the batch from
   its own row by the epoch's permutations (`input_pipeline.batch_indices`);
   the batch is augmented with keys folded from (state.rng, state.step).
-  `metrics` accumulates sums on device until logged.
+  `metrics` accumulates sums on device until logged, and remembers the first
+  step whose loss was not finite.
   """
   batch = config.batch_size
   image_size = config.image_size or None
@@ -178,7 +235,6 @@ def make_train_step(config, model, num_classes, mean, std, mesh):
   n_devices = mesh.size
 
   def step_fn(state, metrics, images, labels, perms, step_in_epoch):
-    step_fn.traces += 1  # Runs at trace time only: counts compilations.
     idx = input_pipeline.batch_indices(perms, step_in_epoch, batch,
                                        jax.process_count())
     idx = jax.lax.with_sharding_constraint(
@@ -188,7 +244,7 @@ def make_train_step(config, model, num_classes, mean, std, mesh):
     y = take(labels, idx).reshape(batch)
     x = jax.lax.with_sharding_constraint(x, batch_sharding)
     aug_key, dropout_key = jax.random.split(
-        jax.random.fold_in(state.rng, state.step))
+        jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step))
     if config.crop_padding or config.random_flip:
       x = input_pipeline.random_crop_flip(aug_key, x, config.crop_padding,
                                           config.random_flip)
@@ -205,6 +261,7 @@ def make_train_step(config, model, num_classes, mean, std, mesh):
     extra = {'value': state.plateau_value} if plateau else {}
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params,
                                          **extra)
+    first_bad = metrics['first_nonfinite_step']
     state = state.replace(step=state.step + 1,
                           params=optax.apply_updates(state.params, updates),
                           opt_state=opt_state)
@@ -213,13 +270,19 @@ def make_train_step(config, model, num_classes, mean, std, mesh):
         'top1': metrics['top1'] + _correct(logits, y, 1).sum(),
         'top5': metrics['top5'] + _correct(logits, y, min(5, num_classes)).sum(),
         'count': metrics['count'] + batch,
+        'first_nonfinite_step': jnp.where(
+            (first_bad < 0) & ~jnp.isfinite(loss), state.step, first_bad),
     }
     return state, metrics
 
-  step_fn.traces = 0
-  jitted = jax.jit(step_fn, donate_argnums=(0, 1))
-  jitted.traces = lambda: step_fn.traces
-  return jitted
+  return jax.jit(step_fn, donate_argnums=(0, 1))
+
+
+@jax.jit
+def all_finite(tree) -> jax.Array:
+  """Whether every parameter is finite (checked before each save)."""
+  return jnp.all(jnp.stack([jnp.isfinite(x).all()
+                            for x in jax.tree.leaves(tree)]))
 
 
 # --- Evaluation ------------------------------------------------------------------
@@ -275,153 +338,253 @@ def evaluate(eval_fn, params, split_arrays):
 
 # --- The run -----------------------------------------------------------------------
 
+def finished_run(workdir: str, total_steps: int) -> Optional[dict]:
+  """The final metrics of a run in `workdir` that already reached total_steps."""
+  path = epath.Path(workdir) / 'final_metrics.json'
+  if not path.exists():
+    return None
+  try:
+    final = json.loads(path.read_text())
+  except ValueError:  # Torn by a kill: redo the final evaluation.
+    return None
+  if (final.get('step') != total_steps or
+      checkpointing.latest_step_on_disk(workdir) != total_steps):
+    return None
+  return final
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains, evaluating on val as it goes and on test at the end; resumes.
 
-  Returns the final metrics: {'step', 'val': {...} or None, 'test': {...}}.
+  Returns the final metrics (also written to WORKDIR/final_metrics.json).
+  Raises a `UserError` on bad input, and `Interrupted` once a SIGTERM or
+  SIGINT has been answered by saving the current step.
   """
   validate_config(config)
   data = input_pipeline.load_dataset(config)
   durations = Durations.from_config(config, len(data.train))
-  shards = num_data_shards(config)
-  share, per_shard = input_pipeline.process_share(
-      data.train, shards, jax.process_index(), jax.process_count())
   mesh = sharding.make_mesh(config.model_parallelism)
   model = make_model(config, data.num_classes)
+  image_shape = model_input_shape(config, model, data.train.images.shape[1:])
   tx, lr_schedule = optim.make_optimizer(
       config, durations.steps_per_epoch, durations.total_steps,
       durations.steps_per_eval or durations.total_steps)
-  native = data.train.images.shape[1:]
-  image_shape = ((config.image_size, config.image_size, native[2])
-                 if config.image_size else native)
   state, abstract_state = create_train_state(model, tx, image_shape,
                                              config.seed, mesh)
   distributed.check_shared_workdir(workdir)
 
+  done = finished_run(workdir, durations.total_steps)
+  if done is not None:  # Change nothing; say so.
+    if jax.process_index() == 0:
+      print(f'the run in {workdir} already finished at step {done["step"]} '
+            f'(test top-1 {100 * done["test"]["top1"]:.2f}%, see '
+            'final_metrics.json); nothing to do. To train longer raise '
+            '--config.num_epochs (or num_steps); to start over use a new '
+            '--workdir', flush=True)
+    return done
+
   # Only now, with config, data and model known good, touch the workdir.
-  ckpt = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
-  start_step = ckpt.latest_step() or 0
-  if start_step:
-    state = ckpt.restore(start_step, abstract_state)
-  reporter = reporting.Reporter(workdir, durations.total_steps, start_step)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
+  reporting.prepare_workdir(workdir)
+  with contextlib.ExitStack() as stack:
+    ckpt = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
+    stack.callback(ckpt.close)
+    start_step, restored = ckpt.restore_latest(abstract_state)
+    if restored is not None:
+      state = restored
+    reporter = reporting.Reporter(workdir, durations.total_steps,
+                                  start_step or 0)
+    stack.callback(reporter.close)
+    stop = stack.enter_context(preemption.StopRequest())
+    reporter.write_json('config.json', resolved_config(
+        config, model, data.num_classes, image_shape))
+    run = _Run(config, data, durations, mesh, model, lr_schedule, ckpt,
+               reporter, stop)
+    run.log_header(state, start_step)
+    state, step = run.train(state, start_step or 0)
+    return run.finish(state, step, abstract_state)
 
-  n_params = sum(x.size for x in jax.tree.leaves(state.params))
-  reporter.log(
-      f'{config.model}: {n_params:,} parameters | {config.dataset}: '
-      f'{len(data.train)} train / {len(data.val) if data.val else 0} val / '
-      f'{len(data.test)} test | global batch {config.batch_size} = '
-      f'{config.batch_size // jax.device_count()} per device x '
-      f'{jax.device_count()} devices ({jax.process_count()} processes, mesh '
-      f'{dict(mesh.shape)}) | {durations.total_steps} steps '
-      f'({durations.steps_per_epoch}/epoch)')
-  if config.model_parallelism > 1:
-    reporter.log(f"FC layers split over 'model' ({config.model_parallelism} "
-                 'ways): fc6 kernel sharded '
-                 f"{tuple(state.params['fc6']['kernel'].sharding.spec)}")
-  if start_step:
-    reporter.log(f'resuming from {ckpt.directory} at step {start_step}')
 
-  train_arrays = (sharding.put_process_share(share.images, mesh),
-                  sharding.put_process_share(share.labels, mesh))
-  eval_arrays = {name: (sharding.put_replicated(s.images, mesh),
-                        sharding.put_replicated(s.labels, mesh))
-                 for name, s in (('val', data.val), ('test', data.test)) if s}
-  train_step = make_train_step(config, model, data.num_classes, data.mean,
-                               data.std, mesh)
-  eval_fn = make_eval_fn(config, model, data.num_classes, data.mean, data.std,
-                         mesh)
-  data_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0x5eed)
-  permutations = jax.jit(input_pipeline.epoch_permutations,
-                         static_argnums=(2, 3),
-                         out_shardings=sharding.replicated(mesh))
+class _Run:
+  """One run's loop and its pieces: train, log, evaluate, save, stop, finish."""
 
-  def learning_rate(step):
-    return float(lr_schedule(step)) * float(optim.plateau_scale(state.opt_state))
+  def __init__(self, config, data, durations, mesh, model, lr_schedule, ckpt,
+               reporter, stop):
+    self.config, self.data, self.durations, self.mesh = (config, data,
+                                                         durations, mesh)
+    self.lr_schedule, self.ckpt, self.reporter, self.stop = (lr_schedule, ckpt,
+                                                             reporter, stop)
+    self.shards = num_data_shards(config)
+    share, self.per_shard = input_pipeline.process_share(
+        data.train, self.shards, jax.process_index(), jax.process_count())
+    self.train_arrays = (sharding.put_process_share(share.images, mesh),
+                         sharding.put_process_share(share.labels, mesh))
+    self.eval_arrays = {name: (sharding.put_replicated(s.images, mesh),
+                               sharding.put_replicated(s.labels, mesh))
+                        for name, s in (('val', data.val), ('test', data.test))
+                        if s}
+    self.train_step = make_train_step(config, model, data.num_classes,
+                                      data.mean, data.std, mesh)
+    self.eval_fn = make_eval_fn(config, model, data.num_classes, data.mean,
+                                data.std, mesh)
+    self.data_key = jax.random.fold_in(jax.random.key(config.seed), 0x5eed)
+    self.permutations = jax.jit(input_pipeline.epoch_permutations,
+                                static_argnums=(2, 3),
+                                out_shardings=sharding.replicated(mesh))
+    self.metrics = zero_train_metrics(mesh)
+    self.window = reporting.Stopwatch()
+    self.val_metrics = None
 
-  def evaluate_split(name, step):
-    metrics, sums = evaluate(eval_fn, state.params, eval_arrays[name])
-    reporter.write(step, name, epoch=step / durations.steps_per_epoch,
-                   **metrics)
-    reporter.log(f'{name:>5} @ step {step}: loss {metrics["loss"]:.4f} | top1 '
-                 f'{100 * metrics["top1"]:.2f}% | top5 '
-                 f'{100 * metrics["top5"]:.2f}%')
-    return metrics, sums
+  def log_header(self, state, start_step):
+    c, d, data = self.config, self.durations, self.data
+    n_params = sum(x.size for x in jax.tree.leaves(state.params))
+    self.reporter.log(
+        f'{c.model}: {n_params:,} parameters | {c.dataset}: '
+        f'{len(data.train)} train / {len(data.val) if data.val else 0} val / '
+        f'{len(data.test)} test | global batch {c.batch_size} = '
+        f'{c.batch_size // jax.device_count()} per device x '
+        f'{jax.device_count()} devices ({jax.process_count()} processes, mesh '
+        f'{dict(self.mesh.shape)}) | {d.total_steps} steps '
+        f'({d.steps_per_epoch}/epoch)')
+    if c.model_parallelism > 1:
+      self.reporter.log(
+          f"FC layers split over 'model' ({c.model_parallelism} ways): fc6 "
+          f"kernel sharded {tuple(state.params['fc6']['kernel'].sharding.spec)}")
+    if start_step:
+      self.reporter.log(f'resuming from {self.ckpt.directory} at step '
+                        f'{start_step}')
 
-  step = start_step
-  perm_epoch, perms = None, None
-  metrics_acc = zero_train_metrics(mesh)
-  stopwatch = reporting.Stopwatch()
-  val_metrics = None
-  try:
-    while step < durations.total_steps:
-      epoch, index = divmod(step, durations.steps_per_epoch)
+  # --- The loop ------------------------------------------------------------------
+
+  def train(self, state, start_step: int):
+    d, step = self.durations, start_step
+    perm_epoch, perms = None, None
+    while step < d.total_steps:
+      epoch, index = divmod(step, d.steps_per_epoch)
       if epoch != perm_epoch:
-        perm_epoch, perms = epoch, permutations(data_key, epoch, shards,
-                                                per_shard)
-      state, metrics_acc = train_step(state, metrics_acc, *train_arrays,
-                                      perms, np.int32(index))
+        perm_epoch, perms = epoch, self.permutations(
+            self.data_key, epoch, self.shards, self.per_shard)
+      state, self.metrics = self.train_step(state, self.metrics,
+                                            *self.train_arrays, perms,
+                                            np.int32(index))
       step += 1
       if step == start_step + 1:  # Leave compilation out of the timings.
-        jax.block_until_ready(metrics_acc)
-        stopwatch.reset(step)
+        jax.block_until_ready(self.metrics)
+        self.window.reset(step)
+        self.reporter.start_clock(step)
 
-      last = step == durations.total_steps
-      eval_now = (durations.steps_per_eval and
-                  step % durations.steps_per_eval == 0) or last
-      save_now = eval_now or (durations.checkpoint_every and
-                              step % durations.checkpoint_every == 0)
+      eval_now = (d.steps_per_eval and step % d.steps_per_eval == 0) or (
+          step == d.total_steps)
+      stop_now = self.stop.should_stop(step)
+      save_now = eval_now or stop_now or (
+          d.checkpoint_every and step % d.checkpoint_every == 0)
       # Logging is also the finite-loss check, so it runs before every save.
-      if step % config.log_every_steps == 0 or save_now:
-        m = jax.device_get(metrics_acc)
-        metrics_acc = zero_train_metrics(mesh)
-        count = max(m['count'], 1)
-        loss = m['loss'] / count
-        if not math.isfinite(loss):
-          raise TrainingError(
-              f'non-finite training loss ({loss}) at step {step}; stopped '
-              f'without saving. The last good checkpoint (step '
-              f'{ckpt.latest_step()}) is kept; lower --config.learning_rate '
-              'and rerun to resume from it')
-        seconds = stopwatch.rate(step)  # NaN right after compilation.
-        images_per_sec = (config.batch_size / seconds
-                          if math.isfinite(seconds) else None)
-        stopwatch.reset(step)
-        lr = learning_rate(step)
-        reporter.write(step, 'train', epoch=step / durations.steps_per_epoch,
-                       loss=loss, top1=m['top1'] / count,
-                       top5=m['top5'] / count, lr=lr,
-                       images_per_sec=images_per_sec)
-        reporter.progress(step, step / durations.steps_per_epoch, loss,
-                          m['top1'] / count, lr, images_per_sec, seconds)
-
-      if eval_now and 'val' in eval_arrays:
-        val_metrics, sums = evaluate_split('val', step)
-        state = state.replace(plateau_value=1. - sums['top1'] / len(data.val))
-        ckpt.save(step, state, {checkpointing.BEST_METRIC: val_metrics['top1']})
+      if step % self.config.log_every_steps == 0 or save_now:
+        self.log_train(state, step)
+      if eval_now and 'val' in self.eval_arrays:
+        state = self.validate(state, step)
       elif save_now:
-        ckpt.save(step, state)
+        self.save(state, step)
       if eval_now:  # Keep evaluation out of the next window's img/s.
-        stopwatch.reset(step)
-      reporter.flush()
+        self.window.reset(step)
+      self.reporter.flush(force=save_now)
+      if stop_now:
+        self.interrupted(step)
+    return state, step
 
-    if val_metrics is None and 'val' in eval_arrays:
-      val_metrics, _ = evaluate_split('val', step)
-    test_metrics, _ = evaluate_split('test', step)
-    best = ckpt.best_step()
-    final = {'step': step, 'val': val_metrics, 'test': test_metrics,
-             'best_val_step': best,
-             # 1 unless something made the step recompile (a test checks).
-             'train_step_traces': train_step.traces()}
-    if jax.process_index() == 0:
-      with open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:
-        json.dump(final, f, indent=2)
-    reporter.log(f'done: step {step} | test top1 '
-                 f'{100 * test_metrics["top1"]:.2f}% | best val checkpoint: '
-                 f'step {best}')
+  def learning_rate(self, state, step: int) -> float:
+    """The rate the step that produced `step` used (its schedule index is step-1)."""
+    return (float(self.lr_schedule(step - 1)) *
+            float(optim.plateau_scale(state.opt_state)))
+
+  def log_train(self, state, step: int):
+    m = jax.device_get(self.metrics)
+    self.metrics = zero_train_metrics(self.mesh)
+    bad = int(m['first_nonfinite_step'])
+    if bad >= 0:
+      raise self.nonfinite('the training loss', bad)
+    count = max(float(m['count']), 1.)
+    loss = float(m['loss']) / count
+    seconds = self.window.rate(step)  # NaN right after compilation.
+    images_per_sec = (self.config.batch_size / seconds
+                      if math.isfinite(seconds) else None)
+    self.window.reset(step)
+    lr = self.learning_rate(state, step)
+    epoch = step / self.durations.steps_per_epoch
+    top1, top5 = float(m['top1']) / count, float(m['top5']) / count
+    self.reporter.write(step, 'train', epoch=epoch, loss=loss, top1=top1,
+                        top5=top5, lr=lr, images_per_sec=images_per_sec)
+    self.reporter.progress(step, epoch, loss, top1, lr, images_per_sec)
+
+  def nonfinite(self, what: str, step: int) -> TrainingError:
+    latest = self.ckpt.latest_step()
+    where = (f'The last good checkpoint, step {latest} in '
+             f'{self.ckpt.directory}, is kept: lower --config.learning_rate '
+             '(or check the data) and rerun the same command to resume from it'
+             if latest is not None else
+             'No checkpoint was saved before it: lower --config.learning_rate '
+             '(or check the data) and rerun')
+    return TrainingError(f'{what} became non-finite at step {step}; stopped '
+                         f'without saving anything from that step on. {where}')
+
+  def save(self, state, step: int, metrics: Optional[dict] = None):
+    if not bool(all_finite(state.params)):
+      raise self.nonfinite('the parameters', step)
+    self.ckpt.save(step, state, metrics)
+
+  def evaluate_split(self, name: str, params, step: int, record: bool = True):
+    metrics, sums = evaluate(self.eval_fn, params, self.eval_arrays[name])
+    if record:
+      self.reporter.write(step, name,
+                          epoch=step / self.durations.steps_per_epoch,
+                          **metrics)
+    self.reporter.log(f'{name:>5} @ step {step}: loss {metrics["loss"]:.4f} | '
+                      f'top1 {100 * metrics["top1"]:.2f}% | top5 '
+                      f'{100 * metrics["top5"]:.2f}%')
+    return metrics, sums
+
+  def validate(self, state, step: int):
+    """Val metrics, the plateau schedule's input, a ranked checkpoint, curves."""
+    self.val_metrics, sums = self.evaluate_split('val', state.params, step)
+    state = state.replace(
+        plateau_value=1. - sums['top1'] / len(self.data.val))
+    self.save(state, step,
+              {checkpointing.BEST_METRIC: self.val_metrics['top1']})
+    self.reporter.write_curves()
+    return state
+
+  def interrupted(self, step: int):
+    self.ckpt.wait()
+    self.reporter.flush(force=True)
+    name = preemption.signal_name(self.stop.signum)
+    message = (f'stopped by {name} at step {step}/{self.durations.total_steps}'
+               f': checkpoint saved in {self.ckpt.directory}; rerun the same '
+               'command to resume')
+    self.reporter.log(message)
+    raise Interrupted(message, self.stop.signum, step)
+
+  # --- The end -------------------------------------------------------------------
+
+  def finish(self, state, step: int, abstract_state) -> dict:
+    """Val (if not just done) and test; the best-val checkpoint's test too."""
+    if self.val_metrics is None and 'val' in self.eval_arrays:
+      self.val_metrics, _ = self.evaluate_split('val', state.params, step)
+    test_metrics, _ = self.evaluate_split('test', state.params, step)
+    self.ckpt.wait()
+    best = self.ckpt.best_step()
+    best_test = None
+    if best == step:
+      best_test = test_metrics
+    elif best is not None:
+      params = self.ckpt.restore(best, abstract_state).params
+      self.reporter.log(f'best val checkpoint, step {best}:')
+      best_test, _ = self.evaluate_split('test', params, step, record=False)
+    final = {'step': step, 'val': self.val_metrics, 'test': test_metrics,
+             'best_val_step': best, 'best_val_test': best_test}
+    self.reporter.write_json('final_metrics.json', final)
+    self.reporter.write_curves()
+    self.reporter.log(
+        f'done: step {step} | test top1 {100 * test_metrics["top1"]:.2f}% | '
+        + (f'best val checkpoint: step {best}, test top1 '
+           f'{100 * best_test["top1"]:.2f}%' if best is not None else
+           'no validation split'))
     return final
-  finally:
-    ckpt.close()
-    reporter.close()

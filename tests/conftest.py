@@ -1,4 +1,9 @@
-"""Shared fixtures: the real CIFAR-10 subset beside the checkout, and paths."""
+"""Shared fixtures: the real CIFAR-10 subset beside the checkout, and paths.
+
+Tests that need the subset skip when it is absent, unless
+ALEXNET_JAX_REQUIRE_DATA=1 (CI sets it): then they fail, so a CI run can never
+pass by silently skipping the real-data tests.
+"""
 
 import os
 import pathlib
@@ -10,18 +15,27 @@ CIFAR_SUBSET = REPO.parent / 'shared' / 'data' / 'cifar10-subset' / \
     'cifar-10-batches-py'
 
 
-@pytest.fixture
-def cifar_dir():
-  """The real CIFAR-10 subset (5,085 train / 1,017 test images), read-only."""
+def require_cifar_subset():
+  """The subset's path, or a skip (a failure under ALEXNET_JAX_REQUIRE_DATA)."""
   if not (CIFAR_SUBSET / 'test_batch').is_file():
-    pytest.skip(f'real CIFAR-10 subset not found at {CIFAR_SUBSET} (it lives '
-                'in ../shared beside the checkout)')
+    reason = (f'real CIFAR-10 subset not found at {CIFAR_SUBSET} (it lives '
+              'in ../shared beside the checkout)')
+    if os.environ.get('ALEXNET_JAX_REQUIRE_DATA') == '1':
+      pytest.fail(reason + '; ALEXNET_JAX_REQUIRE_DATA=1 requires it')
+    pytest.skip(reason)
   return str(CIFAR_SUBSET)
 
 
 @pytest.fixture
+def cifar_dir():
+  """The real CIFAR-10 subset (5,085 train / 1,017 test images), read-only."""
+  return require_cifar_subset()
+
+
+@pytest.fixture(scope='session')
 def subprocess_env():
-  """Environment for running `python -m alexnet_jax.main` from the repo root."""
+  """Environment for running `python -m alexnet_jax.main` from the repo root
+  (shared: tests copy it before changing it)."""
   env = dict(os.environ)
   env['PYTHONPATH'] = str(REPO) + os.pathsep + env.get('PYTHONPATH', '')
   env.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')

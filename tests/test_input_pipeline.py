@@ -5,8 +5,10 @@ on-device augmentation."""
 import os
 import pickle
 import shutil
-import socket
+import subprocess
+import sys
 import tarfile
+import time
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +17,7 @@ import numpy as np
 import pytest
 
 from alexnet_jax import input_pipeline as ip
+from tests.conftest import REPO
 
 
 def read_raw(path):
@@ -113,21 +116,52 @@ def test_tfds_path_under_mock_data(tmp_path):
   assert ((0 <= train.labels) & (train.labels < 10)).all()
 
 
-def _cifar_host_reachable():
-  try:
-    socket.create_connection((ip._CIFAR10_HOST, 443), timeout=5).close()
-    return True
-  except OSError:
-    return False
-
-
-def test_tfds_without_network_says_how_to_use_a_local_archive(tmp_path):
+def test_tfds_without_network_says_how_to_use_a_local_archive(
+    tmp_path, subprocess_env):
+  """The real TFDS path in a network namespace of its own (no route to
+  anywhere), so the offline branch runs whatever this machine can reach."""
   pytest.importorskip('tensorflow_datasets')
-  if _cifar_host_reachable():
-    pytest.skip('network is up: TFDS would really download CIFAR-10')
-  with pytest.raises(ip.DataError, match='--config.data_dir=') as err:
-    ip.load_cifar10_tfds(str(tmp_path))
-  assert 'unreachable' in str(err.value)
+  probe = subprocess.run(['unshare', '-rn', 'true'], capture_output=True)
+  if probe.returncode != 0:
+    pytest.skip('cannot create a network namespace here (unshare -rn): '
+                + probe.stderr.decode()[-200:])
+  workdir = tmp_path / 'w'
+  start = time.monotonic()
+  result = subprocess.run(
+      ['unshare', '-rn', sys.executable, '-m', 'alexnet_jax.main',
+       '--config=configs/cifar10.py', f'--workdir={workdir}',
+       f'--config.tfds_data_dir={tmp_path / "tfds"}'],
+      cwd=REPO, env=subprocess_env, capture_output=True, text=True,
+      timeout=300)
+  assert result.returncode == 2, result.stderr[-2000:]
+  errors = [l for l in result.stderr.splitlines() if l.startswith('error:')]
+  assert len(errors) == 1, result.stderr[-2000:]
+  assert 'unreachable' in errors[0] and '--config.data_dir=' in errors[0]
+  assert 'Traceback' not in result.stderr
+  assert time.monotonic() - start < 120  # Fails fast, no retry loop.
+  assert not workdir.exists()
+
+
+def test_hostile_pickle_cannot_run_code(tmp_path):
+  """A batch file whose unpickling would call os.system is refused before
+  anything runs; the real files still load (test_local_folder_...)."""
+  marker = tmp_path / 'pwned'
+
+  class Exploit:
+    def __reduce__(self):
+      return (os.system, (f'touch {marker}',))
+
+  write_batches(tmp_path / 'data', [2] * 6)
+  with open(tmp_path / 'data' / 'data_batch_4', 'wb') as f:
+    pickle.dump({'data': Exploit(), 'labels': [0]}, f)
+  with pytest.raises(ip.DataError, match='data_batch_4 asks to load the '
+                     'Python object posix.system'):
+    ip.load_cifar10_archive(str(tmp_path / 'data'))
+  assert not marker.exists()
+  # The same file through plain pickle really would have run it.
+  with open(tmp_path / 'data' / 'data_batch_4', 'rb') as f:
+    pickle.load(f)
+  assert marker.exists()
 
 
 def test_validation_hold_out_is_fixed_disjoint_and_sized(cifar_dir):

@@ -1,14 +1,12 @@
 """The training run end to end on real CIFAR-10 images with the tiny model:
-what it writes, exact resume after kill -9, evaluation over every example,
-and one-line errors on bad input that leave the workdir untouched."""
+what it writes (and what a rerun of a finished run does not), the best-val
+checkpoint, evaluation over every example, and the table of bad input that
+must end in one line and leave the workdir untouched. Faults (signals,
+kill -9, damaged checkpoints, full disks) are in test_faults.py."""
 
 import json
 import os
 import pickle
-import signal
-import subprocess
-import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -16,10 +14,16 @@ import numpy as np
 import pytest
 
 from alexnet_jax import input_pipeline
+from alexnet_jax import checkpointing
 from alexnet_jax import models
+from alexnet_jax import optim
+from alexnet_jax import reporting
 from alexnet_jax import sharding
 from alexnet_jax import train
 from configs import cifar10
+from tests import cli
+from tests.cli import read_jsonl
+from tests.conftest import require_cifar_subset
 
 
 def tiny_config(cifar_dir, **overrides):
@@ -34,11 +38,6 @@ def tiny_config(cifar_dir, **overrides):
   c.keep_checkpoints = 2
   c.update(overrides)
   return c
-
-
-def read_jsonl(workdir):
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [json.loads(line) for line in f]
 
 
 def test_run_writes_metrics_tensorboard_and_checkpoints(cifar_dir, tmp_path):
@@ -64,6 +63,7 @@ def test_run_writes_metrics_tensorboard_and_checkpoints(cifar_dir, tmp_path):
   assert final['best_val_step'] in (35, 70)
   with open(os.path.join(workdir, 'final_metrics.json')) as f:
     assert json.load(f)['test'] == final['test']
+  assert os.path.getsize(os.path.join(workdir, 'curves.png')) > 10_000
 
 
 def test_training_learns_real_images(cifar_dir, tmp_path):
@@ -74,62 +74,6 @@ def test_training_learns_real_images(cifar_dir, tmp_path):
       str(tmp_path / 'w'))
   assert final['val']['top1'] > 0.3
   assert final['test']['top1'] > 0.3
-
-
-def run_cli(args, env, **kwargs):
-  return subprocess.run(
-      [sys.executable, '-m', 'alexnet_jax.main', '--config=configs/cifar10.py']
-      + args, cwd=os.path.dirname(os.path.dirname(__file__)), env=env,
-      capture_output=True, text=True, **kwargs)
-
-
-def cli_args(cifar_dir, workdir, **overrides):
-  base = dict(model='alexnet_tiny', data_dir=cifar_dir, num_epochs=3,
-              batch_size=128,
-              log_every_steps=5, checkpoint_every_steps=10,
-              schedule='plateau', plateau_patience=1, learning_rate=0.02)
-  base.update(overrides)
-  return [f'--workdir={workdir}'] + [f'--config.{k}={v}'
-                                     for k, v in base.items()]
-
-
-def test_kill_9_then_rerun_resumes_to_identical_final_metrics(
-    cifar_dir, tmp_path, subprocess_env):
-  # Uninterrupted reference run.
-  ref = str(tmp_path / 'ref')
-  done = run_cli(cli_args(cifar_dir, ref), subprocess_env, timeout=600)
-  assert done.returncode == 0, done.stderr[-2000:]
-
-  # Same command, killed with SIGKILL once it is past a checkpoint mid-epoch.
-  work = str(tmp_path / 'killed')
-  proc = subprocess.Popen(
-      [sys.executable, '-m', 'alexnet_jax.main', '--config=configs/cifar10.py']
-      + cli_args(cifar_dir, work), cwd=os.path.dirname(os.path.dirname(
-          __file__)), env=subprocess_env, stdout=subprocess.DEVNULL,
-      stderr=subprocess.DEVNULL)
-  deadline = time.time() + 300
-  while time.time() < deadline:
-    if os.path.exists(os.path.join(work, 'checkpoints', '50')):
-      break
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  assert not os.path.exists(os.path.join(work, 'final_metrics.json'))
-
-  resumed = run_cli(cli_args(cifar_dir, work), subprocess_env, timeout=600)
-  assert resumed.returncode == 0, resumed.stderr[-2000:]
-  assert 'resuming from' in resumed.stdout
-  with open(os.path.join(ref, 'final_metrics.json')) as f:
-    want = json.load(f)
-  with open(os.path.join(work, 'final_metrics.json')) as f:
-    got = json.load(f)
-  assert got == want
-  # The log has no duplicated or torn records after the resume, and the same
-  # values (speed aside) as the uninterrupted run's.
-  def comparable(records):
-    return [{k: v for k, v in r.items() if k != 'images_per_sec'}
-            for r in records]
-  assert comparable(read_jsonl(work)) == comparable(read_jsonl(ref))
 
 
 @pytest.mark.parametrize('eval_flip', [False, True])
@@ -162,23 +106,11 @@ def test_eval_scores_every_example_exactly_once(cifar_dir, eval_flip):
 @pytest.fixture(scope='module')
 def trained_workdir(tmp_path_factory):
   """A workdir holding checkpoints, to check that bad input leaves it alone."""
-  from tests.conftest import CIFAR_SUBSET
-  if not (CIFAR_SUBSET / 'test_batch').is_file():
-    pytest.skip(f'real CIFAR-10 subset not found at {CIFAR_SUBSET}')
+  cifar = require_cifar_subset()
   workdir = str(tmp_path_factory.mktemp('trained') / 'w')
-  train.train_and_evaluate(
-      tiny_config(str(CIFAR_SUBSET), num_epochs=0, num_steps=10), workdir)
+  train.train_and_evaluate(tiny_config(cifar, num_epochs=0, num_steps=10),
+                           workdir)
   return workdir
-
-
-def snapshot(folder):
-  out = {}
-  for root, _, files in os.walk(folder):
-    for name in files:
-      path = os.path.join(root, name)
-      with open(path, 'rb') as f:
-        out[os.path.relpath(path, folder)] = f.read()
-  return out
 
 
 def make_bad_archive(tmp_path, kind):
@@ -195,53 +127,221 @@ def make_bad_archive(tmp_path, kind):
   return str(path)
 
 
-@pytest.mark.parametrize('override, expected', [
-    ({'model': 'vgg16'}, "unknown model 'vgg16'; valid: alexnet_paper"),
+
+def make_hostile_archive(tmp_path, marker):
+  """A CIFAR folder whose data_batch_1 would create `marker` when unpickled."""
+  path = tmp_path / 'hostile'
+  path.mkdir()
+
+  class Exploit:
+    def __reduce__(self):
+      return (os.system, (f'touch {marker}',))
+
+  for name in [f'data_batch_{i}' for i in range(1, 6)] + ['test_batch']:
+    with open(path / name, 'wb') as f:
+      pickle.dump({'data': Exploit(), 'labels': [1]}, f)
+  return str(path)
+
+
+def make_garbled_archive(tmp_path):
+  path = tmp_path / 'garbled'
+  path.mkdir()
+  rng = np.random.default_rng(1)
+  for name in [f'data_batch_{i}' for i in range(1, 6)] + ['test_batch']:
+    (path / name).write_bytes(rng.integers(0, 256, 5000,
+                                           dtype=np.uint8).tobytes())
+  return str(path)
+
+
+# (overrides of cli.cli_args, or special arguments; what the one line says)
+BAD_INPUT = [
+    ({'model': 'vgg16'}, "unknown model 'vgg16'; valid: alexnet_paper, "
+     'alexnet_paper_one_tower, alexnet_torchvision, alexnet_cifar'),
     ({'dataset': 'mnist'}, "unknown dataset 'mnist'; valid: cifar10, fake"),
-    ({'data_dir': '/no/such/dir'}, "data_dir '/no/such/dir' does not exist"),
-    ({'data_dir': 'EMPTY'}, 'is not a CIFAR-10 archive: missing data_batch_1'),
-    ({'data_dir': 'TRUNCATED'}, 'data_batch_2 is truncated or corrupt'),
+    ({'schedule': 'linear'}, "unknown schedule 'linear'; valid: plateau, "
+     'step, cosine, constant'),
+    ({'init': 'xavier'}, "unknown init 'xavier'; valid: paper, caffe, he"),
+    ({'modle': 'x'}, "unknown config key 'modle' (did you mean 'model'?)"),
+    ({'batch_size': 'abc'}, "--config.batch_size=abc: invalid literal for "
+     'int()'),
+    ({'learning_rate': 'fast'}, '--config.learning_rate=fast'),
     ({'batch_size': 0}, 'batch_size 0 must be a positive integer'),
     ({'batch_size': -8}, 'batch_size -8 must be a positive integer'),
-    ({'modle': 'x'}, "unknown config key 'modle' (did you mean 'model'?)"),
-    ({'schedule': 'linear'}, "unknown schedule 'linear'; valid: plateau"),
-])
+    ({'batch_size': 127, 'devices': 2},
+     'batch_size 127 is not divisible by the device count 2'),
+    ({'eval_batch_size': 0}, 'eval_batch_size 0 must be a positive integer'),
+    ({'log_every_steps': 0}, 'log_every_steps 0 must be a positive integer'),
+    ({'checkpoint_every_steps': -5},
+     'checkpoint_every_steps -5 must be an integer >= 0'),
+    ({'keep_checkpoints': 0}, 'keep_checkpoints 0 must be a positive integer'),
+    ({'num_epochs': 0}, 'num_epochs 0.0 must be positive (or set num_steps'),
+    ({'num_epochs': -2, 'num_steps': -1}, 'num_epochs -2.0 must be positive'),
+    ({'learning_rate': 0}, 'learning_rate 0.0 must be a positive finite'),
+    ({'learning_rate': -0.1}, 'learning_rate -0.1 must be a positive finite'),
+    ({'learning_rate': 'nan'}, 'learning_rate nan must be a positive finite'),
+    ({'learning_rate': 'inf'}, 'learning_rate inf must be a positive finite'),
+    ({'model_parallelism': 3},
+     'model_parallelism 3 must be a positive divisor of the device count 1'),
+    ({'data_dir': '/no/such/dir'}, "data_dir '/no/such/dir' does not exist"),
+    ({'data_dir': 'EMPTY'}, 'is not a CIFAR-10 archive: missing data_batch_1'),
+    ({'data_dir': 'A_FILE'}, 'is not a CIFAR-10 archive: expected '
+     'cifar-10-python.tar.gz'),
+    ({'data_dir': 'TRUNCATED'}, 'data_batch_2 is truncated or corrupt'),
+    ({'data_dir': 'GARBLED'}, 'data_batch_1 is truncated or corrupt'),
+    ({'data_dir': 'HOSTILE'}, 'data_batch_1 asks to load the Python object '
+     'posix.system, which CIFAR-10 files never contain'),
+    ({'config': 'configs/no_such.py'}, 'cannot load --config: [Errno 2] No '
+     "such file or directory: 'configs/no_such.py'"),
+    ({'config': 'NO_GET_CONFIG'}, 'defines no get_config()'),
+    ({'model': 'alexnet_cifar'}, 'was saved by a different model or config '
+     '(params/conv1/bias is (16,) float32 there, (48,) float32 here)'),
+]
+
+
+@pytest.mark.parametrize('override, expected', BAD_INPUT,
+                         ids=[e[:40] for _, e in BAD_INPUT])
 def test_bad_input_is_one_line_nonzero_and_leaves_workdir_alone(
     trained_workdir, tmp_path, subprocess_env, cifar_dir, override, expected):
-  override = dict(override)
-  if override.get('data_dir') == 'EMPTY':
-    override['data_dir'] = make_bad_archive(tmp_path, 'empty')
-  if override.get('data_dir') == 'TRUNCATED':
-    override['data_dir'] = make_bad_archive(tmp_path, 'truncated')
-  before = snapshot(trained_workdir)
-  args = cli_args(cifar_dir, trained_workdir, **override)
-  result = run_cli(args, subprocess_env, timeout=300)
-  assert result.returncode == 2
-  errors = [l for l in result.stderr.splitlines() if l.startswith('error:')]
+  override, env = dict(override), dict(subprocess_env)
+  env['XLA_FLAGS'] = (f'--xla_force_host_platform_device_count='
+                      f'{override.pop("devices", 1)}')
+  marker = tmp_path / 'pwned'
+  special = {
+      'EMPTY': lambda: make_bad_archive(tmp_path, 'empty'),
+      'TRUNCATED': lambda: make_bad_archive(tmp_path, 'truncated'),
+      'GARBLED': lambda: make_garbled_archive(tmp_path),
+      'HOSTILE': lambda: make_hostile_archive(tmp_path, marker),
+      'A_FILE': lambda: str(cli.REPO / 'README.md'),
+      'NO_GET_CONFIG': lambda: str(cli.REPO / 'configs' / '__init__.py'),
+  }
+  for key, value in override.items():
+    if value in special:
+      override[key] = special[value]()
+  before = cli.snapshot(trained_workdir)
+  result = cli.run_cli(cli.cli_args(cifar_dir, trained_workdir, **override),
+                       env, timeout=300)
+  assert result.returncode == 2, result.stderr[-2000:]
+  errors = cli.error_lines(result.stderr)
   assert len(errors) == 1 and expected in errors[0], result.stderr[-2000:]
   assert 'Traceback' not in result.stderr
-  assert snapshot(trained_workdir) == before
+  assert cli.snapshot(trained_workdir) == before
+  assert not marker.exists()
 
 
-def test_batch_not_divisible_by_device_count(trained_workdir, subprocess_env,
-                                             cifar_dir):
-  env = dict(subprocess_env)
-  env['XLA_FLAGS'] = '--xla_force_host_platform_device_count=2'
-  before = snapshot(trained_workdir)
-  result = run_cli(cli_args(cifar_dir, trained_workdir, batch_size=127), env,
-                   timeout=300)
+def test_verbose_shows_the_traceback(trained_workdir, subprocess_env,
+                                     cifar_dir):
+  result = cli.run_cli(cli.cli_args(cifar_dir, trained_workdir,
+                                    learning_rate=0) + ['--verbose'],
+                       subprocess_env, timeout=300)
   assert result.returncode == 2
-  assert ('error: batch_size 127 is not divisible by the device count 2'
-          in result.stderr), result.stderr[-2000:]
-  assert snapshot(trained_workdir) == before
+  assert 'Traceback' in result.stderr
+  assert cli.error_lines(result.stderr)[-1].startswith(
+      'error: learning_rate 0.0 must be')
 
 
-def test_non_finite_loss_stops_without_saving(cifar_dir, tmp_path,
-                                              subprocess_env):
+def test_rerunning_a_finished_run_says_so_and_changes_nothing(
+    trained_workdir, subprocess_env, cifar_dir):
+  before = cli.snapshot(trained_workdir)
+  result = cli.run_cli(cli.cli_args(cifar_dir, trained_workdir, num_epochs=0,
+                                    num_steps=10), subprocess_env)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert 'already finished at step 10' in result.stdout
+  assert cli.snapshot(trained_workdir) == before
+
+
+def test_config_json_records_the_values_used(trained_workdir):
+  with open(os.path.join(trained_workdir, 'config.json')) as f:
+    used = json.load(f)
+  # cifar10.py leaves num_classes at default's 1000, init '' and image_size 0.
+  assert used['num_classes'] == 10
+  assert used['init'] == 'he'  # alexnet_tiny's own.
+  assert used['image_size'] == 32
+  assert used['model'] == 'alexnet_tiny'
+
+
+def test_logged_learning_rate_is_the_one_the_step_used(cifar_dir, tmp_path):
+  """Warmup then cosine: the record at step s carries schedule(s - 1)."""
+  config = tiny_config(cifar_dir, num_epochs=0, num_steps=20, warmup_epochs=0.4,
+                       log_every_steps=1, eval_every_epochs=0,
+                       checkpoint_every_steps=0)
   workdir = str(tmp_path / 'w')
-  result = run_cli(cli_args(cifar_dir, workdir, learning_rate=1e8,
-                            schedule='constant'), subprocess_env, timeout=300)
-  assert result.returncode == 2
-  assert 'non-finite training loss' in result.stderr
-  ckpt_dir = os.path.join(workdir, 'checkpoints')
-  assert not os.path.exists(ckpt_dir) or not os.listdir(ckpt_dir)
+  train.train_and_evaluate(config, workdir)
+  schedule = optim.learning_rate_schedule(config, 35, 20)
+  logged = {r['step']: r['lr'] for r in read_jsonl(workdir)
+            if r['split'] == 'train'}
+  assert logged[1] == 0.0  # The first step of a warmup from zero.
+  for step, lr in logged.items():
+    assert lr == pytest.approx(float(schedule(step - 1)), rel=1e-6), step
+
+
+def test_best_val_checkpoint_is_kept_and_reported(cifar_dir, tmp_path):
+  """Six evaluations; the kept best is the argmax of the logged val top-1,
+  its checkpoint restores, and its test accuracy is what final reports."""
+  workdir = str(tmp_path / 'w')
+  final = train.train_and_evaluate(
+      tiny_config(cifar_dir, num_epochs=0, num_steps=60, eval_every_epochs=0.3,
+                  keep_checkpoints=1, checkpoint_every_steps=0,
+                  learning_rate=0.05), workdir)
+  vals = [(r['top1'], r['step']) for r in read_jsonl(workdir)
+          if r['split'] == 'val']
+  assert len(vals) >= 3
+  best_top1 = max(v for v, _ in vals)
+  best = final['best_val_step']
+  assert dict((s, v) for v, s in vals)[best] == best_top1
+  kept = sorted(int(s) for s in os.listdir(os.path.join(workdir,
+                                                         'checkpoints')))
+  assert kept == sorted({best, 60})  # The latest 1 plus the best.
+  # Its own test accuracy, recomputed from the restored checkpoint.
+  state = checkpointing.load_state_on_host(workdir, best)
+  model = train.make_model(tiny_config(cifar_dir), 10)
+  _, test = input_pipeline.load_cifar10_archive(cifar_dir)
+  eval_fn = train.make_eval_fn(tiny_config(cifar_dir), model, 10,
+                               input_pipeline.CIFAR10_MEAN,
+                               input_pipeline.CIFAR10_STD, sharding.make_mesh())
+  metrics, _ = train.evaluate(eval_fn, state['params'],
+                              (jnp.asarray(test.images),
+                               jnp.asarray(test.labels)))
+  assert metrics['top1'] == pytest.approx(final['best_val_test']['top1'],
+                                          abs=1e-9)
+
+
+def test_checkpointer_keeps_the_best_of_a_known_order(tmp_path):
+  """Val top-1 0.5, 0.8, 0.6, 0.7 at steps 10..40, keep 1: 20 and 40 stay,
+  20 is the best, and each restores to what was saved."""
+  ckpt = checkpointing.Checkpointer(str(tmp_path / 'w'), keep=1)
+  for step, top1 in zip((10, 20, 30, 40), (0.5, 0.8, 0.6, 0.7)):
+    ckpt.save(step, {'w': jnp.full((4,), float(step))},
+              {checkpointing.BEST_METRIC: top1})
+  ckpt.close()
+  assert sorted(os.listdir(tmp_path / 'w' / 'checkpoints')) == ['20', '40']
+  reopened = checkpointing.Checkpointer(str(tmp_path / 'w'), keep=1)
+  assert reopened.best_step() == 20 and reopened.latest_step() == 40
+  reopened.close()
+  for step in (20, 40):
+    restored = checkpointing.load_state_on_host(str(tmp_path / 'w'), step)
+    np.testing.assert_array_equal(restored['w'], np.full((4,), float(step)))
+
+
+def test_train_step_compiles_once(cifar_dir, tmp_path, caplog):
+  """Evaluation, the plateau value, logging, checkpoints and a resume cause
+  no recompilation of the train step (counted by jax.log_compiles)."""
+  config = tiny_config(cifar_dir, num_epochs=0, num_steps=12,
+                       eval_every_epochs=0.2, checkpoint_every_steps=5)
+  with jax.log_compiles(), caplog.at_level('WARNING'):
+    train.train_and_evaluate(config, str(tmp_path / 'w'))
+  compiles = [r for r in caplog.records
+              if 'Compiling jit(step_fn)' in r.getMessage()]
+  assert len(compiles) == 1
+
+
+def test_reporter_rewrites_metrics_only_when_something_was_written(tmp_path):
+  reporter = reporting.Reporter(str(tmp_path), total_steps=10)
+  reporter.write(1, 'train', loss=1.0)
+  reporter.flush(force=True)
+  path = tmp_path / 'metrics.jsonl'
+  first = path.stat().st_ino, path.stat().st_mtime_ns
+  reporter.flush(force=True)  # Nothing new: the file is not rewritten.
+  assert (path.stat().st_ino, path.stat().st_mtime_ns) == first
+  reporter.write(2, 'train', loss=0.5)
+  reporter.close()
+  assert [r['step'] for r in read_jsonl(str(tmp_path))] == [1, 2]

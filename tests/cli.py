@@ -1,0 +1,73 @@
+"""Helpers for tests that run `python -m alexnet_jax.main` as users do."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+
+from alexnet_jax import checkpointing
+from tests.conftest import REPO
+
+MAIN = [sys.executable, '-m', 'alexnet_jax.main']
+
+
+def cli_args(cifar_dir, workdir, config='configs/cifar10.py', **overrides):
+  """The tiny net on the real subset: 35 steps an epoch at batch 128."""
+  base = dict(model='alexnet_tiny', data_dir=cifar_dir, num_epochs=3,
+              batch_size=128, log_every_steps=5, checkpoint_every_steps=10,
+              schedule='plateau', plateau_patience=1, learning_rate=0.02)
+  base.update(overrides)
+  return [f'--config={config}', f'--workdir={workdir}'] + [
+      f'--config.{k}={v}' for k, v in base.items()]
+
+
+def run_cli(args, env, prefix=(), **kwargs):
+  """Runs main to completion; `prefix` (e.g. unshare) goes before python."""
+  kwargs.setdefault('timeout', 600)
+  return subprocess.run(list(prefix) + MAIN + list(args), cwd=REPO, env=env,
+                        capture_output=True, text=True, **kwargs)
+
+
+def start_cli(args, env, **kwargs):
+  return subprocess.Popen(MAIN + list(args), cwd=REPO, env=env, text=True,
+                          **kwargs)
+
+
+def read_jsonl(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f]
+
+
+def without_speed(records):
+  return [{k: v for k, v in r.items() if k != 'images_per_sec'}
+          for r in records]
+
+
+def snapshot(folder):
+  """{relative path: bytes} of every file under `folder`."""
+  out = {}
+  for root, _, files in os.walk(folder):
+    for name in files:
+      path = os.path.join(root, name)
+      with open(path, 'rb') as f:
+        out[os.path.relpath(path, folder)] = f.read()
+  return out
+
+
+def error_lines(stderr):
+  return [l for l in stderr.splitlines() if l.startswith('error:')]
+
+
+def assert_states_bitwise_equal(workdir_a, workdir_b, step=None):
+  """Whole train states (params, momentum, step, rng, plateau) bit for bit."""
+  a = checkpointing.load_state_on_host(workdir_a, step)
+  b = checkpointing.load_state_on_host(workdir_b, step)
+  flat_a = jax.tree_util.tree_leaves_with_path(a)
+  flat_b = jax.tree_util.tree_leaves_with_path(b)
+  assert [p for p, _ in flat_a] == [p for p, _ in flat_b]
+  for (path, x), (_, y) in zip(flat_a, flat_b):
+    assert np.asarray(x).tobytes() == np.asarray(y).tobytes(), \
+        jax.tree_util.keystr(path)
