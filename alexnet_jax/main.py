@@ -22,6 +22,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # Before TF/XLA load.
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 from ml_collections import config_flags
 
 from alexnet_jax import distributed
@@ -149,6 +150,8 @@ def main(argv):
   except UserError as e:
     fail(e, FLAGS.verbose)
   except Interrupted as e:
+    if jax.process_index() != 0:  # Process 0 has printed it with the log.
+      print(f'process {jax.process_index()}: {e}', file=sys.stderr, flush=True)
     sys.exit(128 + e.signum)
 
 

@@ -6,13 +6,16 @@
 #   launch/local_multiprocess.sh [--dry-run] N [ALEXNET_JAX_MAIN_ARGS...]
 #   launch/local_multiprocess.sh 2 --config=configs/cifar10.py --workdir=/tmp/w
 #
-# Process i runs
-#   JAX_PLATFORMS=cpu $PYTHON -m alexnet_jax.main \
-#     --coordinator_address=127.0.0.1:$PORT --num_processes=N --process_id=i ARGS
+# Process i runs, started through JAX's environment variables alone:
+#   JAX_PLATFORMS=cpu JAX_COORDINATOR_ADDRESS=127.0.0.1:$PORT \
+#     JAX_NUM_PROCESSES=N JAX_PROCESS_ID=i $PYTHON -m alexnet_jax.main ARGS
 # Process 0 (the coordinator) prints to this terminal; the others write to
 # $LOGDIR/process_i.log, shown here only when that process fails.
 # If any process fails, the rest are stopped and its exit status is returned.
-# Ctrl-C or SIGTERM stops all of them.
+# Ctrl-C or SIGTERM is passed on to every process as SIGTERM: together they
+# finish a step, save it and exit (as a preempted multi-host job does), and
+# this script exits 130 or 143; the same command then resumes. Processes
+# still running KILL_GRACE seconds later (default 300) are killed.
 #
 #   --dry-run   print the N commands (`+ ...`) and exit; run none
 #   -h, --help  show this help
@@ -61,14 +64,15 @@ fi
 command_for() {
   local id=$1
   shift
-  cmd=("$PYTHON" -m alexnet_jax.main --coordinator_address="127.0.0.1:$port"
-       --num_processes="$n" --process_id="$id" "$@")
+  cmd=(env JAX_PLATFORMS=cpu JAX_COORDINATOR_ADDRESS="127.0.0.1:$port"
+       JAX_NUM_PROCESSES="$n" JAX_PROCESS_ID="$id"
+       "$PYTHON" -m alexnet_jax.main "$@")
 }
 
 if ((dry_run)); then
   for ((i = 0; i < n; i++)); do
     command_for "$i" "$@"
-    line='+ JAX_PLATFORMS=cpu'
+    line='+'
     for arg in "${cmd[@]}"; do line+=" $(printf '%q' "$arg")"; done
     printf '%s\n' "$line"
   done
@@ -93,11 +97,11 @@ export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
 declare -A index_of=()  # pid -> process id
 pids=()
 
+# SIGTERM to every process, then SIGKILL to any still there after $1 s.
 stop_all() {
-  local pid
+  local grace=$1 pid
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  # A process stuck in a collective may ignore SIGTERM for a while.
-  local deadline=$((SECONDS + ${KILL_GRACE:-10}))
+  local deadline=$((SECONDS + grace))
   for pid in "${pids[@]}"; do
     while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null || true
@@ -107,8 +111,10 @@ stop_all() {
 
 on_signal() {
   trap - INT TERM
-  printf 'launch: stopping %d processes\n' "${#pids[@]}" >&2
-  stop_all
+  printf 'launch: SIGTERM to %d processes: they save a checkpoint and exit\n' \
+    "${#pids[@]}" >&2
+  # Saving takes a step and a checkpoint write; be patient before SIGKILL.
+  stop_all "${KILL_GRACE:-300}"
   exit "$1"
 }
 # Background jobs of a script ignore SIGINT, so Ctrl-C must be forwarded.
@@ -118,15 +124,16 @@ trap 'on_signal 143' TERM
 for ((i = 0; i < n; i++)); do
   command_for "$i" "$@"
   if ((i == 0)); then
-    JAX_PLATFORMS=cpu "${cmd[@]}" &
+    "${cmd[@]}" &
   else
-    JAX_PLATFORMS=cpu "${cmd[@]}" >"$LOGDIR/process_$i.log" 2>&1 &
+    "${cmd[@]}" >"$LOGDIR/process_$i.log" 2>&1 &
   fi
   pids+=($!)
   index_of[$!]=$i
 done
 
 remaining=$n
+stopped=0
 while ((remaining > 0)); do
   status=0
   finished=
@@ -140,7 +147,12 @@ while ((remaining > 0)); do
     [[ ${pids[$k]} != "$finished" ]] || unset 'pids[k]'
   done
   pids=(${pids[@]+"${pids[@]}"})
-  if ((status != 0)); then
+  if ((status == 130 || status == 143)); then
+    # Stopped by a signal (a preemption): it saved a checkpoint at the step
+    # all processes agreed on, and the others are doing the same.
+    printf 'launch: process %d stopped by a signal (exit %d)\n' "$i" "$status" >&2
+    stopped=$status
+  elif ((status != 0)); then
     trap - INT TERM
     printf 'launch: process %d exited with status %d; stopping the others\n' \
       "$i" "$status" >&2
@@ -149,11 +161,14 @@ while ((remaining > 0)); do
       cat "$LOGDIR/process_$i.log" >&2 || true
       printf -- '----- end of %s -----\n' "$LOGDIR/process_$i.log" >&2
     fi
-    stop_all
+    # The others wait in collectives for the failed one: no checkpoint to
+    # wait for, so a short grace.
+    stop_all 10
     printf 'launch: logs of processes 1..%d are in %s\n' "$((n - 1))" "$LOGDIR" >&2
     exit "$status"
   fi
 done
 
+((stopped)) && exit "$stopped"
 ((own_logdir)) && rm -rf "$LOGDIR"
 exit 0

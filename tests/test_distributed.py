@@ -7,12 +7,15 @@ Device counts are fixed when a process starts JAX, so each configuration runs
 as its own `python -m alexnet_jax.main` process.
 """
 
+import glob
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -29,18 +32,23 @@ def free_port():
     return s.getsockname()[1]
 
 
+def main_args(workdir, cifar_dir, extra=()):
+  """alexnet_jax.main's arguments: six steps of the tiny net, two shards."""
+  return ['--config=configs/cifar10.py', f'--workdir={workdir}',
+          '--config.model=alexnet_tiny', f'--config.data_dir={cifar_dir}',
+          '--config.num_steps=6', '--config.log_every_steps=2',
+          '--config.data_shards=2', '--config.eval_batch_size=256',
+          '--config.dropout_rate=0.5', '--config.learning_rate=0.05',
+          *extra]
+
+
 def run_main(workdir, cifar_dir, env, devices=1, extra=(), timeout=600):
   env = dict(env)
   env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
   env['JAX_PLATFORMS'] = 'cpu'
   env['JAX_LOG_COMPILES'] = '1'  # Counted by test_train_step_compiles_once.
   args = [sys.executable, '-m', 'alexnet_jax.main',
-          '--config=configs/cifar10.py', f'--workdir={workdir}',
-          '--config.model=alexnet_tiny', f'--config.data_dir={cifar_dir}',
-          '--config.num_steps=6', '--config.log_every_steps=2',
-          '--config.data_shards=2', '--config.eval_batch_size=256',
-          '--config.dropout_rate=0.5', '--config.learning_rate=0.05',
-          *extra]
+          *main_args(workdir, cifar_dir, extra)]
   result = subprocess.run(args, cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -128,19 +136,18 @@ def test_train_step_compiles_once(runs):
 
 
 def test_two_processes_match_one_process(runs, tmp_path):
-  """A real 2-process job through jax.distributed on localhost."""
+  """A real 2-process job through jax.distributed on localhost, started by
+  the environment alone (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
+  JAX_PROCESS_ID: local_multiprocess.sh passes no flags)."""
   workdir = str(tmp_path / 'two')
   env = dict(runs['env'], PYTHON=sys.executable)
   args = ['bash', 'launch/local_multiprocess.sh', '2',
-          '--config=configs/cifar10.py', f'--workdir={workdir}',
-          '--config.model=alexnet_tiny', f'--config.data_dir={runs["cifar"]}',
-          '--config.num_steps=6', '--config.log_every_steps=2',
-          '--config.data_shards=2', '--config.eval_batch_size=256',
-          '--config.dropout_rate=0.5', '--config.learning_rate=0.05']
+          *main_args(workdir, runs['cifar'])]
   result = subprocess.run(args, cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=600)
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
   assert '2 devices (2 processes' in result.stdout
+  assert '(explicit start)' in result.stderr  # Not JAX's detection.
   np.testing.assert_allclose(train_losses(workdir), train_losses(runs['one']),
                              rtol=1e-5)
   assert_trees_close(params_of(workdir), params_of(runs['one']))
@@ -177,3 +184,160 @@ def test_processes_that_disagree_about_the_workdir_stop(runs, tmp_path):
     assert p.returncode == 2, err[-2000:]
     assert 'is not shared by all processes' in err
   assert not os.path.exists(tmp_path / 'w0' / 'checkpoints')
+
+
+# --- Preemption of multi-process jobs ------------------------------------------
+
+# Long enough to signal mid-run: 150 steps, a checkpoint every 10.
+LONG = ['--config.num_steps=150', '--config.batch_size=64',
+        '--config.checkpoint_every_steps=10', '--config.log_every_steps=10']
+
+
+@pytest.fixture(scope='module')
+def long_reference(runs):
+  """The LONG run, uninterrupted, as two processes. (Against one process
+  the sums' order differs, and 150 steps amplify that far past 1e-5.)"""
+  workdir = str(runs['root'] / 'long_two')
+  result = subprocess.run(
+      ['bash', 'launch/local_multiprocess.sh', '2',
+       *main_args(workdir, runs['cifar'], LONG)], cwd=REPO,
+      env=dict(runs['env'], PYTHON=sys.executable), capture_output=True,
+      text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir
+
+
+def assert_same_final_params(workdir, reference):
+  """Bit for bit: a resumed run is the uninterrupted run."""
+  got, want = params_of(workdir), params_of(reference)
+  for (path, x), (_, y) in zip(jax.tree_util.tree_leaves_with_path(got),
+                               jax.tree_util.tree_leaves_with_path(want)):
+    assert np.array_equal(x, y), jax.tree_util.keystr(path)
+
+
+def wait_for_checkpoint(workdir, step, proc, timeout=300):
+  path = os.path.join(workdir, 'checkpoints', str(step))
+  deadline = time.monotonic() + timeout
+  while not os.path.isdir(path):
+    assert proc.poll() is None, 'exited before checkpoint %d' % step
+    assert time.monotonic() < deadline, 'no checkpoint %d' % step
+    time.sleep(0.05)
+
+
+def child_pids(pid):
+  """The direct children of `pid`, from /proc."""
+  children = []
+  for stat in glob.glob('/proc/[0-9]*/stat'):
+    try:
+      with open(stat) as f:
+        fields = f.read().rsplit(')', 1)[1].split()
+    except OSError:
+      continue  # Gone meanwhile.
+    if int(fields[1]) == pid:
+      children.append(int(stat.split('/')[2]))
+  return children
+
+
+def stopped_step(text, prefix='stopped by SIGTERM at step '):
+  """The step in the 'stopped by SIGTERM at step S/150' line of `text`."""
+  [line] = [l for l in text.splitlines() if prefix in l]
+  return int(line.split(prefix)[1].split('/')[0])
+
+
+def test_sigterm_to_every_process_saves_one_step_then_rerun_resumes(
+    runs, long_reference, tmp_path):
+  """SIGTERM to both processes of a job (as a preempted pod's hosts get it):
+  they agree on one step through JAX's preemption sync point, save it, exit
+  143; the same command resumes there and ends bit for bit where an
+  uninterrupted run ends."""
+  workdir = str(tmp_path / 'w')
+  env = dict(runs['env'], PYTHON=sys.executable, LOGDIR=str(tmp_path / 'logs'))
+  args = ['bash', 'launch/local_multiprocess.sh', '2',
+          *main_args(workdir, runs['cifar'], LONG)]
+  proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  wait_for_checkpoint(workdir, 20, proc)
+  processes = child_pids(proc.pid)
+  assert len(processes) == 2
+  for pid in processes:
+    os.kill(pid, signal.SIGTERM)
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 143, out[-2000:] + err[-2000:]
+  step = stopped_step(out)
+  assert 20 < step < 150
+  other = (tmp_path / 'logs' / 'process_1.log').read_text()
+  assert stopped_step(other, 'process 1: stopped by SIGTERM at step ') == step
+  assert os.path.isdir(os.path.join(workdir, 'checkpoints', str(step)))
+  assert 'launch: process 0 stopped by a signal (exit 143)' in err
+
+  env['LOGDIR'] = str(tmp_path / 'logs2')
+  rerun = subprocess.run(args, cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=600)
+  assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+  assert 'resuming from' in rerun.stdout and f'at step {step}' in rerun.stdout
+  assert_same_final_params(workdir, long_reference)
+
+
+def free_slurm_job_id():
+  """A job id whose SLURM coordinator port (JAX's rule) is free here."""
+  for _ in range(100):
+    port = free_port()
+    if port >= 65536 - 2 ** 12:
+      return port - (65536 - 2 ** 12) + 2 ** 12
+  with socket.socket() as s:  # The kernel keeps choosing low ports: try one.
+    for port in range(65535, 65536 - 2 ** 12, -1):
+      try:
+        s.bind(('127.0.0.1', port))
+        return port - (65536 - 2 ** 12) + 2 ** 12
+      except OSError:
+        continue
+  pytest.skip('no free port in the SLURM coordinator range')
+
+
+def test_slurm_job_at_time_limit_saves_requeues_and_resumes(
+    runs, long_reference, tmp_path):
+  """launch/slurm_gpu.sbatch under a fake srun that starts its two tasks on
+  this machine with srun's variables: the tasks meet through SLURM detection;
+  SIGUSR1 to the batch shell (what --signal=B:USR1@300 sends) makes it
+  SIGTERM the tasks (scancel), which save one step, and requeue the job
+  (scontrol); the requeued job resumes and ends bit for bit where an
+  uninterrupted run ends."""
+  fake = REPO / 'tests' / 'fake_slurm'
+  job_id = free_slurm_job_id()
+  workdir = tmp_path / 'w'
+  env = dict(runs['env'], PATH=f'{fake}:{os.environ["PATH"]}',
+             FAKE_SLURM_LOG=str(tmp_path / 'calls'),
+             FAKE_SLURM_DIR=str(tmp_path), SLURM_JOB_ID=str(job_id),
+             SLURM_JOB_NAME='aj', SLURM_SUBMIT_DIR=str(REPO),
+             SLURM_NTASKS='2', SLURM_NNODES='1', SLURM_CPUS_PER_TASK='1',
+             PYTHON=sys.executable, VENV='', WORKDIR=str(workdir),
+             DATA_DIR=runs['cifar'], JAX_PLATFORMS='cpu')
+  extra = main_args(workdir, runs['cifar'], LONG)[2:]  # Script adds the rest.
+  args = ['bash', 'launch/slurm_gpu.sbatch', '--', *extra]
+  proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  wait_for_checkpoint(str(workdir), 20, proc)
+  proc.send_signal(signal.SIGUSR1)
+  out, err = proc.communicate(timeout=300)
+  task0 = (tmp_path / 'task_0.out').read_text()
+  assert proc.returncode == 0, err[-2000:] + task0[-2000:]
+  step = stopped_step(task0)
+  assert 20 < step < 150
+  assert stopped_step((tmp_path / 'task_1.err').read_text(),
+                      'process 1: stopped by SIGTERM at step ') == step
+  coordinator = f'localhost:{job_id % 2 ** 12 + 65536 - 2 ** 12}'
+  assert f'coordinator at {coordinator} (slurm start)' in (
+      tmp_path / 'task_0.err').read_text()
+  calls = (tmp_path / 'calls').read_text().splitlines()
+  assert calls[0].startswith('srun --kill-on-bad-exit=1 --gpu-bind=none ')
+  assert calls[1:] == [f'scancel --signal=TERM {job_id}',
+                       f'scontrol requeue {job_id}']
+
+  env['SLURM_RESTART_COUNT'] = '1'  # What SLURM sets when it requeues.
+  again = subprocess.run(args, cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=600)
+  task0 = (tmp_path / 'task_0.out').read_text()
+  assert again.returncode == 0, again.stderr[-2000:] + task0[-2000:]
+  assert 'restart 1' in again.stderr
+  assert 'resuming from' in task0 and f'at step {step}' in task0
+  assert_same_final_params(str(workdir), long_reference)

@@ -76,7 +76,7 @@ def test_slurm_dry_run_defaults(slurm_env):
   result = run(SLURM, env=slurm_env)
   assert result.returncode == 0, result.stderr
   [argv] = commands(result.stdout)
-  assert argv[0] == 'srun'
+  assert argv[:3] == ['srun', '--kill-on-bad-exit=1', '--gpu-bind=none']
   main = argv.index('alexnet_jax.main')
   assert argv[main - 2:main] == ['python', '-m']
   assert argv[main + 1:] == [
@@ -105,10 +105,13 @@ def test_slurm_dry_run_in_job_with_overrides(slurm_env):
 def test_slurm_sbatch_headers():
   headers = [line.split(None, 1)[1] for line in SLURM.read_text().splitlines()
              if line.startswith('#SBATCH')]
-  for header in ('--nodes=2', '--ntasks-per-node=8', '--gpus-per-task=1',
+  for header in ('--nodes=2', '--ntasks-per-node=8', '--gpus-per-node=8',
                  '--cpus-per-task=8', '--time=24:00:00',
-                 '--job-name=alexnet_jax'):
+                 '--job-name=alexnet_jax', '--signal=B:USR1@300',
+                 '--requeue', '--open-mode=append'):
     assert header in headers
+  # Each task must see every GPU of its node (NCCL's peer-to-peer paths).
+  assert not any(h.startswith('--gpus-per-task') for h in headers)
 
 
 @pytest.mark.parametrize('overrides', [
@@ -132,23 +135,25 @@ def test_local_dry_run_commands(n):
   assert len(argvs) == n
   ports = set()
   for i, argv in enumerate(argvs):
-    assert argv[:4] == ['JAX_PLATFORMS=cpu', sys.executable, '-m',
-                        'alexnet_jax.main']
-    host, port = option(argv, '--coordinator_address').rsplit(':', 1)
+    # Started through JAX's environment variables alone, no flags.
+    assert argv[:5] == ['env', 'JAX_PLATFORMS=cpu',
+                        argv[2], f'JAX_NUM_PROCESSES={n}',
+                        f'JAX_PROCESS_ID={i}']
+    name, address = argv[2].split('=')
+    assert name == 'JAX_COORDINATOR_ADDRESS'
+    host, port = address.rsplit(':', 1)
     assert host == '127.0.0.1' and 0 < int(port) < 65536
     ports.add(port)
-    assert option(argv, '--num_processes') == str(n)
-    assert option(argv, '--process_id') == str(i)
-    assert argv[-2:] == ['--config=configs/cifar10.py', '--workdir=/tmp/a b']
+    assert argv[5:8] == [sys.executable, '-m', 'alexnet_jax.main']
+    assert argv[8:] == ['--config=configs/cifar10.py', '--workdir=/tmp/a b']
   assert len(ports) == 1
 
 
 def test_local_dry_run_honours_port_and_python():
   env = dict(os.environ, PORT='23456', PYTHON='/opt/py/bin/python3')
   argvs = commands(run(LOCAL, '--dry-run', '2', env=env).stdout)
-  assert [a[1] for a in argvs] == ['/opt/py/bin/python3'] * 2
-  assert all(option(a, '--coordinator_address') == '127.0.0.1:23456'
-             for a in argvs)
+  assert [a[5] for a in argvs] == ['/opt/py/bin/python3'] * 2
+  assert all(a[2] == 'JAX_COORDINATOR_ADDRESS=127.0.0.1:23456' for a in argvs)
 
 
 @pytest.mark.parametrize('args', [
