@@ -213,23 +213,12 @@ def _check_reachable(host: str, timeout: float = 10.):
     return f'{host} is unreachable: {e}'
 
 
-def load_cifar10_tfds(tfds_data_dir: Optional[str] = None):
-  """(train, test) Splits of TFDS `cifar10`, downloading it if needed."""
-  import tensorflow_datasets as tfds  # Lazy: only this path needs TF.
-
-  def load(download):
-    splits = tfds.load('cifar10', split=['train', 'test'], batch_size=4096,
-                       data_dir=tfds_data_dir, download=download)
-    out = []
-    for ds in splits:
-      batches = list(tfds.as_numpy(ds))
-      out.append(Split(
-          np.concatenate([b['image'] for b in batches]).astype(np.uint8),
-          np.concatenate([b['label'] for b in batches]).astype(np.int32)))
-    return tuple(out)
-
+def _prepare_cifar10_tfds(tfds, tfds_data_dir: Optional[str]):
+  """Downloads and prepares TFDS cifar10 unless it is there already."""
+  builder = tfds.builder('cifar10', data_dir=tfds_data_dir)
   try:
-    return load(download=False)  # Already prepared: no network needed.
+    builder.as_dataset(split='test')  # Lazy: reads nothing yet.
+    return
   except AssertionError:  # TFDS's "could not find data in <dir>".
     pass
   where = tfds_data_dir or os.environ.get('TFDS_DATA_DIR',
@@ -238,11 +227,60 @@ def load_cifar10_tfds(tfds_data_dir: Optional[str] = None):
   if unreachable:
     raise DataError(_offline_message(where, unreachable))
   try:
-    return load(download=True)
+    builder.download_and_prepare()
   except Exception as e:  # Network failures come as many exception types.
     first_line = str(e).strip().splitlines()[0] if str(e).strip() else ''
     raise DataError(_offline_message(
         where, f'{type(e).__name__}: {first_line}')) from None
+
+
+def prepare_once(prepare, what: str):
+  """Runs `prepare` on process 0 first, while the others wait for it.
+
+  Several processes preparing one dataset into one shared directory at once
+  would each download it and write over each other. Process 0 prepares; the
+  others wait, learn whether it worked, then call `prepare` themselves, which
+  finds the data ready on shared storage (or, on a host-local data dir,
+  prepares that host's own copy).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_count() == 1:
+    return prepare()
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  failure = None
+  if jax.process_index() == 0:
+    try:
+      prepare()
+    except DataError as e:
+      failure = e
+  ok = multihost_utils.broadcast_one_to_all(np.int32(failure is None))
+  if failure is not None:
+    raise failure
+  if not int(ok):
+    raise DataError(f'process 0 could not prepare {what} (its error says why); '
+                    'this process did not try')
+  if jax.process_index() != 0:
+    prepare()
+
+
+def load_cifar10_tfds(tfds_data_dir: Optional[str] = None):
+  """(train, test) Splits of TFDS `cifar10`, downloading it if needed.
+
+  In a multi-process job, process 0 downloads and prepares it once.
+  """
+  import tensorflow_datasets as tfds  # Lazy: only this path needs TF.
+
+  prepare_once(lambda: _prepare_cifar10_tfds(tfds, tfds_data_dir),
+               'TFDS cifar10')
+  splits = tfds.load('cifar10', split=['train', 'test'], batch_size=4096,
+                     data_dir=tfds_data_dir, download=False)
+  out = []
+  for ds in splits:
+    batches = list(tfds.as_numpy(ds))
+    out.append(Split(
+        np.concatenate([b['image'] for b in batches]).astype(np.uint8),
+        np.concatenate([b['label'] for b in batches]).astype(np.int32)))
+  return tuple(out)
 
 
 # --- Fake data ------------------------------------------------------------------

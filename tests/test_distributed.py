@@ -10,6 +10,7 @@ as its own `python -m alexnet_jax.main` process.
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -22,6 +23,7 @@ import numpy as np
 import pytest
 
 from alexnet_jax import checkpointing
+from alexnet_jax import distributed
 from tests.conftest import REPO
 from tests.conftest import require_cifar_subset
 
@@ -341,3 +343,106 @@ def test_slurm_job_at_time_limit_saves_requeues_and_resumes(
   assert 'restart 1' in again.stderr
   assert 'resuming from' in task0 and f'at step {step}' in task0
   assert_same_final_params(str(workdir), long_reference)
+
+
+# --- How a process starts --------------------------------------------------------
+
+SLURM_STEP = dict(SLURM_JOB_ID='1234', SLURM_STEP_NODELIST='gpu[017-020]',
+                  SLURM_NTASKS='32', SLURM_PROCID='13', SLURM_LOCALID='5',
+                  SLURM_STEP_NUM_NODES='4')
+
+
+@pytest.mark.parametrize('environ, flags, want', [
+    ({}, {}, distributed.Start('auto')),
+    ({'JAX_COORDINATOR_ADDRESS': 'h:7', 'JAX_NUM_PROCESSES': '4',
+      'JAX_PROCESS_ID': '3'}, {}, distributed.Start('explicit', 'h:7', 4, 3)),
+    ({'JAX_COORDINATOR_ADDRESS': 'h:7', 'JAX_NUM_PROCESSES': '4',
+      'JAX_PROCESS_ID': '3'}, {'process_id': 1},
+     distributed.Start('explicit', 'h:7', 4, 1)),  # Flags win.
+    ({}, {'num_processes': 1}, distributed.Start('single')),
+    # Flags or JAX_* variables win over SLURM's.
+    (dict(SLURM_STEP, JAX_COORDINATOR_ADDRESS='h:7', JAX_NUM_PROCESSES='2',
+          JAX_PROCESS_ID='0'), {}, distributed.Start('explicit', 'h:7', 2, 0)),
+    # srun: 8 tasks on each of 4 nodes, every GPU visible: task i -> GPU i.
+    (SLURM_STEP, {}, distributed.Start('slurm', 'gpu017:62674', 32, 13, [5])),
+    (dict(SLURM_STEP, CUDA_VISIBLE_DEVICES='0,1,2,3,4,5,6,7'), {},
+     distributed.Start('slurm', 'gpu017:62674', 32, 13, [5])),
+    # SLURM bound one GPU to the task (--gpus-per-task=1): that one.
+    (dict(SLURM_STEP, CUDA_VISIBLE_DEVICES='5'), {},
+     distributed.Start('slurm', 'gpu017:62674', 32, 13, [0])),
+    # One task per node: all of the node's GPUs (JAX alone: GPU 0 only).
+    (dict(SLURM_STEP, SLURM_NTASKS='4', SLURM_PROCID='2', SLURM_LOCALID='0'),
+     {}, distributed.Start('slurm', 'gpu017:62674', 4, 2, [])),
+    (dict(SLURM_STEP, SLURM_NTASKS='4', SLURM_PROCID='2', SLURM_LOCALID='0',
+          CUDA_VISIBLE_DEVICES='0,1,2,3'), {},
+     distributed.Start('slurm', 'gpu017:62674', 4, 2, [0, 1, 2, 3])),
+    # `srun --pty python ...` in an allocation: one process, every GPU.
+    (dict(SLURM_STEP, SLURM_NTASKS='1', SLURM_PROCID='0', SLURM_LOCALID='0'),
+     {}, distributed.Start('single')),
+    # The user's JAX_LOCAL_DEVICE_IDS is left for JAX to read.
+    (dict(SLURM_STEP, JAX_LOCAL_DEVICE_IDS='0,1'), {},
+     distributed.Start('slurm', 'gpu017:62674', 32, 13, None)),
+    (dict(SLURM_STEP, JAX_COORDINATOR_PORT='5555'), {},
+     distributed.Start('slurm', 'gpu017:5555', 32, 13, [5])),
+], ids=['nothing', 'jax-env', 'flag-wins', 'one-process', 'jax-env-in-slurm',
+        'slurm', 'slurm-all-visible', 'slurm-bound', 'task-per-node',
+        'task-per-node-visible', 'srun-pty', 'user-device-ids', 'slurm-port'])
+def test_plan_start(environ, flags, want):
+  assert distributed.plan_start(environ=environ, **flags) == want
+
+
+@pytest.mark.parametrize('environ, flags, message', [
+    ({'JAX_NUM_PROCESSES': '2', 'JAX_PROCESS_ID': '1'}, {},
+     'missing: --coordinator_address (JAX_COORDINATOR_ADDRESS)'),
+    ({'JAX_COORDINATOR_ADDRESS': 'h:7'}, {},
+     'missing: --num_processes (JAX_NUM_PROCESSES), --process_id'),
+    ({'JAX_COORDINATOR_ADDRESS': 'h:7', 'JAX_NUM_PROCESSES': 'two',
+      'JAX_PROCESS_ID': '0'}, {}, "JAX_NUM_PROCESSES='two' is not an integer"),
+    ({'JAX_COORDINATOR_ADDRESS': 'h:7', 'JAX_NUM_PROCESSES': '2',
+      'JAX_PROCESS_ID': '-1'}, {}, "JAX_PROCESS_ID='-1' is not an integer >= 0"),
+    ({}, {'coordinator_address': 'h:7', 'num_processes': 2, 'process_id': 2},
+     'process id 2 is not in 0..1'),
+    ({}, {'coordinator_address': 'h', 'num_processes': 2, 'process_id': 0},
+     "coordinator address 'h' is not HOST:PORT"),
+], ids=['no-address', 'no-count', 'bad-count', 'negative-id', 'id-too-big',
+        'no-port'])
+def test_plan_start_errors_name_the_value(environ, flags, message):
+  with pytest.raises(distributed.DistributedError, match=re.escape(message)):
+    distributed.plan_start(environ=environ, **flags)
+
+
+@pytest.mark.parametrize('nodes', ['node001', 'node001,host2',
+                                   'node[001-0015],host2',
+                                   'node[001,007-015],host2', 'a-b[10-20]'])
+@pytest.mark.parametrize('job_id', ['1234', '99999'])
+def test_slurm_coordinator_is_the_one_jax_computes(nodes, job_id, monkeypatch):
+  """Same address as JAX's own SLURM detection, so either start meets."""
+  from jax._src.clusters import slurm_cluster  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv('SLURM_JOB_ID', job_id)
+  monkeypatch.setenv('SLURM_STEP_NODELIST', nodes)
+  monkeypatch.delenv('JAX_COORDINATOR_PORT', raising=False)
+  assert distributed.slurm_coordinator(
+      {'SLURM_JOB_ID': job_id, 'SLURM_STEP_NODELIST': nodes}) == \
+      slurm_cluster.SlurmCluster.get_coordinator_address(None, None)
+
+
+@pytest.mark.parametrize('env, flags, text', [
+    # Open MPI's variable present but unreadable: JAX's detection raises.
+    ({'OMPI_MCA_orte_hnp_uri': '1531576320.0;garbled'}, [],
+     'could not start from it (RuntimeError: Could not parse coordinator'),
+    ({'JAX_NUM_PROCESSES': '2', 'JAX_PROCESS_ID': '0'}, [],
+     'missing: --coordinator_address (JAX_COORDINATOR_ADDRESS)'),
+    ({}, ['--coordinator_address=127.0.0.1:1', '--num_processes=2',
+          '--process_id=7'], 'process id 7 is not in 0..1'),
+], ids=['ompi-detection-fails', 'env-without-address', 'wrong-process-id'])
+def test_failed_start_is_one_line(runs, tmp_path, env, flags, text):
+  result = subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.main', '--config=configs/cifar10.py',
+       f'--workdir={tmp_path / "w"}', *flags],
+      cwd=REPO, env=dict(runs['env'], JAX_PLATFORMS='cpu', **env),
+      capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2, result.stderr[-2000:]
+  errors = [l for l in result.stderr.splitlines() if l.startswith('error:')]
+  assert len(errors) == 1 and text in errors[0], result.stderr[-2000:]
+  assert 'Traceback' not in result.stderr
+  assert not os.path.exists(tmp_path / 'w')

@@ -142,6 +142,35 @@ def test_tfds_without_network_says_how_to_use_a_local_archive(
   assert not workdir.exists()
 
 
+def test_tfds_is_prepared_by_process_0_alone(tmp_path, subprocess_env):
+  """Two processes, one TFDS data dir, no network (a namespace with only
+  loopback, for the coordinator): process 0 alone tries to prepare cifar10
+  and says why it cannot; process 1 waits for it and says so, untried."""
+  pytest.importorskip('tensorflow_datasets')
+  probe = subprocess.run(['unshare', '-rn', 'ip', 'link', 'set', 'lo', 'up'],
+                         capture_output=True)
+  if probe.returncode != 0:
+    pytest.skip('cannot create a network namespace with loopback here: '
+                + probe.stderr.decode()[-200:])
+  logs = tmp_path / 'logs'
+  env = dict(subprocess_env, PYTHON=sys.executable, LOGDIR=str(logs))
+  result = subprocess.run(
+      ['unshare', '-rn', 'bash', '-c',
+       'ip link set lo up && exec bash launch/local_multiprocess.sh "$@"', '-',
+       '2', '--config=configs/cifar10.py', f'--workdir={tmp_path / "w"}',
+       f'--config.tfds_data_dir={tmp_path / "tfds"}'],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2, result.stderr[-3000:]
+  # Process 0's line, then process 1's log, which the launcher shows.
+  errors = [l for l in result.stderr.splitlines() if l.startswith('error:')]
+  assert [e for e in errors if 'unreachable' in e] == errors[:1], errors
+  other = [l for l in (logs / 'process_1.log').read_text().splitlines()
+           if l.startswith('error:')]
+  assert other == ['error: process 0 could not prepare TFDS cifar10 (its '
+                   'error says why); this process did not try']
+  assert not (tmp_path / 'w' / 'checkpoints').exists()
+
+
 def test_hostile_pickle_cannot_run_code(tmp_path):
   """A batch file whose unpickling would call os.system is refused before
   anything runs; the real files still load (test_local_folder_...)."""
