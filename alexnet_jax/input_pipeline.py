@@ -1,4 +1,4 @@
-"""Datasets as host arrays, and the on-device batching and augmentation.
+"""Datasets held in memory: host arrays loaded once, and their on-device batching.
 
 Loading (host, once): `load_dataset(config)` returns uint8 NHWC images and
 int32 labels for train / val / test from one of
@@ -10,11 +10,12 @@ int32 labels for train / val / test from one of
 The validation split is held out of train with a fixed seed, so it is the same
 whatever the training seed.
 
-Batching (device, every step): the whole split lives on the device as uint8;
-a batch is a gather by indices from a per-epoch permutation that is a pure
-function of (seed, epoch), followed by random crop + flip + normalization, all
-inside the jitted train step. Nothing but two integers crosses from host to
-device per step, and a resumed run sees exactly the batches it would have seen.
+Batching (device, every step; `batches.InMemoryFeed`): the whole split lives
+on the device as uint8; a batch is a gather by indices from a per-epoch
+permutation that is a pure function of (seed, epoch). Augmentation follows in
+the jitted train step (`augment.py`). Nothing but two integers crosses from
+host to device per step, and a resumed run sees exactly the batches it would
+have seen. Datasets too big for this stream from files (`streaming.py`).
 
 TensorFlow / TFDS are imported only on the TFDS path.
 """
@@ -370,36 +371,3 @@ def batch_indices(perms, step_in_epoch, batch_size: int, process_count: int):
   rows = jax.lax.dynamic_slice_in_dim(perms, step_in_epoch * b, b, axis=1)
   offset = (jnp.arange(num_shards) % (num_shards // process_count)) * per_shard
   return (rows + offset[:, None]).reshape(batch_size)
-
-
-# --- On-device augmentation --------------------------------------------------------
-
-
-def random_crop_flip(key, images, pad: int = 4, flip: bool = True):
-  """Per-image random crop (after zero-padding by `pad`) and horizontal flip.
-
-  Works on uint8 and keeps the dtype; keys are split per example position in
-  the global batch, so the result does not depend on how it is sharded.
-  """
-  n, h, w, _ = images.shape
-  k_crop, k_flip = jax.random.split(key)
-  padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-  offsets = jax.random.randint(k_crop, (n, 2), 0, 2 * pad + 1)
-  flips = jax.random.bernoulli(k_flip, 0.5 if flip else 0., (n,))
-
-  def one(img, off, mirror):
-    img = jax.lax.dynamic_slice(img, (off[0], off[1], 0), (h, w, img.shape[-1]))
-    return jnp.where(mirror, img[:, ::-1], img)
-
-  return jax.vmap(one)(padded, offsets, flips)
-
-
-def normalize(images, mean, std, image_size: Optional[int] = None,
-              dtype=jnp.float32):
-  """uint8 -> standardized float; optionally resized (CIFAR into the 227 net)."""
-  x = images.astype(jnp.float32) / 255.
-  if image_size and image_size != x.shape[1]:
-    x = jax.image.resize(x, (x.shape[0], image_size, image_size, x.shape[3]),
-                         method='bilinear')
-  x = (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
-  return x.astype(dtype)

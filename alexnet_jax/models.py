@@ -258,6 +258,13 @@ MODELS = {
     'alexnet_tiny': AlexNetTiny,
 }
 
+# The input side each preset was built for: the crop a streaming dataset
+# (ImageNet) is cut to when config.image_size is 0.
+NATIVE_INPUT_SIZE = {
+    'alexnet_paper': 227, 'alexnet_paper_one_tower': 227,
+    'alexnet_torchvision': 224, 'alexnet_cifar': 32, 'alexnet_tiny': 32,
+}
+
 
 def create_model(name: str, **kwargs) -> AlexNet:
   if name not in MODELS:

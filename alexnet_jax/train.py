@@ -20,6 +20,8 @@ import optax
 from etils import epath
 from flax.training import train_state
 
+from alexnet_jax import augment
+from alexnet_jax import batches
 from alexnet_jax import checkpointing
 from alexnet_jax import distributed
 from alexnet_jax import input_pipeline
@@ -72,6 +74,13 @@ _RANGES = {
                    "an integer >= 0 (0: the images' own size)"),
     'crop_padding': (lambda v: _integer(v) and v >= 0, 'an integer >= 0'),
     'val_fraction': (lambda v: _finite(v) and 0 <= v < 1, 'in [0, 1)'),
+    'val_examples': (lambda v: _integer(v) and v >= 0,
+                     'an integer >= 0 (0: use val_fraction)'),
+    'resize_size': (lambda v: _integer(v) and v > 0, 'a positive integer'),
+    'data_workers': (lambda v: _integer(v) and v >= 0,
+                     'an integer >= 0 (0: decode in this process)'),
+    'pca_lighting': (lambda v: _finite(v) and v >= 0,
+                     'a finite number >= 0 (0: off; the paper: 0.1)'),
     'lr_step_epochs': (lambda v: isinstance(v, (tuple, list)) and all(
         _finite(e) and e > 0 for e in v), 'a list of positive epoch numbers'),
 }
@@ -85,7 +94,8 @@ def validate_config(config: ml_collections.ConfigDict):
                         f'{", ".join(v for v in valid if v)}{note}')
 
   choice('model', tuple(models.MODELS))
-  choice('dataset', input_pipeline.DATASETS)
+  choice('dataset', batches.DATASETS)
+  choice('input_scaling', INPUT_SCALINGS)
   choice('schedule', optim.SCHEDULES)
   choice('init', ('',) + models.INIT_SCHEMES, " ('' keeps the preset's own)")
   for field, (valid, what) in _RANGES.items():
@@ -110,9 +120,33 @@ def validate_config(config: ml_collections.ConfigDict):
   if config.batch_size % shards:
     raise ConfigError(f'batch_size {config.batch_size} is not divisible by '
                       f'data_shards {shards}')
-  if config.schedule == 'plateau' and config.val_fraction == 0:
+  if (config.schedule == 'plateau' and config.val_fraction == 0 and
+      config.val_examples == 0):
     raise ConfigError("schedule 'plateau' needs a validation split; set "
                       'val_fraction > 0 or choose step, cosine or constant')
+  image_dataset = config.dataset not in input_pipeline.DATASETS
+  for field in ('ten_crop', 'random_resized_crop'):
+    if config[field] and not image_dataset:
+      raise ConfigError(
+          f'{field} needs an image dataset (image_folder, imagenet2012, '
+          f'imagenette), not {config.dataset!r}')
+  if image_dataset and config.crop_padding:
+    raise ConfigError(
+        f'crop_padding {config.crop_padding} is for CIFAR-sized images; image '
+        f'datasets are cropped from resize_size (set crop_padding=0)')
+
+
+# How images become model input: 'standardize' ((x - mean) / std on 0..1
+# pixels) or 'paper' (the centred raw 0..255 RGB values the paper fed its
+# net, Sec. 2: x * 255 - mean * 255).
+INPUT_SCALINGS = ('standardize', 'paper')
+
+
+def input_transform(config, mean, std):
+  """(mean, std, scale) for augment.normalize under config.input_scaling."""
+  if config.input_scaling == 'paper':
+    return mean, (1., 1., 1.), 255.
+  return mean, std, 1.
 
 
 def num_data_shards(config) -> int:
@@ -128,9 +162,7 @@ class Durations:
   checkpoint_every: int  # 0: only after evaluations and at the end.
 
   @classmethod
-  def from_config(cls, config, num_train: int):
-    shards = num_data_shards(config)
-    steps_per_epoch = (num_train // shards) // (config.batch_size // shards)
+  def from_config(cls, config, num_train: int, steps_per_epoch: int):
     if steps_per_epoch == 0:
       raise ConfigError(f'batch_size {config.batch_size} is larger than the '
                         f'{num_train} training images')
@@ -217,38 +249,37 @@ def zero_train_metrics(mesh):
   return jax.device_put(metrics, sharding.replicated(mesh))
 
 
-def make_train_step(config, model, num_classes, mean, std, mesh):
-  """jit(step)(state, metrics, images, labels, perms, step_in_epoch).
+def make_train_step(config, model, num_classes, mean, std, mesh, side=None):
+  """jit(step)(state, metrics, images, labels) -> (state, metrics).
 
-  `images`/`labels` are [devices, share, ...]: row d is the training share of
-  the process owning device d. Each device gathers its rows of the batch from
-  its own row by the epoch's permutations (`input_pipeline.batch_indices`);
-  the batch is augmented with keys folded from (state.rng, state.step).
-  `metrics` accumulates sums on device until logged, and remembers the first
-  step whose loss was not finite.
+  One uint8 batch in, from either feed (`batches.py`), sharded over 'data'.
+  It is augmented (`augment.py`) with keys folded from (state.rng,
+  state.step): CIFAR's pad-crop-flip, or a flip and the paper's PCA colour
+  noise for images the host already cropped. `metrics` accumulates sums on
+  device until logged, and remembers the first step whose loss was not
+  finite.
   """
+  del mesh  # The batch arrives sharded; the step follows it.
   batch = config.batch_size
-  image_size = config.image_size or None
+  side = side or config.image_size or None
   compute_dtype = model.dtype
-  batch_sharding = sharding.batch(mesh)
   plateau = config.schedule == 'plateau'
-  n_devices = mesh.size
+  mean, std, scale = input_transform(config, mean, std)
 
-  def step_fn(state, metrics, images, labels, perms, step_in_epoch):
-    idx = input_pipeline.batch_indices(perms, step_in_epoch, batch,
-                                       jax.process_count())
-    idx = jax.lax.with_sharding_constraint(
-        idx.reshape(n_devices, batch // n_devices), batch_sharding)
-    take = jax.vmap(lambda rows, i: rows[i])
-    x = take(images, idx).reshape((batch,) + images.shape[2:])
-    y = take(labels, idx).reshape(batch)
-    x = jax.lax.with_sharding_constraint(x, batch_sharding)
+  def step_fn(state, metrics, images, labels):
     aug_key, dropout_key = jax.random.split(
         jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step))
-    if config.crop_padding or config.random_flip:
-      x = input_pipeline.random_crop_flip(aug_key, x, config.crop_padding,
-                                          config.random_flip)
-    x = input_pipeline.normalize(x, mean, std, image_size, compute_dtype)
+    crop_key, light_key = jax.random.split(aug_key)
+    x, y = images, labels
+    if config.crop_padding:
+      x = augment.random_crop_flip(crop_key, x, config.crop_padding,
+                                   config.random_flip)
+    elif config.random_flip:
+      x = augment.random_flip(crop_key, x)
+    if config.pca_lighting:
+      x = augment.pca_lighting(light_key, augment.to_unit(x),
+                               config.pca_lighting)
+    x = augment.normalize(x, mean, std, side, compute_dtype, scale)
 
     def loss_fn(params):
       logits = state.apply_fn({'params': params}, x, train=True,
@@ -287,46 +318,35 @@ def all_finite(tree) -> jax.Array:
 
 # --- Evaluation ------------------------------------------------------------------
 
-def make_eval_fn(config, model, num_classes, mean, std, mesh):
-  """jit(eval)(params, images, labels) -> summed loss/top1/top5 over EVERY example.
+def make_logits_fn(config, model, mean, std, side=None):
+  """(params, uint8 images) -> log of the softmax averaged over test views.
 
-  The split is walked in fixed-size batches by a scan; the last batch is padded
-  (repeating the final example) and masked, so each example counts once. With
-  `eval_flip`, predictions are the mean softmax of each image and its mirror
-  image (the paper's test-time averaging; the log of that mean is the logit).
+  The views (`batches.eval_views`): the image, or its centre crop, and with
+  `eval_flip` its reflection too (the paper's test-time averaging); or the
+  paper's 10 crops (`ten_crop`). One view gives plain log-softmax.
   """
-  # Any size works: rounded up to a multiple of the device count, and padded.
-  batch = -(-config.eval_batch_size // mesh.size) * mesh.size
-  data_sharding = sharding.batch(mesh)
+  side = side or config.image_size or None
+  mean, std, scale = input_transform(config, mean, std)
 
-  def eval_fn(params, images, labels):
-    n = labels.shape[0]
+  def logits_fn(params, images):
+    views = batches.eval_views(config, images, side or images.shape[1])
+    log_probs = [jax.nn.log_softmax(model.apply(
+        {'params': params},
+        augment.normalize(v, mean, std, side, model.dtype, scale),
+        train=False).astype(jnp.float32)) for v in views]
+    if len(log_probs) == 1:
+      return log_probs[0]
+    return (jax.nn.logsumexp(jnp.stack(log_probs), axis=0) -
+            jnp.log(float(len(log_probs))))
 
-    def body(sums, j):
-      pos = j * batch + jnp.arange(batch)
-      mask = (pos < n).astype(jnp.float32)
-      idx = jax.lax.with_sharding_constraint(jnp.minimum(pos, n - 1),
-                                             data_sharding)
-      x = input_pipeline.normalize(images[idx], mean, std,
-                                   config.image_size or None, model.dtype)
-      y = labels[idx]
-      logits = model.apply({'params': params}, x, train=False)
-      if config.eval_flip:  # The paper's test-time averaging over reflections.
-        mirrored = model.apply({'params': params}, x[:, :, ::-1], train=False)
-        logits = jnp.log((jax.nn.softmax(logits.astype(jnp.float32)) +
-                          jax.nn.softmax(mirrored.astype(jnp.float32))) / 2)
-      batch_sums = {
-          'loss': cross_entropy(logits, y, num_classes),
-          'top1': _correct(logits, y, 1),
-          'top5': _correct(logits, y, min(5, num_classes)),
-      }
-      return {k: sums[k] + (v * mask).sum() for k, v in batch_sums.items()}, None
+  return logits_fn
 
-    zeros = {k: jnp.zeros((), jnp.float32) for k in ('loss', 'top1', 'top5')}
-    sums, _ = jax.lax.scan(body, zeros, jnp.arange(-(-n // batch)))
-    return sums
 
-  return jax.jit(eval_fn)
+def make_eval_fn(config, model, num_classes, mean, std, mesh, side=None):
+  """jit(eval)(params, images, labels) -> summed loss/top1/top5 over EVERY
+  example of on-device uint8 arrays (padded and masked batches)."""
+  return batches.scan_evaluator(make_logits_fn(config, model, mean, std, side),
+                                config.eval_batch_size, mesh, num_classes)
 
 
 def evaluate(eval_fn, params, split_arrays):
@@ -361,11 +381,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   SIGINT has been answered by saving the current step.
   """
   validate_config(config)
-  data = input_pipeline.load_dataset(config)
-  durations = Durations.from_config(config, len(data.train))
   mesh = sharding.make_mesh(config.model_parallelism)
-  model = make_model(config, data.num_classes)
-  image_shape = model_input_shape(config, model, data.train.images.shape[1:])
+  feed = batches.make_feed(config, mesh)
+  durations = Durations.from_config(config, feed.sizes['train'],
+                                    feed.steps_per_epoch())
+  model = make_model(config, feed.num_classes)
+  image_shape = model_input_shape(config, model, feed.image_shape)
   tx, lr_schedule = optim.make_optimizer(
       config, durations.steps_per_epoch, durations.total_steps,
       durations.steps_per_eval or durations.total_steps)
@@ -396,9 +417,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     stack.callback(reporter.close)
     stop = stack.enter_context(preemption.StopRequest())
     reporter.write_json('config.json', resolved_config(
-        config, model, data.num_classes, image_shape))
-    run = _Run(config, data, durations, mesh, model, lr_schedule, ckpt,
-               reporter, stop)
+        config, model, feed.num_classes, image_shape))
+    run = _Run(config, feed, durations, mesh, model, image_shape[0],
+               lr_schedule, ckpt, reporter, stop)
     run.log_header(state, start_step)
     state, step = run.train(state, start_step or 0)
     return run.finish(state, step, abstract_state)
@@ -407,40 +428,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 class _Run:
   """One run's loop and its pieces: train, log, evaluate, save, stop, finish."""
 
-  def __init__(self, config, data, durations, mesh, model, lr_schedule, ckpt,
-               reporter, stop):
-    self.config, self.data, self.durations, self.mesh = (config, data,
+  def __init__(self, config, feed, durations, mesh, model, side, lr_schedule,
+               ckpt, reporter, stop):
+    self.config, self.feed, self.durations, self.mesh = (config, feed,
                                                          durations, mesh)
     self.lr_schedule, self.ckpt, self.reporter, self.stop = (lr_schedule, ckpt,
                                                              reporter, stop)
-    self.shards = num_data_shards(config)
-    share, self.per_shard = input_pipeline.process_share(
-        data.train, self.shards, jax.process_index(), jax.process_count())
-    self.train_arrays = (sharding.put_process_share(share.images, mesh),
-                         sharding.put_process_share(share.labels, mesh))
-    self.eval_arrays = {name: (sharding.put_replicated(s.images, mesh),
-                               sharding.put_replicated(s.labels, mesh))
-                        for name, s in (('val', data.val), ('test', data.test))
-                        if s}
-    self.train_step = make_train_step(config, model, data.num_classes,
-                                      data.mean, data.std, mesh)
-    self.eval_fn = make_eval_fn(config, model, data.num_classes, data.mean,
-                                data.std, mesh)
-    self.data_key = jax.random.fold_in(jax.random.key(config.seed), 0x5eed)
-    self.permutations = jax.jit(input_pipeline.epoch_permutations,
-                                static_argnums=(2, 3),
-                                out_shardings=sharding.replicated(mesh))
+    self.train_step = make_train_step(config, model, feed.num_classes,
+                                      feed.mean, feed.std, mesh, side)
+    self.evaluator = feed.make_evaluator(
+        make_logits_fn(config, model, feed.mean, feed.std, side))
     self.metrics = zero_train_metrics(mesh)
     self.window = reporting.Stopwatch()
     self.val_metrics = None
 
   def log_header(self, state, start_step):
-    c, d, data = self.config, self.durations, self.data
+    c, d, sizes = self.config, self.durations, self.feed.sizes
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     self.reporter.log(
         f'{c.model}: {n_params:,} parameters | {c.dataset}: '
-        f'{len(data.train)} train / {len(data.val) if data.val else 0} val / '
-        f'{len(data.test)} test | global batch {c.batch_size} = '
+        f'{sizes["train"]} train / {sizes["val"]} val / '
+        f'{sizes["test"]} test | global batch {c.batch_size} = '
         f'{c.batch_size // jax.device_count()} per device x '
         f'{jax.device_count()} devices ({jax.process_count()} processes, mesh '
         f'{dict(self.mesh.shape)}) | {d.total_steps} steps '
@@ -457,15 +465,9 @@ class _Run:
 
   def train(self, state, start_step: int):
     d, step = self.durations, start_step
-    perm_epoch, perms = None, None
-    while step < d.total_steps:
-      epoch, index = divmod(step, d.steps_per_epoch)
-      if epoch != perm_epoch:
-        perm_epoch, perms = epoch, self.permutations(
-            self.data_key, epoch, self.shards, self.per_shard)
-      state, self.metrics = self.train_step(state, self.metrics,
-                                            *self.train_arrays, perms,
-                                            np.int32(index))
+    for images, labels in self.feed.train(start_step, d.total_steps):
+      state, self.metrics = self.train_step(state, self.metrics, images,
+                                            labels)
       step += 1
       if step == start_step + 1:  # Leave compilation out of the timings.
         jax.block_until_ready(self.metrics)
@@ -480,7 +482,7 @@ class _Run:
       # Logging is also the finite-loss check, so it runs before every save.
       if step % self.config.log_every_steps == 0 or save_now:
         self.log_train(state, step)
-      if eval_now and 'val' in self.eval_arrays:
+      if eval_now and self.feed.sizes['val']:
         state = self.validate(state, step)
       elif save_now:
         self.save(state, step)
@@ -532,7 +534,9 @@ class _Run:
     self.ckpt.save(step, state, metrics)
 
   def evaluate_split(self, name: str, params, step: int, record: bool = True):
-    metrics, sums = evaluate(self.eval_fn, params, self.eval_arrays[name])
+    sums = self.evaluator(params, name)
+    n = self.feed.sizes[name]
+    metrics = {k: float(v) / n for k, v in jax.device_get(sums).items()}
     if record:
       self.reporter.write(step, name,
                           epoch=step / self.durations.steps_per_epoch,
@@ -546,7 +550,7 @@ class _Run:
     """Val metrics, the plateau schedule's input, a ranked checkpoint, curves."""
     self.val_metrics, sums = self.evaluate_split('val', state.params, step)
     state = state.replace(
-        plateau_value=1. - sums['top1'] / len(self.data.val))
+        plateau_value=1. - sums['top1'] / self.feed.sizes['val'])
     self.save(state, step,
               {checkpointing.BEST_METRIC: self.val_metrics['top1']})
     self.reporter.write_curves()
@@ -566,7 +570,7 @@ class _Run:
 
   def finish(self, state, step: int, abstract_state) -> dict:
     """Val (if not just done) and test; the best-val checkpoint's test too."""
-    if self.val_metrics is None and 'val' in self.eval_arrays:
+    if self.val_metrics is None and self.feed.sizes['val']:
       self.val_metrics, _ = self.evaluate_split('val', state.params, step)
     test_metrics, _ = self.evaluate_split('test', state.params, step)
     self.ckpt.wait()

@@ -27,14 +27,33 @@ def get_config():
   c.half_precision = False
 
   # --- Data --------------------------------------------------------------
-  c.dataset = 'cifar10'  # 'cifar10' or 'fake'.
-  # Local copy of CIFAR-10 (cifar-10-python.tar.gz or cifar-10-batches-py/).
-  # Empty: load through TFDS, downloading on first use.
+  # Held in memory: 'cifar10', 'fake'. Streamed from files by Grain:
+  # 'image_folder' (data_dir/train/<class>/*, data_dir/val/<class>/*),
+  # 'imagenet2012' and 'imagenette' (TFDS, prepared as ArrayRecord).
+  c.dataset = 'cifar10'
+  # cifar10: a local copy (cifar-10-python.tar.gz or cifar-10-batches-py/);
+  # empty loads it through TFDS. image_folder: the folder tree's root.
   c.data_dir = ''
   c.tfds_data_dir = ''  # Empty: TFDS's default (~/tensorflow_datasets).
   # Fraction of the training images held out for validation (model selection,
   # the best checkpoint, the plateau schedule). 0 disables validation.
   c.val_fraction = 0.1
+  c.val_examples = 0  # > 0: hold out this many instead (ImageNet: 10,000).
+  # Image datasets: the shorter side is resized to resize_size and the
+  # central square kept (the paper's stored 256x256 images); training takes a
+  # random crop of the model's input side (image_size, or the preset's own:
+  # 227 paper, 224 torchvision), or with random_resized_crop an
+  # Inception-style crop (torchvision's recipe). Decoding runs in
+  # data_workers Grain processes per process (0: in this process).
+  c.resize_size = 256
+  c.random_resized_crop = False
+  c.data_workers = 4
+  # The paper's colour noise: std of the PCA lighting coefficients (0: off;
+  # the paper: 0.1).
+  c.pca_lighting = 0.0
+  # How pixels become model input: 'standardize' ((x/255 - mean) / std) or
+  # 'paper' (the centred raw RGB values, x - mean on the 0..255 scale).
+  c.input_scaling = 'standardize'
   # Random crop after zero-padding by this many pixels (0: off); random flip.
   c.crop_padding = 4
   c.random_flip = True
@@ -42,6 +61,10 @@ def get_config():
   # softmax, as the paper's test procedure does (Sec. 4.1; its 10 crops are
   # for ImageNet-sized images).
   c.eval_flip = True
+  # Image datasets: the paper's 10-crop test (the four corners and the centre
+  # of the 256x256 image, each also mirrored; softmax averaged). Off: the
+  # centre crop (and its mirror with eval_flip).
+  c.ten_crop = False
   # Shapes of the 'fake' dataset.
   c.num_classes = 1000  # For 'fake' only; cifar10 has 10.
   c.fake_image_size = 227

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from alexnet_jax import augment
 from alexnet_jax import input_pipeline
 from alexnet_jax import train
 from tests.conftest import REPO
@@ -57,7 +58,7 @@ def test_fake_benchmark_path_trains_without_download(tmp_path):
 def test_cifar_upsampled_into_the_paper_net_input_size():
   """configs/cifar10_227: 32x32 images are resized on device to 227."""
   config = importlib.import_module('configs.cifar10_227').get_config()
-  x = input_pipeline.normalize(jnp.zeros((2, 32, 32, 3), jnp.uint8),
+  x = augment.normalize(jnp.zeros((2, 32, 32, 3), jnp.uint8),
                                input_pipeline.CIFAR10_MEAN,
                                input_pipeline.CIFAR10_STD, config.image_size)
   assert x.shape == (2, 227, 227, 3)

@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from alexnet_jax import augment
 from alexnet_jax import input_pipeline as ip
 from tests.conftest import REPO
 
@@ -256,9 +257,9 @@ def test_shards_give_the_same_batches_for_any_process_count():
 def test_crop_flip_moves_pixels_only_and_is_deterministic(cifar_dir):
   train, _ = ip.load_cifar10_archive(cifar_dir)
   images = jnp.asarray(train.images[:64])
-  out = ip.random_crop_flip(jax.random.PRNGKey(0), images, pad=4)
-  again = ip.random_crop_flip(jax.random.PRNGKey(0), images, pad=4)
-  other = ip.random_crop_flip(jax.random.PRNGKey(1), images, pad=4)
+  out = augment.random_crop_flip(jax.random.PRNGKey(0), images, pad=4)
+  again = augment.random_crop_flip(jax.random.PRNGKey(0), images, pad=4)
+  other = augment.random_crop_flip(jax.random.PRNGKey(1), images, pad=4)
   np.testing.assert_array_equal(out, again)
   assert not np.array_equal(out, other)
   assert out.dtype == jnp.uint8 and out.shape == images.shape
@@ -282,13 +283,13 @@ def test_crop_flip_moves_pixels_only_and_is_deterministic(cifar_dir):
 
 def test_no_flip_no_pad_is_identity():
   images = jnp.arange(2 * 8 * 8 * 3, dtype=jnp.uint8).reshape(2, 8, 8, 3)
-  out = ip.random_crop_flip(jax.random.PRNGKey(0), images, pad=0, flip=False)
+  out = augment.random_crop_flip(jax.random.PRNGKey(0), images, pad=0, flip=False)
   np.testing.assert_array_equal(out, images)
 
 
 def test_normalize_standardizes_and_resizes():
   images = jnp.full((2, 32, 32, 3), 128, jnp.uint8)
-  x = ip.normalize(images, ip.CIFAR10_MEAN, ip.CIFAR10_STD, image_size=227)
+  x = augment.normalize(images, ip.CIFAR10_MEAN, ip.CIFAR10_STD, image_size=227)
   assert x.shape == (2, 227, 227, 3)
   want = (128 / 255 - np.array(ip.CIFAR10_MEAN)) / np.array(ip.CIFAR10_STD)
   np.testing.assert_allclose(x[0, 100, 100], want, rtol=1e-5)

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from alexnet_jax import augment
 from alexnet_jax import input_pipeline
 from alexnet_jax import checkpointing
 from alexnet_jax import models
@@ -89,7 +90,7 @@ def test_eval_scores_every_example_exactly_once(cifar_dir, eval_flip):
                                input_pipeline.CIFAR10_STD, mesh)
   metrics, _ = train.evaluate(eval_fn, params, (jnp.asarray(test.images),
                                                 jnp.asarray(test.labels)))
-  x = input_pipeline.normalize(jnp.asarray(test.images),
+  x = augment.normalize(jnp.asarray(test.images),
                                input_pipeline.CIFAR10_MEAN,
                                input_pipeline.CIFAR10_STD)
   probs = jax.nn.softmax(model.apply({'params': params}, x))

@@ -1,0 +1,246 @@
+"""The streaming image pipeline (Grain) on real photographs, and the paper's
+augmentation and test views.
+
+The photos are scikit-image's (`skimage.data`), written by the tests as JPEG
+and PNG into an `image_folder` tree: train/<class>/*, val/<class>/*.
+"""
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from alexnet_jax import augment
+from alexnet_jax import streaming
+from tests import cli
+from tests.conftest import REPO
+
+skimage_data = pytest.importorskip('skimage.data')
+
+# Real photographs of different sizes and aspect ratios; `camera` is grey.
+PHOTOS = ('astronaut', 'coffee', 'chelsea', 'rocket', 'camera',
+          'hubble_deep_field')
+
+
+def _variant(img: Image.Image, k: int) -> Image.Image:
+  """The k-th view of a photo: crops of varying size, some mirrored."""
+  w, h = img.size
+  f = 0.6 + 0.08 * (k % 5)
+  cw, ch = int(w * f), int(h * f)
+  left, top = (k * 37) % (w - cw + 1), (k * 53) % (h - ch + 1)
+  view = img.crop((left, top, left + cw, top + ch))
+  return view.transpose(Image.FLIP_LEFT_RIGHT) if k % 2 else view
+
+
+def write_tree(root, train_per_class=6, val_per_class=2):
+  for name in PHOTOS:
+    photo = Image.fromarray(getattr(skimage_data, name)())
+    for split, count, offset in (('train', train_per_class, 0),
+                                 ('val', val_per_class, 100)):
+      folder = os.path.join(root, split, name)
+      os.makedirs(folder, exist_ok=True)
+      for k in range(count):
+        ext = 'jpg' if k % 2 == 0 else 'png'
+        _variant(photo, k + offset).save(os.path.join(folder, f'{k}.{ext}'))
+  return root
+
+
+@pytest.fixture(scope='module')
+def tree(tmp_path_factory):
+  return write_tree(str(tmp_path_factory.mktemp('photos')))
+
+
+def test_image_folder_classes_and_records(tree):
+  train = streaming.ImageFolderSource.scan(os.path.join(tree, 'train'))
+  assert train.classes == tuple(sorted(PHOTOS))  # torchvision's order.
+  assert len(train) == 6 * len(PHOTOS)
+  assert sorted(set(train.labels)) == list(range(len(PHOTOS)))
+  record = train[0]
+  assert isinstance(record['image'], bytes) and record['label'] == 0
+
+
+def test_train_batches_shapes_dtypes_ranges(tree):
+  source = streaming.ImageFolderSource.scan(os.path.join(tree, 'train'))
+  batches = list(streaming.train_batches(
+      source, seed=0, global_batch=6, start_step=0, total_steps=3,
+      resize_size=256, crop_size=227))
+  assert len(batches) == 3
+  for images, labels in batches:
+    assert images.shape == (6, 227, 227, 3) and images.dtype == np.uint8
+    assert labels.dtype == np.int32
+    assert ((0 <= labels) & (labels < len(PHOTOS))).all()
+    assert images.std() > 10  # Real pictures, not blank.
+  images, _ = next(iter(streaming.train_batches(
+      source, seed=0, global_batch=6, start_step=0, total_steps=1,
+      resize_size=256, crop_size=224, inception_crop=True)))
+  assert images.shape == (6, 224, 224, 3)
+
+
+def test_eval_batches_cover_every_record_once_with_a_mask(tree):
+  train = streaming.ImageFolderSource.scan(os.path.join(tree, 'train'))
+  test = streaming.ImageFolderSource.scan(os.path.join(tree, 'val'),
+                                          train.classes)
+  out = list(streaming.eval_batches(test, global_batch=5, resize_size=256))
+  images = np.concatenate([b[0] for b in out])
+  labels = np.concatenate([b[1] for b in out])
+  mask = np.concatenate([b[2] for b in out])
+  assert images.shape == (15, 256, 256, 3)  # 12 records padded to 3 x 5.
+  assert mask.tolist() == [1.] * 12 + [0.] * 3
+  assert labels[:12].tolist() == list(test.labels)
+
+
+def test_one_epoch_sees_every_record_once_split_over_processes(tree):
+  """Per-process slices are disjoint, together complete, and their
+  concatenation is the single-process batch, bit for bit."""
+  source = streaming.ImageFolderSource.scan(os.path.join(tree, 'train'))
+  epoch_steps = len(source) // 6
+  kwargs = dict(seed=3, global_batch=6, start_step=0, total_steps=epoch_steps,
+                resize_size=64, crop_size=48)
+  whole = list(streaming.train_batches(source, **kwargs))
+  parts = [list(streaming.train_batches(source, process_index=p,
+                                        process_count=3, **kwargs))
+           for p in range(3)]
+  for k, (images, labels) in enumerate(whole):
+    np.testing.assert_array_equal(
+        images, np.concatenate([parts[p][k][0] for p in range(3)]))
+    np.testing.assert_array_equal(
+        labels, np.concatenate([parts[p][k][1] for p in range(3)]))
+  # Each record once per epoch: its label counts are the class sizes.
+  seen = np.concatenate([labels for _, labels in whole])
+  assert np.bincount(seen).tolist() == [6] * len(PHOTOS)
+
+
+def test_stream_resumes_at_any_step_with_worker_processes(tree):
+  source = streaming.ImageFolderSource.scan(os.path.join(tree, 'train'))
+  kwargs = dict(seed=1, global_batch=4, total_steps=12, resize_size=64,
+                crop_size=48)
+  whole = list(streaming.train_batches(source, start_step=0, **kwargs))
+  resumed = list(streaming.train_batches(source, start_step=7, workers=2,
+                                         **kwargs))
+  assert len(resumed) == 5
+  for (a, b), (c, d) in zip(whole[7:], resumed):
+    np.testing.assert_array_equal(a, c)
+    np.testing.assert_array_equal(b, d)
+
+
+def test_large_jpeg_is_decoded_at_reduced_size():
+  big = Image.fromarray(skimage_data.astronaut()).resize((2048, 2048))
+  buffer = io.BytesIO()
+  big.save(buffer, format='JPEG')
+  img = streaming.decode(buffer.getvalue(), min_side=256)
+  assert 256 <= min(img.size) <= 512  # libjpeg scaled by 1/4, not 1/1.
+  square = streaming.center_square(streaming.resize_shorter(img, 256), 256)
+  assert square.shape == (256, 256, 3)
+
+
+def test_ten_crops_geometry_and_flip():
+  """Each pixel holds its own coordinates, so crops say where they came from."""
+  ys, xs = np.meshgrid(np.arange(256), np.arange(256), indexing='ij')
+  image = np.stack([ys, xs, np.zeros_like(ys)], -1)[None]
+  crops = np.asarray(augment.ten_crops(jnp.asarray(image), 227))
+  assert crops.shape == (10, 1, 227, 227, 3)
+  corners = [(0, 0), (0, 29), (29, 0), (29, 29), (14, 14)]
+  for i, (top, left) in enumerate(corners):
+    assert tuple(crops[i, 0, 0, 0, :2]) == (top, left)
+    assert tuple(crops[i, 0, -1, -1, :2]) == (top + 226, left + 226)
+    np.testing.assert_array_equal(crops[5 + i, 0], crops[i, 0, :, ::-1])
+  centre = np.asarray(augment.center_crop(jnp.asarray(image), 227))
+  np.testing.assert_array_equal(centre, crops[4])
+  flipped = np.asarray(augment.random_flip(jax.random.key(0),
+                                           jnp.asarray(np.repeat(image, 64, 0))))
+  mirrored = [bool((f == image[0, :, ::-1]).all()) for f in flipped]
+  kept = [bool((f == image[0]).all()) for f in flipped]
+  assert all(m != k for m, k in zip(mirrored, kept))
+  assert 16 < sum(mirrored) < 48
+
+
+def test_pca_lighting_statistics():
+  """Over many draws, each image's RGB offset has mean 0 and covariance
+  V diag((0.1 * eigval)^2) V^T, the paper's colour noise."""
+  images = jnp.zeros((20000, 2, 2, 3), jnp.float32)
+  out = np.asarray(augment.pca_lighting(jax.random.key(1), images, 0.1))
+  offsets = out[:, 0, 0, :]
+  np.testing.assert_array_equal(out[:, 1, 1, :], offsets)  # Whole image.
+  vec = np.asarray(augment.IMAGENET_PCA_EIGVEC)
+  val = np.asarray(augment.IMAGENET_PCA_EIGVAL)
+  want = vec @ np.diag((0.1 * val) ** 2) @ vec.T
+  np.testing.assert_allclose(offsets.mean(0), 0, atol=5e-4)
+  np.testing.assert_allclose(np.cov(offsets.T), want, atol=2e-5, rtol=0.05)
+
+
+def test_bad_image_folder_is_one_line(tmp_path, subprocess_env):
+  (tmp_path / 'd' / 'train' / 'a').mkdir(parents=True)
+  result = cli.run_cli(
+      ['--config=configs/imagenet.py', f'--workdir={tmp_path / "w"}',
+       '--config.dataset=image_folder', f'--config.data_dir={tmp_path / "d"}'],
+      subprocess_env)
+  assert result.returncode == 2
+  errors = [l for l in result.stderr.splitlines() if l.startswith('error:')]
+  assert len(errors) == 1 and 'no .jpg/.jpeg/.png images' in errors[0]
+  assert not (tmp_path / 'w').exists()
+
+
+# --- Through alexnet_jax.main ---------------------------------------------------
+
+def tiny_args(tree, workdir, **overrides):
+  """The tiny net on the photo tree: 40-pixel squares, 32-pixel crops."""
+  base = dict(model='alexnet_tiny', dataset='image_folder', data_dir=tree,
+              image_size=32, resize_size=40, batch_size=6, eval_batch_size=8,
+              val_examples=6, num_steps=30, eval_every_epochs=2.0,
+              checkpoint_every_steps=3, log_every_steps=3, data_workers=2,
+              half_precision=False, ten_crop=True, schedule='cosine',
+              init='')
+  base.update(overrides)
+  return [f'--config=configs/imagenet.py', f'--workdir={workdir}'] + [
+      f'--config.{k}={v}' for k, v in base.items()]
+
+
+def test_paper_recipe_runs_on_an_image_folder(tree, tmp_path, subprocess_env):
+  """configs/imagenet.py as it is (two-tower net at 227, PCA lighting,
+  10-crop test), a few steps on the photo tree."""
+  result = cli.run_cli(
+      ['--config=configs/imagenet.py', f'--workdir={tmp_path / "w"}',
+       '--config.dataset=image_folder', f'--config.data_dir={tree}',
+       '--config.batch_size=6', '--config.eval_batch_size=12',
+       '--config.val_examples=6', '--config.num_steps=2',
+       '--config.log_every_steps=1', '--config.data_workers=2',
+       '--config.half_precision=False'], subprocess_env)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'alexnet_paper: ' in result.stdout
+  assert 'image_folder: 30 train / 6 val / 12 test' in result.stdout
+  with open(tmp_path / 'w' / 'config.json') as f:
+    used = json.load(f)
+  assert used['ten_crop'] and used['pca_lighting'] == 0.1
+  assert used['image_size'] == 227
+
+
+def test_kill_9_mid_epoch_then_rerun_is_bitwise_equal(tree, tmp_path,
+                                                      subprocess_env):
+  ref = tmp_path / 'ref'
+  done = cli.run_cli(tiny_args(tree, ref), subprocess_env)
+  assert done.returncode == 0, done.stderr[-3000:]
+  workdir = tmp_path / 'w'
+  proc = cli.start_cli(tiny_args(tree, workdir), subprocess_env,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.monotonic() + 300
+  while not (workdir / 'checkpoints' / '9').is_dir():  # Mid-epoch 2 of 6.
+    assert proc.poll() is None and time.monotonic() < deadline
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  again = cli.run_cli(tiny_args(tree, workdir), subprocess_env)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert 'resuming from' in again.stdout
+  cli.assert_states_bitwise_equal(str(workdir), str(ref), 30)
+  with open(workdir / 'final_metrics.json') as f, \
+      open(ref / 'final_metrics.json') as g:
+    assert f.read() == g.read()
