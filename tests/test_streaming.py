@@ -244,3 +244,46 @@ def test_kill_9_mid_epoch_then_rerun_is_bitwise_equal(tree, tmp_path,
   with open(workdir / 'final_metrics.json') as f, \
       open(ref / 'final_metrics.json') as g:
     assert f.read() == g.read()
+
+
+# --- TFDS sources ----------------------------------------------------------------
+
+def test_tfds_imagenette_feeds_batches_under_mock_data(tmp_path):
+  """The TFDS path (tfds.data_source records: decoded arrays) through the
+  same feed, on TFDS's mock data: shapes, dtypes, labels, eval masks."""
+  tfds = pytest.importorskip('tensorflow_datasets')
+  from configs import imagenette  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import batches, sharding  # pylint: disable=g-import-not-at-top
+  config = imagenette.get_config()
+  config.batch_size, config.eval_batch_size, config.data_workers = 4, 6, 0
+  with tfds.testing.mock_data(num_examples=20, data_dir=str(tmp_path)):
+    feed = batches.StreamingFeed(config, sharding.make_mesh())
+    assert feed.num_classes == 10 and feed.sizes == {'train': 19, 'val': 1,
+                                                     'test': 20}
+    images, labels = next(feed.train(0, 2))
+    assert images.shape == (4, 224, 224, 3) and images.dtype == jnp.uint8
+    assert ((0 <= labels) & (labels < 10)).all()
+    evaluated = list(streaming.eval_batches(
+        feed.splits['test'], global_batch=6, resize_size=256))
+  assert sum(float(b[2].sum()) for b in evaluated) == 20
+
+
+def test_prepare_imagenet_names_the_missing_tars(tmp_path):
+  pytest.importorskip('tensorflow_datasets')
+  from alexnet_jax import prepare  # pylint: disable=g-import-not-at-top
+  with pytest.raises(streaming.DataError,
+                     match='ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar'
+                     ' not found in ' + str(tmp_path / 'manual')):
+    prepare.prepare('imagenet2012', str(tmp_path), str(tmp_path / 'manual'))
+
+
+def test_unprepared_tfds_dataset_says_how_to_prepare(tmp_path, subprocess_env):
+  pytest.importorskip('tensorflow_datasets')
+  result = cli.run_cli(
+      ['--config=configs/imagenette.py', f'--workdir={tmp_path / "w"}',
+       f'--config.tfds_data_dir={tmp_path / "tfds"}'], subprocess_env)
+  assert result.returncode == 2, result.stderr[-2000:]
+  errors = [l for l in result.stderr.splitlines() if l.startswith('error:')]
+  assert len(errors) == 1, result.stderr[-2000:]
+  assert 'python -m alexnet_jax.prepare --dataset=imagenette' in errors[0]
+  assert not (tmp_path / 'w').exists()
