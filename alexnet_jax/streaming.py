@@ -263,9 +263,9 @@ def _stack(examples):
   return tuple(np.stack(parts) for parts in zip(*examples))
 
 
-def _loader(ds, local_batch: int, workers: int):
+def _loader(ds, local_batch: int, workers: int, threads: int = 2):
   ds = ds.batch(local_batch, batch_fn=_stack).to_iter_dataset(
-      grain.ReadOptions(num_threads=max(2, workers), prefetch_buffer_size=2))
+      grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2))
   if workers > 0:
     from absl import flags  # pylint: disable=g-import-not-at-top
     if not flags.FLAGS.is_parsed():
@@ -279,14 +279,19 @@ def _loader(ds, local_batch: int, workers: int):
 def train_batches(source, *, seed: int, global_batch: int, start_step: int,
                   total_steps: int, resize_size: int, crop_size: int,
                   inception_crop: bool = False, workers: int = 0,
-                  process_index: int = 0, process_count: int = 1):
-  """Iterates this process's (images, labels) of batches start_step.. total_steps-1."""
+                  process_index: int = 0, process_count: int = 1,
+                  threads: int = 2):
+  """Iterates this process's (images, labels) of batches start_step.. total_steps-1.
+
+  `workers` Grain processes decode (0: this process), each with `threads`
+  reader threads (PIL releases the GIL while decoding).
+  """
   local = global_batch // process_count
   order = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
   ds = grain.MapDataset.range(start_step * local, total_steps * local)
   ds = ds.map(_TrainPosition(order, global_batch, local, process_index))
   ds = ds.map(TrainExample(seed, resize_size, crop_size, inception_crop))
-  return iter(_loader(ds, local, workers))
+  return iter(_loader(ds, local, workers, threads))
 
 
 def eval_batches(source, *, global_batch: int, resize_size: int,

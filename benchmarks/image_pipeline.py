@@ -1,11 +1,12 @@
 """How fast the streaming pipeline turns ImageNet-sized JPEGs into crops.
 
-Writes `--images` JPEGs of ImageNet's typical size (about 500x375, quality
-90; views of scikit-image's photos) into a temporary image_folder, then times
+Writes `--images` JPEGs of ImageNet's typical size (500x375, quality 90;
+views of scikit-image's photos) into a temporary image_folder, then times
 `streaming.train_batches` (decode at reduced size, shorter side to 256,
-central 256x256, random 227 crop) in this process (= one worker's rate) and
-with `--workers` Grain worker processes. Prints images/s, medians of
-`--repeats` passes.
+central 256x256, random 227 crop) on one core (in this process, one reader
+thread) and with `--workers` Grain worker processes, in steady state (from
+the first batch on, over `--epochs` epochs). Prints images/s, medians of
+`--repeats` streams.
 
   python -m benchmarks.image_pipeline [--images 512] [--workers 2]
 """
@@ -40,17 +41,19 @@ def write_jpegs(root: str, count: int, size=(500, 375)):
     view.save(os.path.join(folder, f'{i}.jpg'), quality=90)
 
 
-def images_per_sec(source, workers: int, batch: int, repeats: int) -> float:
-  steps = len(source) // batch
+def images_per_sec(source, workers: int, threads: int, batch: int,
+                   epochs: int, repeats: int) -> float:
+  """Steady state: timed from the first batch out (workers started) on."""
+  steps = epochs * (len(source) // batch)
   rates = []
-  for r in range(repeats + 1):
-    start = time.perf_counter()
-    for _ in streaming.train_batches(
+  for r in range(repeats):
+    stream = streaming.train_batches(
         source, seed=r, global_batch=batch, start_step=0, total_steps=steps,
-        resize_size=256, crop_size=227, workers=workers):
-      pass
-    if r:  # The first pass warms the page cache and starts the workers.
-      rates.append(steps * batch / (time.perf_counter() - start))
+        resize_size=256, crop_size=227, workers=workers, threads=threads)
+    next(stream)
+    start = time.perf_counter()
+    count = sum(1 for _ in stream)
+    rates.append(count * batch / (time.perf_counter() - start))
   return float(np.median(rates))
 
 
@@ -59,20 +62,22 @@ def main():
   parser.add_argument('--images', type=int, default=512)
   parser.add_argument('--workers', type=int, default=2)
   parser.add_argument('--batch', type=int, default=32)
+  parser.add_argument('--epochs', type=int, default=3)
   parser.add_argument('--repeats', type=int, default=3)
   args = parser.parse_args()
   flags.FLAGS.mark_as_parsed()
   with tempfile.TemporaryDirectory() as root:
     write_jpegs(root, args.images)
     source = streaming.ImageFolderSource.scan(root)
-    one = images_per_sec(source, 0, args.batch, args.repeats)
-    print(f'in-process (one worker\'s rate): {one:7.1f} images/s')
+    run = lambda w, t: images_per_sec(source, w, t, args.batch, args.epochs,
+                                      args.repeats)
+    one = run(0, 1)
+    print(f'one core (in-process, 1 thread): {one:7.1f} images/s')
     if args.workers:
-      many = images_per_sec(source, args.workers, args.batch, args.repeats)
-      print(f'{args.workers} worker processes:            {many:7.1f} images/s '
-            f'({many / one:.2f}x)')
+      many = run(args.workers, 1)
+      print(f'{args.workers} worker processes:             {many:7.1f} '
+            f'images/s ({many / one:.2f}x)')
     print(f'cores: {os.cpu_count()}')
-
 
 if __name__ == '__main__':
   main()
