@@ -15,7 +15,6 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from etils import epath
 from flax.training import train_state

@@ -6,6 +6,7 @@ pass by silently skipping the real-data tests.
 """
 
 import os
+import shutil
 import pathlib
 
 import pytest
@@ -40,3 +41,15 @@ def subprocess_env():
   env['PYTHONPATH'] = str(REPO) + os.pathsep + env.get('PYTHONPATH', '')
   env.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   return env
+
+
+@pytest.fixture
+def bare_path(tmp_path):
+  """A PATH holding only the few tools the dry runs use: no gcloud, no srun."""
+  bin_dir = tmp_path / 'bin'
+  bin_dir.mkdir()
+  for tool in ('dirname', 'mktemp', 'rm', 'awk'):
+    found = shutil.which(tool)
+    assert found, f'{tool} is needed by the scripts'
+    (bin_dir / tool).symlink_to(found)
+  return str(bin_dir)

@@ -2,7 +2,6 @@
 fake-data path trains without any download."""
 
 import importlib
-import pathlib
 
 import jax
 import jax.numpy as jnp

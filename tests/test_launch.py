@@ -20,18 +20,6 @@ LOCAL = LAUNCH / 'local_multiprocess.sh'
 BASH = shutil.which('bash')
 
 
-@pytest.fixture
-def bare_path(tmp_path):
-  """A PATH holding only the few tools the dry runs use: no gcloud, no srun."""
-  bin_dir = tmp_path / 'bin'
-  bin_dir.mkdir()
-  for tool in ('dirname', 'mktemp', 'rm', 'awk'):
-    found = shutil.which(tool)
-    assert found, f'{tool} is needed by the scripts'
-    (bin_dir / tool).symlink_to(found)
-  return str(bin_dir)
-
-
 def run(script, *args, env=None):
   return subprocess.run([BASH, str(script), *args], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=30)

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from tests.test_launch import BASH, REPO, TPU, assert_one_error_line, bare_path  # pylint: disable=unused-import
+from tests.test_launch import BASH, REPO, TPU, assert_one_error_line
 from tests.test_launch import commands, option, run
 
 FAKE_GCLOUD = pathlib.Path(__file__).resolve().parent / 'fake_gcloud' / 'gcloud.py'

@@ -1,7 +1,6 @@
 """Shapes and parameter counts under jax.eval_shape (nothing allocated), init
 schemes, determinism, dropout, and LRN against the paper's formula."""
 
-import functools
 
 import jax
 import jax.numpy as jnp

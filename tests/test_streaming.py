@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import jax
@@ -22,7 +21,6 @@ from PIL import Image
 from alexnet_jax import augment
 from alexnet_jax import streaming
 from tests import cli
-from tests.conftest import REPO
 
 skimage_data = pytest.importorskip('skimage.data')
 
@@ -200,7 +198,7 @@ def tiny_args(tree, workdir, **overrides):
               half_precision=False, ten_crop=True, schedule='cosine',
               init='')
   base.update(overrides)
-  return [f'--config=configs/imagenet.py', f'--workdir={workdir}'] + [
+  return ['--config=configs/imagenet.py', f'--workdir={workdir}'] + [
       f'--config.{k}={v}' for k, v in base.items()]
 
 
