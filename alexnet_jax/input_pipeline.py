@@ -269,7 +269,9 @@ def load_cifar10_tfds(tfds_data_dir: Optional[str] = None):
 
   In a multi-process job, process 0 downloads and prepares it once.
   """
-  import tensorflow_datasets as tfds  # Lazy: only this path needs TF.
+  from alexnet_jax import tf_cpu  # pylint: disable=g-import-not-at-top
+  tf_cpu.tensorflow()  # Lazy: only this path needs TF, and on the CPU.
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
   prepare_once(lambda: _prepare_cifar10_tfds(tfds, tfds_data_dir),
                'TFDS cifar10')

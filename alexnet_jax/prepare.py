@@ -37,6 +37,8 @@ def prepare(name: str, data_dir=None, manual_dir=None) -> str:
   """Downloads (imagenette) and writes ArrayRecord files; their directory."""
   if name not in DATASETS:
     raise DataError(f'unknown dataset {name!r}; valid: {", ".join(DATASETS)}')
+  from alexnet_jax import tf_cpu  # pylint: disable=g-import-not-at-top
+  tf_cpu.tensorflow()
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   data_dir = data_dir or os.environ.get(
       'TFDS_DATA_DIR', os.path.expanduser('~/tensorflow_datasets'))

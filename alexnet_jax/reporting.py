@@ -97,7 +97,9 @@ class Reporter:
     self._records = [r for r in old if r.get('step', 0) <= resume_step]
     self._dirty = len(self._records) != len(old)
     try:
-      from clu import metric_writers  # Lazy: pulls in TensorFlow.
+      from alexnet_jax import tf_cpu  # pylint: disable=g-import-not-at-top
+      tf_cpu.tensorflow()  # Before clu pulls TensorFlow in: CPU only.
+      from clu import metric_writers  # pylint: disable=g-import-not-at-top
       self._tb = metric_writers.AsyncWriter(
           metric_writers.SummaryWriter(str(self.workdir)))
     except ImportError as e:

@@ -114,6 +114,8 @@ def hold_out(source, count: int, seed: int = 0):
 
 def tfds_source(name: str, split: str, data_dir: Optional[str]):
   """A TFDS dataset prepared as ArrayRecord, as a random-access source."""
+  from alexnet_jax import tf_cpu  # pylint: disable=g-import-not-at-top
+  tf_cpu.tensorflow()  # CPU only: never the accelerators JAX uses.
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   try:
     return tfds.data_source(name, split=split, data_dir=data_dir or None,

@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import jax
@@ -285,3 +286,15 @@ def test_unprepared_tfds_dataset_says_how_to_prepare(tmp_path, subprocess_env):
   assert len(errors) == 1, result.stderr[-2000:]
   assert 'python -m alexnet_jax.prepare --dataset=imagenette' in errors[0]
   assert not (tmp_path / 'w').exists()
+
+
+def test_no_tensorflow_on_the_import_path_of_a_cifar_archive_run():
+  """TF is imported only by the paths that need it (TFDS, TensorBoard), and
+  then with every GPU hidden from it (flax#445)."""
+  code = ('import sys; from alexnet_jax import train, streaming, batches; '
+          'assert "tensorflow" not in sys.modules, "imported"; '
+          'from alexnet_jax import tf_cpu; tf = tf_cpu.tensorflow(); '
+          'assert tf.config.get_visible_devices("GPU") == []; print("ok")')
+  result = subprocess.run([sys.executable, '-c', code], cwd=cli.REPO,
+                          capture_output=True, text=True, timeout=120)
+  assert result.stdout.strip() == 'ok', result.stderr[-2000:]
