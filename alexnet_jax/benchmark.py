@@ -1,0 +1,202 @@
+"""How fast alexnet_jax trains here: the project's own train step, timed.
+
+  python -m alexnet_jax.benchmark --model=alexnet_torchvision --batch_size=32 \\
+      [--image_size=224] [--half_precision] [--steps=20] [--vs_pytorch] [--json]
+
+Builds the step training uses (`train.make_train_step`: the paper's SGD,
+on-device normalization, donated state) for `--model` on a fixed uint8 batch
+of random images, compiles it (timed), warms it up, then times `--steps`
+steps one by one. Reports the median step time and images/s, the compile
+time, peak device memory where the backend reports it, and MFU: the compiled
+step's FLOPs (XLA's cost analysis) / step time / the device's peak
+(`PEAK_FLOPS`; none on CPU). `--vs_pytorch` times a PyTorch twin
+(`benchmarks/torch_twin.py`, same layers, same SGD and batch) interleaved
+with ours, round by round, and reports the ratio. `--json` prints one JSON
+object per configuration as the last line.
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from alexnet_jax import models
+from alexnet_jax import optim
+from alexnet_jax import sharding
+from alexnet_jax import train
+
+# Dense peak FLOP/s per device by (device_kind prefix, dtype). float32
+# matmuls on NVIDIA GPUs run as TF32 under XLA's default precision, so their
+# float32 peak is the TF32 one. Vendor datasheets (SXM parts for NVIDIA).
+PEAK_FLOPS = {
+    ('NVIDIA H100', 'bfloat16'): 989e12, ('NVIDIA H100', 'float32'): 494e12,
+    ('NVIDIA H200', 'bfloat16'): 989e12, ('NVIDIA H200', 'float32'): 494e12,
+    ('NVIDIA A100', 'bfloat16'): 312e12, ('NVIDIA A100', 'float32'): 156e12,
+    ('TPU v4', 'bfloat16'): 275e12, ('TPU v5 lite', 'bfloat16'): 197e12,
+    ('TPU v5e', 'bfloat16'): 197e12, ('TPU v5p', 'bfloat16'): 459e12,
+    ('TPU v6', 'bfloat16'): 918e12,
+}
+
+
+def peak_flops(device, dtype: str):
+  for (prefix, kind), flops in PEAK_FLOPS.items():
+    if device.device_kind.startswith(prefix) and kind == dtype:
+      return flops
+  return None
+
+
+def _config(args):
+  from configs import default  # pylint: disable=g-import-not-at-top
+  c = default.get_config()
+  c.model, c.batch_size = args.model, args.batch_size
+  c.image_size = args.image_size
+  c.half_precision = args.half_precision
+  c.dataset, c.crop_padding, c.random_flip = 'fake', 0, False
+  c.schedule, c.num_classes = 'constant', 1000
+  return c
+
+
+def _flops(compiled):
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0] if analysis else {}
+  return float(analysis.get('flops', 0.)) if analysis else None
+
+
+def jax_step(args):
+  """(run_one_step, compile_s, flops_per_step) for the project's step."""
+  config = _config(args)
+  mesh = sharding.make_mesh()
+  model = train.make_model(config, config.num_classes)
+  side = args.image_size
+  tx, _ = optim.make_optimizer(config, 100, 100, 100)
+  state, _ = train.create_train_state(model, tx, (side, side, 3), 0, mesh)
+  step = train.make_train_step(config, model, config.num_classes,
+                               (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
+                               mesh, side)
+  rng = np.random.default_rng(0)
+  batch_sharding = sharding.batch(mesh)
+  images = jax.device_put(rng.integers(
+      0, 256, (args.batch_size, side, side, 3), dtype=np.uint8), batch_sharding)
+  labels = jax.device_put(rng.integers(
+      0, config.num_classes, (args.batch_size,), dtype=np.int32),
+      batch_sharding)
+  metrics = train.zero_train_metrics(mesh)
+  start = time.perf_counter()
+  compiled = step.lower(state, metrics, images, labels).compile()
+  compile_s = time.perf_counter() - start
+  holder = {'state': state, 'metrics': metrics}
+
+  def one():
+    holder['state'], holder['metrics'] = compiled(
+        holder['state'], holder['metrics'], images, labels)
+    jax.block_until_ready(holder['metrics'])
+
+  return one, compile_s, _flops(compiled)
+
+
+def torch_step(args, model):
+  import torch  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, '.')
+  from benchmarks import torch_twin  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  side = args.image_size
+  step, _ = torch_twin.make_step(model, args.batch_size, side)
+  images = torch.randint(0, 256, (args.batch_size, 3, side, side),
+                         dtype=torch.uint8)
+  labels = torch.randint(0, 1000, (args.batch_size,))
+  return lambda: step(images, labels).item()
+
+
+def timed(fn, n):
+  times = []
+  for _ in range(n):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return times
+
+
+def run(args) -> dict:
+  model = models.create_model(args.model, num_classes=1000)
+  args.image_size = args.image_size or models.NATIVE_INPUT_SIZE[args.model]
+  ours, compile_s, flops = jax_step(args)
+  theirs = torch_step(args, model) if args.vs_pytorch else None
+  for fn in (ours, theirs):
+    if fn:
+      timed(fn, args.warmup)
+  ours_t, theirs_t = [], []
+  rounds = max(1, args.steps // 5)
+  for _ in range(rounds):  # Interleaved, so drift hits both alike.
+    ours_t += timed(ours, args.steps // rounds)
+    if theirs:
+      theirs_t += timed(theirs, args.steps // rounds)
+  device = jax.devices()[0]
+  dtype = 'bfloat16' if args.half_precision else 'float32'
+  step_s = statistics.median(ours_t)
+  peak = peak_flops(device, dtype)
+  memory = (device.memory_stats() or {}).get('peak_bytes_in_use') if hasattr(
+      device, 'memory_stats') else None
+  result = {
+      'model': args.model, 'batch_size': args.batch_size,
+      'image_size': args.image_size, 'dtype': dtype,
+      'images_per_sec': args.batch_size / step_s, 'step_ms': 1e3 * step_s,
+      'compile_s': compile_s, 'flops_per_step': flops,
+      'mfu': flops / step_s / peak if (flops and peak) else None,
+      'peak_memory_bytes': memory,
+      'device': f'{device.platform}:{device.device_kind}',
+      'devices': jax.device_count(), 'jax': jax.__version__, 'steps': len(ours_t),
+  }
+  if theirs:
+    import torch  # pylint: disable=g-import-not-at-top
+    torch_s = statistics.median(theirs_t)
+    result.update(pytorch_images_per_sec=args.batch_size / torch_s,
+                  pytorch_step_ms=1e3 * torch_s,
+                  speedup_vs_pytorch=torch_s / step_s,
+                  pytorch=torch.__version__,
+                  pytorch_mode='eager')
+  return result
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--model', default='alexnet_torchvision',
+                      choices=tuple(models.MODELS))
+  parser.add_argument('--batch_size', type=int, default=32)
+  parser.add_argument('--image_size', type=int, default=0,
+                      help="input side (0: the preset's own)")
+  parser.add_argument('--half_precision', action='store_true')
+  parser.add_argument('--steps', type=int, default=20)
+  parser.add_argument('--warmup', type=int, default=3)
+  parser.add_argument('--vs_pytorch', action='store_true')
+  parser.add_argument('--json', action='store_true')
+  args = parser.parse_args(argv)
+  if args.batch_size % jax.device_count():
+    parser.error(f'--batch_size {args.batch_size} is not divisible by the '
+                 f'device count {jax.device_count()}')
+  if args.steps < 1:
+    parser.error(f'--steps must be >= 1, got {args.steps}')
+  r = run(args)
+  line = (f"{r['model']} batch {r['batch_size']} {r['image_size']}x"
+          f"{r['image_size']} {r['dtype']} on {r['device']}: "
+          f"{r['step_ms']:.1f} ms/step, {r['images_per_sec']:.1f} img/s, "
+          f"compile {r['compile_s']:.1f} s, "
+          f"{(r['flops_per_step'] or 0) / 1e9:.1f} GFLOP/step")
+  if r['mfu'] is not None:
+    line += f", MFU {100 * r['mfu']:.1f}%"
+  print(line)
+  if args.vs_pytorch:
+    print(f"PyTorch {r['pytorch']} eager: {r['pytorch_step_ms']:.1f} ms/step, "
+          f"{r['pytorch_images_per_sec']:.1f} img/s; alexnet_jax is "
+          f"{r['speedup_vs_pytorch']:.2f}x")
+  if args.json:
+    print(json.dumps(r))
+
+
+if __name__ == '__main__':
+  main()
