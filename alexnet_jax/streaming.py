@@ -26,8 +26,11 @@ training takes a random `crop_size` window of that (or, with
 """
 
 import dataclasses
+import functools
 import io
 import os
+import threading
+import time
 from typing import Optional, Sequence
 
 import grain
@@ -261,6 +264,24 @@ class _EvalPosition:
     return position, self.source[min(position, len(self.source) - 1)]
 
 
+def _end_with_parent(parent: int, worker_index: int, worker_count: int):
+  """Run in each Grain worker: exit as soon as process `parent` is gone.
+
+  Without it a trainer killed with SIGKILL (or a preempted host's) leaves its
+  decoding workers behind, each holding memory, for good. `parent` is taken
+  in the trainer before the workers start, since a worker may still be
+  starting when its parent dies.
+  """
+  del worker_index, worker_count
+
+  def watch():
+    while os.getppid() == parent:
+      time.sleep(1)
+    os._exit(0)  # pylint: disable=protected-access
+
+  threading.Thread(target=watch, name='end_with_parent', daemon=True).start()
+
+
 def _stack(examples):
   return tuple(np.stack(parts) for parts in zip(*examples))
 
@@ -274,7 +295,9 @@ def _loader(ds, local_batch: int, workers: int, threads: int = 2):
       # Grain's worker pool reads its absl flags; outside an absl app (a
       # notebook, a test) they would be unparsed: take their defaults.
       flags.FLAGS.mark_as_parsed()
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers),
+                        worker_init_fn=functools.partial(_end_with_parent,
+                                                         os.getpid()))
   return ds
 
 

@@ -222,8 +222,34 @@ def test_paper_recipe_runs_on_an_image_folder(tree, tmp_path, subprocess_env):
   assert used['image_size'] == 227
 
 
+def child_pids(pid):
+  children = []
+  for stat in os.listdir('/proc'):
+    if not stat.isdigit():
+      continue
+    try:
+      with open(f'/proc/{stat}/stat') as f:
+        if int(f.read().rsplit(')', 1)[1].split()[1]) == pid:
+          children.append(int(stat))
+    except OSError:
+      continue
+  return children
+
+
+def alive(pid):
+  """Running, not a zombie left for a reaper to collect."""
+  try:
+    with open(f'/proc/{pid}/stat') as f:
+      return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
+  except OSError:
+    return False
+
+
 def test_kill_9_mid_epoch_then_rerun_is_bitwise_equal(tree, tmp_path,
                                                       subprocess_env):
+  """Killed with its Grain workers running: they end too; the rerun resumes
+  the stream at the checkpoint's step and ends bit for bit where an
+  uninterrupted run ends."""
   ref = tmp_path / 'ref'
   done = cli.run_cli(tiny_args(tree, ref), subprocess_env)
   assert done.returncode == 0, done.stderr[-3000:]
@@ -234,8 +260,14 @@ def test_kill_9_mid_epoch_then_rerun_is_bitwise_equal(tree, tmp_path,
   while not (workdir / 'checkpoints' / '9').is_dir():  # Mid-epoch 2 of 6.
     assert proc.poll() is None and time.monotonic() < deadline
     time.sleep(0.02)
+  workers = child_pids(proc.pid)  # Grain's decoding processes.
+  assert len(workers) >= 2
   proc.send_signal(signal.SIGKILL)
   proc.wait()
+  deadline = time.monotonic() + 20
+  while any(alive(pid) for pid in workers):
+    assert time.monotonic() < deadline, 'Grain workers outlived kill -9'
+    time.sleep(0.2)
   again = cli.run_cli(tiny_args(tree, workdir), subprocess_env)
   assert again.returncode == 0, again.stderr[-3000:]
   assert 'resuming from' in again.stdout
