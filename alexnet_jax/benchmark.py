@@ -131,11 +131,17 @@ def run(args) -> dict:
     if fn:
       timed(fn, args.warmup)
   ours_t, theirs_t = [], []
-  rounds = max(1, args.steps // 5)
+  rounds = 4 if theirs else 1
+  per_round = -(-args.steps // rounds)
   for _ in range(rounds):  # Interleaved, so drift hits both alike.
-    ours_t += timed(ours, args.steps // rounds)
-    if theirs:
-      theirs_t += timed(theirs, args.steps // rounds)
+    for fn, times in ((ours, ours_t), (theirs, theirs_t)):
+      if fn is None:
+        continue
+      # The other framework's thread pool spins for a while after its last
+      # step; let it go idle, and leave the first step of a round untimed.
+      time.sleep(0.5)
+      fn()
+      times += timed(fn, per_round)
   device = jax.devices()[0]
   dtype = 'bfloat16' if args.half_precision else 'float32'
   step_s = statistics.median(ours_t)
