@@ -28,9 +28,14 @@ from alexnet_jax.errors import CheckpointError
 BEST_METRIC = 'val_top1'
 
 # Orbax warns at every save without metrics; between evaluations that is by
-# design here (such steps are kept by recency, not rank).
+# design here (such steps are kept by recency, not rank). Reading a step's
+# item folder directly (`read_array_metadata`) warns that the step's own
+# metadata file is not in it: it is one level up, also by design.
+_EXPECTED_WARNINGS = ('did not provide metrics',
+                      'Metadata file does not exist')
 absl_logging.get_absl_logger().addFilter(
-    lambda record: 'did not provide metrics' not in record.getMessage())
+    lambda record: not any(w in record.getMessage()
+                           for w in _EXPECTED_WARNINGS))
 DAMAGED_DIR = 'checkpoints_damaged'
 
 
@@ -49,6 +54,9 @@ def _tree_signature(tree) -> dict:
   return {jax.tree_util.keystr(path, simple=True, separator='/'):
           (tuple(leaf.shape), np.dtype(leaf.dtype).name)
           for path, leaf in flat}
+
+
+tree_signature = _tree_signature  # Public: inference and fine-tuning use it.
 
 
 def describe_mismatch(saved: dict, wanted: dict) -> str:
@@ -307,6 +315,54 @@ def load_state_on_host(workdir: str, step: Optional[int] = None) -> Any:
       lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
       metadata)
   return jax.device_get(checkpointer.restore(path, target))
+
+
+def saved_steps(workdir: str) -> list:
+  """The step numbers under WORKDIR/checkpoints, oldest first (cheap)."""
+  directory = epath.Path(workdir) / 'checkpoints'
+  if not directory.exists():
+    return []
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+
+
+def load_params_on_host(workdir: str, step: Optional[int] = None):
+  """(step, params as numpy) of a saved train state, without its optimizer
+  state (half the bytes): what inference and fine-tuning need.
+
+  A missing workdir, no checkpoints or a step that is not there is a
+  CheckpointError naming what is.
+  """
+  steps = saved_steps(workdir)
+  if not steps:
+    raise CheckpointError(f'no checkpoints in {epath.Path(workdir)} (expected '
+                          'checkpoints/<step>/ written by a training run or '
+                          'by alexnet_jax.convert)')
+  if step is None:
+    step = steps[-1]
+  elif step not in steps:
+    raise CheckpointError(f'no checkpoint step {step} in '
+                          f'{epath.Path(workdir) / "checkpoints"}; saved '
+                          f'steps: {", ".join(map(str, steps))}')
+  path = epath.Path(workdir) / 'checkpoints' / str(step) / 'default'
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  try:
+    target = {'params': jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+        read_array_metadata(path)['params'])}
+    restored = ocp.PyTreeCheckpointer().restore(
+        path, args=ocp.args.PyTreeRestore(
+            item=target, partial_restore=True,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(target)))
+  except Exception as e:  # A torn or foreign step: JSON, KeyError, OS errors.
+    raise CheckpointError(f'checkpoint step {step} in {path.parent.parent} '
+                          f'cannot be read ({_first_line(e, 120)})') from None
+  return step, jax.device_get(restored['params'])
+
+
+def saved_params_signature(workdir: str, step: int) -> dict:
+  """{'conv1/kernel': (shape, dtype)} of a step's params, from metadata only."""
+  path = epath.Path(workdir) / 'checkpoints' / str(step) / 'default'
+  return _tree_signature(read_array_metadata(path)['params'])
 
 
 def abstract_with_shardings(abstract_tree, shardings):

@@ -23,6 +23,7 @@ from alexnet_jax import augment
 from alexnet_jax import batches
 from alexnet_jax import checkpointing
 from alexnet_jax import distributed
+from alexnet_jax import finetune
 from alexnet_jax import input_pipeline
 from alexnet_jax import models
 from alexnet_jax import optim
@@ -391,6 +392,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       durations.steps_per_eval or durations.total_steps)
   state, abstract_state = create_train_state(model, tx, image_shape,
                                              config.seed, mesh)
+  state = finetune.init_from(config, workdir, state)
   distributed.check_shared_workdir(workdir)
 
   done = finished_run(workdir, durations.total_steps)
@@ -456,7 +458,7 @@ class _Run:
       self.reporter.log(
           f"FC layers split over 'model' ({c.model_parallelism} ways): fc6 "
           f"kernel sharded {tuple(state.params['fc6']['kernel'].sharding.spec)}")
-    if start_step:
+    if start_step is not None:  # Step 0 too: weights from alexnet_jax.convert.
       self.reporter.log(f'resuming from {self.ckpt.directory} at step '
                         f'{start_step}')
 

@@ -18,6 +18,11 @@ def get_config():
   # Initialization: '' keeps the preset's own; 'paper' (N(0, 0.01), biases 1
   # on conv2/4/5 and fc6/7), 'caffe' (bvlc_alexnet's), 'he' (variance scaling).
   c.init = ''
+  # Fine-tuning: start from the parameters of another workdir's latest
+  # checkpoint (a run, or torchvision's weights from alexnet_jax.convert),
+  # with a fresh optimizer at step 0; fc8 starts afresh when the class count
+  # differs. '' = off. Once this run has checkpoints, it resumes from them.
+  c.init_from = ''
   c.dropout_rate = 0.5
   # Model input side in pixels; 0 = the images' own size. Images of another
   # size are resized on the device (bilinear), e.g. CIFAR 32 -> 227.

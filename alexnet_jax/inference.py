@@ -1,0 +1,216 @@
+"""A workdir read back: its config, model, weights, input and class names.
+
+One place for what `predict`, `evaluate` and fine-tuning (`init_from`) need
+from a workdir, so a run trained here and weights converted by
+`alexnet_jax.convert` are read the same way: `config.json` says which model,
+dataset and preprocessing; the checkpoint holds the parameters.
+"""
+
+import dataclasses
+import importlib.resources
+import io
+import json
+import os
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from etils import epath
+
+from alexnet_jax import augment
+from alexnet_jax import batches
+from alexnet_jax import checkpointing
+from alexnet_jax import input_pipeline
+from alexnet_jax import models
+from alexnet_jax import streaming
+from alexnet_jax import train
+from alexnet_jax.errors import CheckpointError
+from alexnet_jax.errors import ConfigError
+from alexnet_jax.errors import DataError
+
+# Side of the images of the in-memory datasets (model input may be larger:
+# they are resized on the device, as in training).
+_NATIVE_SIDE = {'cifar10': 32}
+# Imagenette's 10 synsets are these ImageNet classes, in sorted-synset order.
+_IMAGENETTE_IN_IMAGENET = (0, 217, 482, 491, 497, 566, 569, 571, 574, 701)
+
+
+# --- Config ------------------------------------------------------------------
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """WORKDIR/config.json over configs/default.py's fields.
+
+  The defaults fill fields added to the trainer after the run was written.
+  """
+  from configs import default  # pylint: disable=g-import-not-at-top
+  path = epath.Path(workdir)
+  if not path.is_dir():
+    raise CheckpointError(f'workdir {workdir} does not exist')
+  config_path = path / 'config.json'
+  if not config_path.exists():
+    raise ConfigError(f'{workdir} has no config.json: not a workdir written '
+                      'by alexnet_jax.main or alexnet_jax.convert')
+  try:
+    saved = json.loads(config_path.read_text())
+  except (ValueError, UnicodeDecodeError) as e:
+    raise ConfigError(f'{config_path} is not valid JSON ({e})') from None
+  if not isinstance(saved, dict):
+    raise ConfigError(f'{config_path} holds a {type(saved).__name__}, not a '
+                      'config')
+  config = default.get_config()
+  for key, value in saved.items():
+    if isinstance(value, list):
+      value = tuple(value)
+    try:
+      config[key] = value
+    except (TypeError, ValueError) as e:
+      raise ConfigError(f'{config_path}: field {key} = {value!r} has the '
+                        f'wrong type ({e})') from None
+  return config
+
+
+# --- Model and weights -------------------------------------------------------
+
+
+def _check_params(params, model, side: int, where: str, name: str):
+  """Saved params must be the model's own, layer for layer."""
+  wanted = jax.eval_shape(lambda: model.init(
+      jax.random.key(0), jnp.zeros((1, side, side, 3)))['params'])
+  saved_sig = checkpointing.tree_signature(params)
+  wanted_sig = checkpointing.tree_signature(wanted)
+  if saved_sig != wanted_sig:
+    raise CheckpointError(
+        f'{where} does not fit its config.json (model {name}): '
+        f'{checkpointing.describe_mismatch(saved_sig, wanted_sig)}')
+
+
+def load_model(config, workdir: str, step: Optional[int] = None,
+               num_classes: Optional[int] = None):
+  """(step, model, numpy params) of a workdir's checkpoint (latest or `step`).
+
+  The class count is the checkpoint's own (fc8), unless `num_classes` asks
+  for one: then a different count is an error naming both.
+  """
+  step, params = checkpointing.load_params_on_host(workdir, step)
+  saved_classes = params['fc8']['kernel'].shape[-1]
+  if num_classes is not None and num_classes != saved_classes:
+    raise CheckpointError(
+        f'the checkpoint (step {step} in {workdir}) has {saved_classes} '
+        f'classes, dataset {config.dataset!r} has {num_classes}')
+  model = train.make_model(config, saved_classes)
+  _check_params(params, model, input_side(config),
+                f'checkpoint step {step} in {workdir}', config.model)
+  return step, model, params
+
+
+# --- Input -------------------------------------------------------------------
+
+
+def input_side(config) -> int:
+  """The side of the model's input: config.json records the one a run used."""
+  if config.image_size:
+    return config.image_size
+  if config.dataset in streaming.DATASETS:
+    return models.NATIVE_INPUT_SIZE[config.model]
+  return _NATIVE_SIDE.get(config.dataset, config.fake_image_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+  """An image file -> the model's input, as the workdir's evaluation sees it.
+
+  Image datasets (ImageNet; converted torchvision weights): torchvision's
+  ImageClassification preset, i.e. the shorter side to `resize` (PIL
+  bilinear, antialiased), the central `crop` square with torchvision's
+  rounding, then 0..1 and the ImageNet mean/std. In-memory datasets
+  (CIFAR-10, fake): the same at the dataset's own side (32 for CIFAR-10),
+  resized on the device to the model's input side as in training, with
+  that dataset's mean/std.
+  """
+  resize: int
+  crop: int
+  side: int
+  mean: tuple
+  std: tuple
+  scale: float
+
+  @classmethod
+  def from_config(cls, config):
+    side = input_side(config)
+    if config.dataset in streaming.DATASETS:
+      resize, crop = config.resize_size, side
+      mean, std = batches.IMAGENET_MEAN, batches.IMAGENET_STD
+    else:
+      resize = crop = _NATIVE_SIDE.get(config.dataset, config.fake_image_size)
+      mean, std = input_pipeline.CIFAR10_MEAN, input_pipeline.CIFAR10_STD
+    mean, std, scale = train.input_transform(config, mean, std)
+    return cls(resize, crop, side, tuple(mean), tuple(std), scale)
+
+  def pixels(self, image) -> np.ndarray:
+    """A PIL image -> uint8 [crop, crop, 3]: the host-side part."""
+    return streaming.center_square(
+        streaming.resize_shorter(image, self.resize), self.crop)
+
+  def normalize(self, pixels, dtype=jnp.float32):
+    """uint8 [N, crop, crop, 3] -> model input [N, side, side, 3] (jittable)."""
+    return augment.normalize(pixels, self.mean, self.std, self.side, dtype,
+                             self.scale)
+
+
+def open_image(path: str):
+  """An image file (JPEG, PNG, ...) as an RGB PIL image, or a DataError."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from PIL import UnidentifiedImageError  # pylint: disable=g-import-not-at-top
+  if not os.path.exists(path):
+    raise DataError(f'image {path!r} does not exist')
+  if os.path.isdir(path):
+    raise DataError(f'image {path!r} is a directory, not an image file')
+  try:
+    with open(path, 'rb') as f:
+      data = f.read()
+    image = Image.open(io.BytesIO(data))
+    image.load()  # Decode now: a truncated file fails here, by name.
+    return image.convert('RGB')
+  except UnidentifiedImageError:
+    raise DataError(f'cannot read image {path!r}: not an image file (JPEG or '
+                    'PNG expected)') from None
+  except (OSError, ValueError, SyntaxError) as e:
+    raise DataError(f'cannot read image {path!r}: {e} (a damaged or '
+                    'truncated file?)') from None
+
+
+# --- Class names -------------------------------------------------------------
+
+
+def imagenet_classes() -> tuple:
+  """ImageNet's 1000 class names, torchvision's order (imagenet_classes.txt)."""
+  text = (importlib.resources.files('alexnet_jax') /
+          'imagenet_classes.txt').read_text(encoding='utf-8')
+  return tuple(line for line in text.splitlines()
+               if line and not line.startswith('#'))
+
+
+def class_names(config, num_classes: int) -> tuple:
+  """Human-readable names for a workdir's classes, in label order.
+
+  CIFAR-10's; ImageNet's for 1000-class ImageNet data (converted weights,
+  an ImageNet folder tree); Imagenette's ten; an image folder's class folders;
+  else 'class K'.
+  """
+  if config.dataset == 'cifar10' and num_classes == 10:
+    return input_pipeline.CIFAR10_CLASSES
+  if config.dataset in ('imagenet2012', 'image_folder') and num_classes == 1000:
+    return imagenet_classes()
+  if config.dataset == 'imagenette' and num_classes == 10:
+    names = imagenet_classes()
+    return tuple(names[i] for i in _IMAGENETTE_IN_IMAGENET)
+  if config.dataset == 'image_folder' and config.data_dir:
+    root = os.path.join(config.data_dir, 'train')
+    if os.path.isdir(root):
+      folders = sorted(e.name for e in os.scandir(root) if e.is_dir())
+      if len(folders) == num_classes:
+        return tuple(folders)
+  return tuple(f'class {k}' for k in range(num_classes))
