@@ -5,7 +5,6 @@ rebuilt from plain torch.nn with torchvision's exact layer order; its state
 dict keys are torchvision's, so the same import loads real torchvision weights.
 """
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
