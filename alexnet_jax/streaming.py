@@ -238,30 +238,25 @@ class EvalExample:
 
 
 @dataclasses.dataclass(frozen=True)
-class _TrainPosition:
-  """Local example i of process p -> (global position, record)."""
-  order: object  # The endless per-epoch-shuffled MapDataset of records.
+class _Position:
+  """Local example i of process p -> (global position, record).
+
+  Global batch k holds positions [k*B, (k+1)*B); process p reads its slice
+  [k*B + p*b, k*B + (p+1)*b). `records` is indexed by position: the endless
+  shuffled order in training; in evaluation the split itself, where the
+  padding past its end repeats the last record (`clamp`).
+  """
+  records: object
   global_batch: int
   local_batch: int
   process_index: int
+  clamp: bool = False
 
   def __call__(self, i):
     k, j = divmod(int(i), self.local_batch)
     position = k * self.global_batch + self.process_index * self.local_batch + j
-    return position, self.order[position]
-
-
-@dataclasses.dataclass(frozen=True)
-class _EvalPosition:
-  source: object
-  global_batch: int
-  local_batch: int
-  process_index: int
-
-  def __call__(self, i):
-    k, j = divmod(int(i), self.local_batch)
-    position = k * self.global_batch + self.process_index * self.local_batch + j
-    return position, self.source[min(position, len(self.source) - 1)]
+    index = min(position, len(self.records) - 1) if self.clamp else position
+    return position, self.records[index]
 
 
 def _end_with_parent(parent: int, worker_index: int, worker_count: int):
@@ -314,7 +309,7 @@ def train_batches(source, *, seed: int, global_batch: int, start_step: int,
   local = global_batch // process_count
   order = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
   ds = grain.MapDataset.range(start_step * local, total_steps * local)
-  ds = ds.map(_TrainPosition(order, global_batch, local, process_index))
+  ds = ds.map(_Position(order, global_batch, local, process_index))
   ds = ds.map(TrainExample(seed, resize_size, crop_size, inception_crop))
   return iter(_loader(ds, local, workers, threads))
 
@@ -326,6 +321,7 @@ def eval_batches(source, *, global_batch: int, resize_size: int,
   local = global_batch // process_count
   batches = -(-len(source) // global_batch)
   ds = grain.MapDataset.range(0, batches * local)
-  ds = ds.map(_EvalPosition(source, global_batch, local, process_index))
+  ds = ds.map(_Position(source, global_batch, local, process_index,
+                        clamp=True))
   ds = ds.map(EvalExample(resize_size, len(source)))
   return iter(_loader(ds, local, workers))

@@ -71,3 +71,18 @@ def assert_states_bitwise_equal(workdir_a, workdir_b, step=None):
   for (path, x), (_, y) in zip(flat_a, flat_b):
     assert np.asarray(x).tobytes() == np.asarray(y).tobytes(), \
         jax.tree_util.keystr(path)
+
+
+def run_tool(tool, args, env):
+  """Runs `python -m alexnet_jax.<tool> ARGS` to completion."""
+  return subprocess.run([sys.executable, '-m', f'alexnet_jax.{tool}'] + args,
+                        cwd=REPO, env=env, capture_output=True, text=True,
+                        timeout=300)
+
+
+def assert_one_error_line(result, expected):
+  """Exit 2, one `error:` line containing `expected`, no traceback."""
+  assert result.returncode == 2, result.stderr[-2000:]
+  errors = error_lines(result.stderr)
+  assert len(errors) == 1 and expected in errors[0], result.stderr[-2000:]
+  assert 'Traceback' not in result.stderr

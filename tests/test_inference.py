@@ -8,8 +8,6 @@ run as users run them (subprocesses); what needs no process of its own
 
 import json
 import os
-import subprocess
-import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -26,23 +24,13 @@ from alexnet_jax import sharding
 from alexnet_jax import train
 from configs import cifar10
 from tests import cli
-from tests.conftest import REPO
 from tests.conftest import require_cifar_subset
 
 skimage_data = pytest.importorskip('skimage.data')
 
 
-def run_tool(tool, args, env):
-  return subprocess.run([sys.executable, '-m', f'alexnet_jax.{tool}'] + args,
-                        cwd=REPO, env=env, capture_output=True, text=True,
-                        timeout=300)
-
-
-def assert_one_error_line(result, expected):
-  assert result.returncode == 2, result.stderr[-2000:]
-  errors = cli.error_lines(result.stderr)
-  assert len(errors) == 1 and expected in errors[0], result.stderr[-2000:]
-  assert 'Traceback' not in result.stderr
+run_tool = cli.run_tool
+assert_one_error_line = cli.assert_one_error_line
 
 
 def tiny_cifar_config(**overrides):

@@ -39,17 +39,8 @@ IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
-def run_tool(tool, args, env):
-  return subprocess.run([sys.executable, '-m', f'alexnet_jax.{tool}'] + args,
-                        cwd=REPO, env=env, capture_output=True, text=True,
-                        timeout=300)
-
-
-def assert_one_error_line(result, expected):
-  assert result.returncode == 2, result.stderr[-2000:]
-  errors = cli.error_lines(result.stderr)
-  assert len(errors) == 1 and expected in errors[0], result.stderr[-2000:]
-  assert 'Traceback' not in result.stderr
+run_tool = cli.run_tool
+assert_one_error_line = cli.assert_one_error_line
 
 
 @pytest.fixture(scope='module')
