@@ -269,16 +269,15 @@ def make_train_step(config, model, num_classes, mean, std, mesh, side=None):
   def step_fn(state, metrics, images, labels):
     aug_key, dropout_key = jax.random.split(
         jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step))
-    crop_key, light_key = jax.random.split(aug_key)
     x, y = images, labels
     if config.crop_padding:
-      x = augment.random_crop_flip(crop_key, x, config.crop_padding,
+      x = augment.random_crop_flip(aug_key, x, config.crop_padding,
                                    config.random_flip)
     elif config.random_flip:
-      x = augment.random_flip(crop_key, x)
+      x = augment.random_flip(aug_key, x)
     if config.pca_lighting:
-      x = augment.pca_lighting(light_key, augment.to_unit(x),
-                               config.pca_lighting)
+      x = augment.pca_lighting(jax.random.fold_in(aug_key, 1),
+                               augment.to_unit(x), config.pca_lighting)
     x = augment.normalize(x, mean, std, side, compute_dtype, scale)
 
     def loss_fn(params):
