@@ -17,6 +17,7 @@ object per configuration as the last line.
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -156,6 +157,7 @@ def run(args) -> dict:
       'peak_memory_bytes': memory,
       'device': f'{device.platform}:{device.device_kind}',
       'devices': jax.device_count(), 'jax': jax.__version__, 'steps': len(ours_t),
+      'xla_flags': os.environ.get('XLA_FLAGS', ''),
   }
   if theirs:
     import torch  # pylint: disable=g-import-not-at-top

@@ -70,32 +70,77 @@ def local_response_norm(x, *, size=5, k=2.0, alpha=1e-4, beta=0.75, groups=1):
   return (x.astype(jnp.float32) / denom).astype(x.dtype)
 
 
-def max_pool(x, window: int = 3, stride: int = 2, padding: int = 0):
-  """Max-pooling as an elementwise max over window-many strided slices.
-
-  Same values as `nn.max_pool`. The gradient differs only where two inputs of
-  a window tie for the maximum (it is split between them instead of going to
-  the first); after a ReLU, ties are zeros whose gradient the ReLU drops
-  anyway. Why: XLA lowers nn.max_pool's gradient to select-and-scatter, which
-  is slow on CPU; `benchmarks/maxpool_grad.py` on 2 cores, batch 32: 31 vs
-  4 ms for the gradient of the CIFAR net's first pool, 105 vs 92 ms for its
-  whole gradient step.
-  """
+def _pool_windows(x, window, stride, padding):
+  """The window*window strided slices whose elementwise max is the pool."""
   n, h, w, c = x.shape
   if padding:
     x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)),
                 constant_values=-jnp.inf)
   out_h = (h + 2 * padding - window) // stride + 1
   out_w = (w + 2 * padding - window) // stride + 1
-  out = None
   for dy in range(window):
     for dx in range(window):
-      part = jax.lax.slice(
+      yield jax.lax.slice(
           x, (0, dy, dx, 0),
           (n, dy + stride * (out_h - 1) + 1, dx + stride * (out_w - 1) + 1, c),
           (1, stride, stride, 1))
-      out = part if out is None else jnp.maximum(out, part)
-  return out
+
+
+def _max_pool_fwd(x, window, stride, padding):
+  """The pooled map, and which window position won (first of ties)."""
+  best = won = None
+  for k, part in enumerate(_pool_windows(x, window, stride, padding)):
+    if best is None:
+      best, won = part, jnp.zeros(part.shape, jnp.int8)
+    else:
+      take = part > best
+      best = jnp.where(take, part, best)
+      won = jnp.where(take, jnp.int8(k), won)
+  return best, won
+
+
+def _max_pool_bwd(window, stride, padding, in_size, won, g):
+  """Each output's gradient goes back to the input its window took."""
+  h, w = in_size
+  out_h, out_w = g.shape[1:3]
+  zero = jnp.zeros((), g.dtype)
+  dx = None
+  for k in range(window * window):
+    dy, dw = divmod(k, window)
+    # Interior padding spreads the outputs `stride` apart; the edges put
+    # window position (dy, dw) of output (0, 0) at input (dy, dw).
+    placed = jax.lax.pad(jnp.where(won == k, g, zero), zero, (
+        (0, 0, 0),
+        (dy, h + 2 * padding - dy - stride * (out_h - 1) - 1, stride - 1),
+        (dw, w + 2 * padding - dw - stride * (out_w - 1) - 1, stride - 1),
+        (0, 0, 0)))
+    dx = placed if dx is None else dx + placed
+  return (dx[:, padding:padding + h, padding:padding + w, :],)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def _max_pool(x, window, stride, padding, in_size):
+  del in_size  # The backward pass's; static, so it is an argument.
+  return _max_pool_fwd(x, window, stride, padding)[0]
+
+
+_max_pool.defvjp(
+    lambda x, window, stride, padding, _: _max_pool_fwd(
+        x, window, stride, padding), _max_pool_bwd)
+
+
+def max_pool(x, window: int = 3, stride: int = 2, padding: int = 0):
+  """Max-pooling (NHWC, square windows), values and gradient as nn.max_pool.
+
+  The gradient goes to the first maximum of each window, as XLA's
+  select-and-scatter and PyTorch do. Why not nn.max_pool: XLA lowers its
+  gradient to select-and-scatter, slow on CPU; and plain autodiff of a max
+  over strided slices recomputes the max chain for every input. Here the
+  forward pass keeps the winner's position (int8) and the backward pass
+  places each gradient with a padded select that XLA fuses into one loop.
+  `python -m benchmarks.maxpool_grad` times the three.
+  """
+  return _max_pool(x, window, stride, padding, x.shape[1:3])
 
 
 def adaptive_avg_pool(x, out_size: int):

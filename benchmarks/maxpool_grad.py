@@ -1,13 +1,16 @@
 """Why models.max_pool exists: the gradient of 3x3/2 max-pooling on CPU.
 
-Times jit(grad) of flax's nn.max_pool (XLA select-and-scatter) against
-models.max_pool (max over strided slices) on conv1-sized maps of the CIFAR net,
-and of the whole CIFAR-form train step's gradient with each. Prints medians.
+Times jit(grad) of flax's nn.max_pool (XLA select-and-scatter), of plain
+autodiff through a max over strided slices, and of models.max_pool (the
+winner's position kept, its gradient placed by padded selects) on
+conv1-sized maps of the CIFAR net, and of the whole CIFAR-form gradient with
+each. Prints medians.
 
   python -m benchmarks.maxpool_grad [--batch 32] [--repeats 20]
 """
 
 import argparse
+import functools
 import time
 
 import flax.linen as nn
@@ -35,11 +38,13 @@ def main():
   args = parser.parse_args()
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(args.batch, 32, 32, 48)), jnp.float32)
-  slices = models.max_pool
+  ours = models.max_pool
   pools = {
       'nn.max_pool (select-and-scatter)': lambda v: nn.max_pool(
           v, (3, 3), (2, 2), padding=((1, 1), (1, 1))),
-      'models.max_pool (strided slices)': lambda v: slices(v, 3, 2, 1),
+      'autodiff of max over strided slices': lambda v: functools.reduce(
+          jnp.maximum, models._pool_windows(v, 3, 2, 1)),  # pylint: disable=protected-access
+      'models.max_pool (winner kept)': lambda v: ours(v, 3, 2, 1),
   }
   print(f'{jax.devices()[0].device_kind}, {jax.device_count()} device(s), '
         f'jax {jax.__version__}, batch {args.batch}, median of {args.repeats}')
@@ -59,7 +64,7 @@ def main():
           {'params': p}, images) ** 2).sum()))
       ms = median_ms(grad, params, repeats=args.repeats)
     finally:
-      models.max_pool = slices
+      models.max_pool = ours
     print(f'  CIFAR-form gradient step, {name}: {ms:7.2f} ms '
           f'({args.batch / ms * 1e3:6.1f} img/s)')
 

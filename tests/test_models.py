@@ -214,14 +214,39 @@ def test_adaptive_avg_pool_bins_like_torch():
   np.testing.assert_allclose(y[1, 2, 1, 0], x[1, 4:7, 2:5, 0].mean())
 
 
-@pytest.mark.parametrize('padding', [0, 1])
-def test_max_pool_matches_flax_values_and_gradient_without_ties(padding):
+@pytest.mark.parametrize('ties', [False, True])
+@pytest.mark.parametrize('shape,padding', [((2, 13, 13, 4), 0),
+                                           ((2, 13, 13, 4), 1),
+                                           ((3, 16, 15, 5), 1),
+                                           ((2, 55, 55, 3), 0)])
+def test_max_pool_matches_flax_values_and_gradient(shape, padding, ties):
+  """Same values and gradient as nn.max_pool, ties included: after a ReLU
+  half the inputs are 0, and both give a tied window's gradient to its first
+  maximum. Under jit too (the train step's form)."""
   import flax.linen as nn
-  x = jax.random.normal(jax.random.PRNGKey(0), (2, 13, 13, 4))
-  want = nn.max_pool(x, (3, 3), (2, 2), padding=((padding, padding),) * 2)
-  np.testing.assert_array_equal(models.max_pool(x, 3, 2, padding), want)
-  loss = lambda f: lambda x: (f(x) ** 2).sum()
-  g_ours = jax.grad(loss(lambda x: models.max_pool(x, 3, 2, padding)))(x)
-  g_flax = jax.grad(loss(lambda x: nn.max_pool(
-      x, (3, 3), (2, 2), padding=((padding, padding),) * 2)))(x)
-  np.testing.assert_allclose(g_ours, g_flax, rtol=1e-6)
+  x = jax.random.normal(jax.random.PRNGKey(0), shape)
+  if ties:
+    x = jnp.round(jax.nn.relu(x))  # Mostly 0s and 1s.
+  flax_pool = lambda x: nn.max_pool(x, (3, 3), (2, 2),
+                                    padding=((padding, padding),) * 2)
+  np.testing.assert_array_equal(models.max_pool(x, 3, 2, padding),
+                                flax_pool(x))
+  cotangent = jax.random.normal(jax.random.PRNGKey(1), flax_pool(x).shape)
+  grad = lambda f: jax.jit(jax.grad(lambda x: (f(x) * cotangent).sum()))(x)
+  # An input that wins several windows sums their cotangents, in another
+  # order than select-and-scatter: equal up to float rounding.
+  np.testing.assert_allclose(
+      grad(lambda x: models.max_pool(x, 3, 2, padding)), grad(flax_pool),
+      rtol=1e-6, atol=1e-6)
+
+
+def test_max_pool_gradient_goes_to_first_maximum_of_overlapping_windows():
+  # One 5x5 map, two 3x3/2 windows per side overlapping on row/col 2.
+  x = jnp.zeros((1, 5, 5, 1)).at[0, 2, 2, 0].set(1.)
+  g = jax.grad(lambda x: models.max_pool(x, 3, 2, 0).sum())(x)
+  assert float(g[0, 2, 2, 0]) == 4.  # The max of all four windows.
+  assert float(g.sum()) == 4.
+  x = jnp.ones((1, 3, 3, 1))  # A tie across the whole window.
+  g = jax.grad(lambda x: models.max_pool(x, 3, 2, 0).sum())(x)
+  np.testing.assert_array_equal(g[0, :, :, 0], [[1, 0, 0], [0, 0, 0],
+                                                [0, 0, 0]])
