@@ -68,8 +68,8 @@ def _flops(compiled):
   return float(analysis.get('flops', 0.)) if analysis else None
 
 
-def jax_step(args):
-  """(run_one_step, compile_s, flops_per_step) for the project's step."""
+def jax_step(args, with_compiled=False):
+  """(run_one_step, compile_s, flops_per_step[, compiled]) for our step."""
   config = _config(args)
   mesh = sharding.make_mesh()
   model = train.make_model(config, config.num_classes)
@@ -97,6 +97,8 @@ def jax_step(args):
         holder['state'], holder['metrics'], images, labels)
     jax.block_until_ready(holder['metrics'])
 
+  if with_compiled:
+    return one, compile_s, _flops(compiled), compiled
   return one, compile_s, _flops(compiled)
 
 

@@ -3,6 +3,7 @@ every field with sane values (never a timing assertion)."""
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 
@@ -45,3 +46,36 @@ def test_bad_arguments_are_one_usage_line():
   result = run('--steps=0')
   assert result.returncode == 2
   assert '--steps must be >= 1, got 0' in result.stderr
+
+
+def run_module(module, *args):
+  return subprocess.run([sys.executable, '-m', module, *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_profile_names_the_step_s_convolutions_and_pool_gradients():
+  result = run_module('benchmarks.profile_step', '--model=alexnet_tiny',
+                      '--batch_size=4', '--steps=2', '--top=200')
+  assert result.returncode == 0, result.stderr[-2000:]
+  lines = result.stdout.strip().splitlines()
+  assert 'ms per step in XLA' in lines[0]
+  rows = [l.split() for l in lines[1:]]
+  assert rows and all(float(r[0]) >= 0 for r in rows)
+  text = result.stdout
+  # conv1's weight gradient (3x3, 3 -> 16) and the pool1 gradient's shape.
+  assert 'f32[3,3,3,16]' in text or 'f32[16,3,3,3]' in text, text
+  assert 'f32[4,32,32,16]' in text, text
+
+
+@pytest.mark.skipif(importlib.util.find_spec('torch') is None,
+                    reason='PyTorch (requirements-parity.txt) not installed')
+def test_conv_layers_times_every_pass_of_every_conv():
+  result = run_module('benchmarks.conv_layers', '--model=alexnet_tiny',
+                      '--batch=2')
+  assert result.returncode == 0, result.stderr[-2000:]
+  rows = [l for l in result.stdout.splitlines() if l.strip().startswith('conv')]
+  assert [r.split(':')[0].strip() for r in rows] == [
+      f'conv{i}' for i in range(1, 6)]
+  for row in rows:
+    times = [float(t) for t in re.findall(r'(\d+\.\d+)', row)]
+    assert len(times) == 6 and all(t > 0 for t in times), row
