@@ -143,6 +143,49 @@ def max_pool(x, window: int = 3, stride: int = 2, padding: int = 0):
   return _max_pool(x, window, stride, padding, x.shape[1:3])
 
 
+class Conv(nn.Module):
+  """A 2-D convolution over NHWC, with nn.Conv's parameters and values.
+
+  `kernel` (HWIO, each group's input channels) and `bias` are named, shaped
+  and initialized as nn.Conv's, so checkpoints and converted weights do not
+  change. With groups > 1 each group is its own convolution and the outputs
+  are concatenated: the same numbers as `feature_group_count` (forward bit
+  for bit), but XLA's CPU backend runs grouped convolutions 3-5x slower than
+  the split (`python -m benchmarks.grouped_conv`; jax#23713).
+  """
+  features: int
+  kernel_size: int
+  stride: int = 1
+  padding: int = 0
+  groups: int = 1
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  kernel_init: Any = nn.initializers.lecun_normal()
+  bias_init: Any = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(self, x):
+    k, g = self.kernel_size, self.groups
+    kernel = self.param('kernel', self.kernel_init,
+                        (k, k, x.shape[-1] // g, self.features),
+                        self.param_dtype)
+    bias = self.param('bias', self.bias_init, (self.features,),
+                      self.param_dtype)
+    x, kernel, bias = (a.astype(self.dtype) for a in (x, kernel, bias))
+    conv = lambda x, w: jax.lax.conv_general_dilated(
+        x, w, (self.stride, self.stride), ((self.padding, self.padding),) * 2,
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    if g == 1:
+      y = conv(x, kernel)
+    else:
+      ins, outs = x.shape[-1] // g, self.features // g
+      y = jnp.concatenate([
+          conv(x[..., i * ins:(i + 1) * ins],
+               kernel[..., i * outs:(i + 1) * outs]) for i in range(g)],
+                          axis=-1)
+    return y + bias
+
+
 def adaptive_avg_pool(x, out_size: int):
   """torch.nn.AdaptiveAvgPool2d over NHWC: bin i spans [floor(iH/o), ceil((i+1)H/o))."""
   _, h, w, _ = x.shape
@@ -170,7 +213,7 @@ class AlexNet(nn.Module):
     num_classes: size of the logits layer (fc8). No ReLU/softmax after it.
     widths: output channels of conv1..conv5.
     kernels, strides, paddings: per conv layer (square, symmetric).
-    groups: towers for conv2, conv4 and conv5 (`feature_group_count`); 2 is
+    groups: towers for conv2, conv4 and conv5 (see `Conv`); 2 is
       the paper's two-GPU net, 1 its single-tower form. conv1 and conv3 are
       always full (every tower sees all of their inputs, as in the paper).
     lrn: local response normalization after ReLU of conv1 and conv2.
@@ -238,10 +281,9 @@ class AlexNet(nn.Module):
       name = f'conv{i}'
       kinit, binit = _initializers(self.init_scheme, name)
       groups = self.groups if i in grouped else 1
-      x = nn.Conv(width, (k, k), (s, s), padding=((p, p), (p, p)),
-                  feature_group_count=groups, dtype=self.dtype,
-                  param_dtype=jnp.float32, kernel_init=kinit, bias_init=binit,
-                  name=name)(x)
+      x = Conv(width, k, s, p, groups, dtype=self.dtype,
+               param_dtype=jnp.float32, kernel_init=kinit, bias_init=binit,
+               name=name)(x)
       x = nn.relu(x)
       if self.lrn and i <= 2:
         x = local_response_norm(x, groups=groups)

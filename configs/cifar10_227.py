@@ -3,7 +3,7 @@
 The 2012 recipe (lr 0.01, /10 on plateau), on CIFAR, with He init: the
 paper's own init (--config.init=paper) sits at chance here, at either input
 scale, while He's trains from the first steps (README "The paper's input
-scale", measured). Expensive on a CPU (~8 images/s on 2 cores); meant for
+scale", measured). Expensive on a CPU (~19 images/s on 2 cores); meant for
 accelerators.
 """
 

@@ -250,3 +250,30 @@ def test_max_pool_gradient_goes_to_first_maximum_of_overlapping_windows():
   g = jax.grad(lambda x: models.max_pool(x, 3, 2, 0).sum())(x)
   np.testing.assert_array_equal(g[0, :, :, 0], [[1, 0, 0], [0, 0, 0],
                                                 [0, 0, 0]])
+
+
+@pytest.mark.parametrize('groups,kernel,stride,padding', [
+    (1, 3, 1, 1), (2, 3, 1, 1), (2, 5, 1, 2), (1, 11, 4, 2)])
+def test_conv_is_flax_conv_with_groups_split(groups, kernel, stride, padding):
+  """Same parameter tree and initial values as nn.Conv, the same outputs,
+  and gradients equal up to float rounding (the two-tower net's towers run
+  as separate convolutions)."""
+  import flax.linen as nn
+  init = nn.initializers.normal(0.1)
+  ours = models.Conv(8, kernel, stride, padding, groups, kernel_init=init,
+                     bias_init=init)
+  flax_conv = nn.Conv(8, (kernel, kernel), (stride, stride),
+                      padding=((padding, padding),) * 2,
+                      feature_group_count=groups, kernel_init=init,
+                      bias_init=init)
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 23, 23, 6))
+  params = ours.init(jax.random.PRNGKey(1), x)
+  jax.tree.map(np.testing.assert_array_equal, params,
+               flax_conv.init(jax.random.PRNGKey(1), x))
+  np.testing.assert_allclose(ours.apply(params, x),
+                             flax_conv.apply(params, x), rtol=1e-6, atol=1e-6)
+  grad = lambda m: jax.grad(lambda p, x: (m.apply(p, x) ** 2).sum(),
+                            argnums=(0, 1))(params, x)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
+                                                       atol=1e-5),
+               grad(ours), grad(flax_conv))
