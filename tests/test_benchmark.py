@@ -79,3 +79,14 @@ def test_conv_layers_times_every_pass_of_every_conv():
   for row in rows:
     times = [float(t) for t in re.findall(r'(\d+\.\d+)', row)]
     assert len(times) == 6 and all(t > 0 for t in times), row
+
+
+def test_cifar_feed_reports_both_rates_on_real_images(cifar_dir):
+  result = run_module('benchmarks.cifar_feed', f'--data_dir={cifar_dir}',
+                      '--batch_size=16', '--steps=5', '--repeats=1')
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert '(4577 train images)' in result.stdout, result.stdout
+  rates = re.findall(r'^  (.+): ([\d,]+) images/s$', result.stdout, re.M)
+  assert [name for name, _ in rates] == [
+      'gather', 'gather + crop, flip, normalize'], result.stdout
+  assert all(int(rate.replace(',', '')) > 0 for _, rate in rates)
