@@ -137,7 +137,7 @@ def max_pool(x, window: int = 3, stride: int = 2, padding: int = 0):
   gradient to select-and-scatter, slow on CPU; and plain autodiff of a max
   over strided slices recomputes the max chain for every input. Here the
   forward pass keeps the winner's position (int8) and the backward pass
-  places each gradient with a padded select that XLA fuses into one loop.
+  places each gradient with nine padded selects, cheap elementwise work.
   `python -m benchmarks.maxpool_grad` times the three.
   """
   return _max_pool(x, window, stride, padding, x.shape[1:3])
@@ -150,7 +150,7 @@ class Conv(nn.Module):
   and initialized as nn.Conv's, so checkpoints and converted weights do not
   change. With groups > 1 each group is its own convolution and the outputs
   are concatenated: the same numbers as `feature_group_count` (forward bit
-  for bit), but XLA's CPU backend runs grouped convolutions 3-5x slower than
+  for bit), but XLA's CPU backend runs grouped convolutions 3-6x slower than
   the split (`python -m benchmarks.grouped_conv`; jax#23713).
   """
   features: int
@@ -175,14 +175,10 @@ class Conv(nn.Module):
     conv = lambda x, w: jax.lax.conv_general_dilated(
         x, w, (self.stride, self.stride), ((self.padding, self.padding),) * 2,
         dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-    if g == 1:
-      y = conv(x, kernel)
-    else:
-      ins, outs = x.shape[-1] // g, self.features // g
-      y = jnp.concatenate([
-          conv(x[..., i * ins:(i + 1) * ins],
-               kernel[..., i * outs:(i + 1) * outs]) for i in range(g)],
-                          axis=-1)
+    ins, outs = x.shape[-1] // g, self.features // g
+    y = jnp.concatenate([  # One part, returned as is, when g == 1.
+        conv(x[..., i * ins:(i + 1) * ins],
+             kernel[..., i * outs:(i + 1) * outs]) for i in range(g)], axis=-1)
     return y + bias
 
 

@@ -14,24 +14,12 @@ matmuls only, so convolutions run on Eigen.
 """
 
 import argparse
-import statistics
-import time
 
 import jax
 import numpy as np
 
 from alexnet_jax import models
-
-
-def median_ms(fn, repeats=15):
-  fn()
-  fn()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return 1e3 * statistics.median(times)
+from benchmarks.timing import median_ms
 
 
 def conv_shapes(model, side):
@@ -79,7 +67,7 @@ def time_layer(batch, side, cin, cout, k, s, p):
   for _ in range(2):  # Interleaved rounds; the better median of each.
     for name, fns in passes.items():
       for who, fn in zip(('jax', 'torch'), fns):
-        t = median_ms(fn)
+        t = median_ms(fn, repeats=15, warmup=2)
         best[name, who] = min(best.get((name, who), t), t)
   return best
 

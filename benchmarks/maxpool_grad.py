@@ -11,7 +11,6 @@ each. Prints medians.
 
 import argparse
 import functools
-import time
 
 import flax.linen as nn
 import jax
@@ -19,16 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from alexnet_jax import models
-
-
-def median_ms(fn, *args, repeats):
-  jax.block_until_ready(fn(*args))  # Compile and warm up.
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t)
-  return 1e3 * float(np.median(times))
+from benchmarks.timing import median_ms
 
 
 def main():
