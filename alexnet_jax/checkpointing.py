@@ -74,12 +74,21 @@ def describe_mismatch(saved: dict, wanted: dict) -> str:
   return 'no difference'
 
 
+def workdir_path(workdir) -> epath.Path:
+  """The workdir as an absolute path: orbax refuses relative ones, and a
+  relative workdir (`--workdir=workdirs/cifar10`) is the README's own.
+  gs:// and other URIs are absolute already (`absolute()` would mangle them).
+  """
+  path = epath.Path(workdir)
+  return path if path.is_absolute() else path.absolute()
+
+
 class Checkpointer:
   """The run's CheckpointManager, with damage-tolerant resume and clear errors."""
 
   def __init__(self, workdir: str, keep: int,
                log: Callable[[str], None] = None):
-    self.workdir = epath.Path(workdir)
+    self.workdir = workdir_path(workdir)
     self._log = log or _print_on_process_0
     self.directory = self.workdir / 'checkpoints'
     self._pending = None  # Step of the save that may still be in flight.
@@ -284,7 +293,7 @@ def _sync(name: str):
 
 def latest_step_on_disk(workdir: str) -> Optional[int]:
   """The newest step directory's number, without opening orbax (cheap)."""
-  directory = epath.Path(workdir) / 'checkpoints'
+  directory = workdir_path(workdir) / 'checkpoints'
   if not directory.exists():
     return None
   steps = [int(p.name) for p in directory.iterdir() if p.name.isdigit()]
@@ -306,8 +315,8 @@ def load_state_on_host(workdir: str, step: Optional[int] = None) -> Any:
   if step is None:
     step = latest_step_on_disk(workdir)
     if step is None:
-      raise CheckpointError(f'no checkpoints in {epath.Path(workdir)}')
-  path = epath.Path(workdir) / 'checkpoints' / str(step) / 'default'
+      raise CheckpointError(f'no checkpoints in {workdir_path(workdir)}')
+  path = workdir_path(workdir) / 'checkpoints' / str(step) / 'default'
   checkpointer = ocp.StandardCheckpointer()
   metadata = read_array_metadata(path)
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -319,7 +328,7 @@ def load_state_on_host(workdir: str, step: Optional[int] = None) -> Any:
 
 def saved_steps(workdir: str) -> list:
   """The step numbers under WORKDIR/checkpoints, oldest first (cheap)."""
-  directory = epath.Path(workdir) / 'checkpoints'
+  directory = workdir_path(workdir) / 'checkpoints'
   if not directory.exists():
     return []
   return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
@@ -334,16 +343,16 @@ def load_params_on_host(workdir: str, step: Optional[int] = None):
   """
   steps = saved_steps(workdir)
   if not steps:
-    raise CheckpointError(f'no checkpoints in {epath.Path(workdir)} (expected '
+    raise CheckpointError(f'no checkpoints in {workdir_path(workdir)} (expected '
                           'checkpoints/<step>/ written by a training run or '
                           'by alexnet_jax.convert)')
   if step is None:
     step = steps[-1]
   elif step not in steps:
     raise CheckpointError(f'no checkpoint step {step} in '
-                          f'{epath.Path(workdir) / "checkpoints"}; saved '
+                          f'{workdir_path(workdir) / "checkpoints"}; saved '
                           f'steps: {", ".join(map(str, steps))}')
-  path = epath.Path(workdir) / 'checkpoints' / str(step) / 'default'
+  path = workdir_path(workdir) / 'checkpoints' / str(step) / 'default'
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   try:
     target = {'params': jax.tree.map(
@@ -361,7 +370,7 @@ def load_params_on_host(workdir: str, step: Optional[int] = None):
 
 def saved_params_signature(workdir: str, step: int) -> dict:
   """{'conv1/kernel': (shape, dtype)} of a step's params, from metadata only."""
-  path = epath.Path(workdir) / 'checkpoints' / str(step) / 'default'
+  path = workdir_path(workdir) / 'checkpoints' / str(step) / 'default'
   return _tree_signature(read_array_metadata(path)['params'])
 
 

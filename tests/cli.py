@@ -27,7 +27,8 @@ def cli_args(cifar_dir, workdir, config='configs/cifar10.py', **overrides):
 def run_cli(args, env, prefix=(), **kwargs):
   """Runs main to completion; `prefix` (e.g. unshare) goes before python."""
   kwargs.setdefault('timeout', 600)
-  return subprocess.run(list(prefix) + MAIN + list(args), cwd=REPO, env=env,
+  kwargs.setdefault('cwd', REPO)
+  return subprocess.run(list(prefix) + MAIN + list(args), env=env,
                         capture_output=True, text=True, **kwargs)
 
 

@@ -67,6 +67,24 @@ def test_run_writes_metrics_tensorboard_and_checkpoints(cifar_dir, tmp_path):
   assert os.path.getsize(os.path.join(workdir, 'curves.png')) > 10_000
 
 
+def test_relative_workdir_as_the_readme_writes_it_saves_and_resumes(
+    cifar_dir, tmp_path, subprocess_env):
+  """`--workdir=workdirs/cifar10`, relative to where the command runs: orbax
+  needs absolute paths, so the checkpoints must still be written (and found
+  again by the rerun) under that directory."""
+  config = os.path.join(cli.REPO, 'configs', 'cifar10.py')
+  first = cli.run_cli(cli.cli_args(cifar_dir, 'workdirs/run', config=config,
+                                   num_epochs=1), subprocess_env, cwd=tmp_path)
+  assert first.returncode == 0, first.stderr[-2000:]
+  workdir = tmp_path / 'workdirs' / 'run'
+  assert sorted(int(s) for s in os.listdir(workdir / 'checkpoints'))[-1] == 35
+  again = cli.run_cli(cli.cli_args(cifar_dir, 'workdirs/run', config=config,
+                                   num_epochs=2), subprocess_env, cwd=tmp_path)
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert 'resuming from' in again.stdout and 'at step 35' in again.stdout
+  assert read_jsonl(str(workdir))[-1]['step'] == 70
+
+
 def test_training_learns_real_images(cifar_dir, tmp_path):
   """A few epochs of the tiny net beat chance (10%) clearly on val and test."""
   final = train.train_and_evaluate(
