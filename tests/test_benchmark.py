@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from tests.conftest import REPO
@@ -90,3 +91,42 @@ def test_cifar_feed_reports_both_rates_on_real_images(cifar_dir):
   assert [name for name, _ in rates] == [
       'gather', 'gather + crop, flip, normalize'], result.stdout
   assert all(int(rate.replace(',', '')) > 0 for _, rate in rates)
+
+
+def test_image_pipeline_times_grain_and_tfdata_alike(tmp_path):
+  result = run_module('benchmarks.image_pipeline', '--images=48',
+                      '--batch=16', '--epochs=1', '--repeats=1',
+                      '--workers=2', '--vs_tfdata', '--json')
+  assert result.returncode == 0, result.stderr[-2000:]
+  r = json.loads(result.stdout.strip().splitlines()[-1])
+  assert list(r['images_per_sec']) == [
+      'grain, 1 core (in-process, 1 thread)', 'grain, 2 worker processes',
+      'tf.data, 1 thread', 'tf.data, 2 threads'], r
+  assert all(rate > 0 for rate in r['images_per_sec'].values())
+
+
+@pytest.mark.parametrize('size', [(500, 375), (1200, 900)])
+def test_tfdata_twin_does_the_streaming_pipeline_s_work(tmp_path, size):
+  """With a crop as large as the square, both give the central 256x256 of
+  the same photo: same decode scale, resize and window (the resizers differ
+  by rounding only). The large JPEG takes the reduced-size decode."""
+  skimage_data = pytest.importorskip('skimage.data')
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import streaming  # pylint: disable=g-import-not-at-top
+  from benchmarks import tfdata_pipeline  # pylint: disable=g-import-not-at-top
+  path = str(tmp_path / 'chelsea.jpg')
+  Image.fromarray(skimage_data.chelsea()).resize(size).save(path, quality=90)
+  with open(path, 'rb') as f:
+    ours = streaming.center_square(
+        streaming.resize_shorter(streaming.decode(f.read(), 256), 256), 256)
+  ds = tfdata_pipeline.train_batches([path], [3], seed=0, batch=1, threads=1,
+                                     crop_size=256)
+  images, labels = next(ds.as_numpy_iterator())
+  assert images.shape == (1, 256, 256, 3) and images.dtype == np.uint8
+  assert labels.tolist() == [3]
+  diff = np.abs(images[0].astype(int) - ours.astype(int))
+  assert diff.mean() < 1.5 and np.percentile(diff, 99) <= 5, (
+      diff.mean(), np.percentile(diff, 99))
+  # A shifted window would differ by far more: the check can fail.
+  shifted = np.abs(images[0, 4:].astype(int) - ours[:-4].astype(int))
+  assert shifted.mean() > 4 * diff.mean()
