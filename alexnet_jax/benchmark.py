@@ -1,7 +1,8 @@
 """How fast alexnet_jax trains here: the project's own train step, timed.
 
   python -m alexnet_jax.benchmark --model=alexnet_torchvision --batch_size=32 \\
-      [--image_size=224] [--half_precision] [--steps=20] [--vs_pytorch] [--json]
+      [--image_size=224] [--half_precision] [--steps=20] [--json] \\
+      [--vs_pytorch [--pytorch_modes=eager,channels_last,compile]]
 
 Builds the step training uses (`train.make_train_step`: the paper's SGD,
 on-device normalization, donated state) for `--model` on a fixed uint8 batch
@@ -11,7 +12,9 @@ time, peak device memory where the backend reports it, and MFU: the compiled
 step's FLOPs (XLA's cost analysis) / step time / the device's peak
 (`PEAK_FLOPS`; none on CPU). `--vs_pytorch` times a PyTorch twin
 (`benchmarks/torch_twin.py`, same layers, same SGD and batch) interleaved
-with ours, round by round, and reports the ratio. `--json` prints one JSON
+with ours, round by round, and reports the ratio: eager on CPU, and on
+accelerators also channels_last and torch.compile (`--pytorch_modes`), all
+under AMP with `--half_precision`. `--json` prints one JSON
 object per configuration as the last line.
 """
 
@@ -102,17 +105,52 @@ def jax_step(args, with_compiled=False):
   return one, compile_s, _flops(compiled)
 
 
-def torch_step(args, model):
+PYTORCH_MODES = ('eager', 'channels_last', 'compile')
+
+
+def pytorch_modes(arg: str, platform: str) -> tuple:
+  """The PyTorch variants to time: `arg` (comma list), or by default eager
+  alone on CPU and every variant on accelerators."""
+  if not arg:
+    return ('eager',) if platform == 'cpu' else PYTORCH_MODES
+  modes = tuple(m.strip() for m in arg.split(','))
+  bad = [m for m in modes if m not in PYTORCH_MODES]
+  if bad or not modes:
+    raise ValueError(f'--pytorch_modes {arg!r}: {", ".join(bad) or "empty"} '
+                     f'is not one of {", ".join(PYTORCH_MODES)}')
+  return modes
+
+
+def torch_device(platform: str) -> str:
+  import torch  # pylint: disable=g-import-not-at-top
+  if platform == 'gpu':
+    if not torch.cuda.is_available():
+      raise ValueError(f'JAX runs on the GPU but PyTorch {torch.__version__} '
+                       'has no CUDA: install a CUDA build of torch==2.13.0 '
+                       'to compare on the same device')
+    return 'cuda'
+  if platform != 'cpu':
+    raise ValueError(f'--vs_pytorch compares on the same device; PyTorch '
+                     f'does not run on {platform}')
+  return 'cpu'
+
+
+def torch_step(args, model, mode: str, device: str):
+  """run_one_step for the PyTorch twin in `mode`; AMP (bf16 autocast) with
+  --half_precision, as ours computes in bf16 then."""
   import torch  # pylint: disable=g-import-not-at-top
   sys.path.insert(0, '.')
   from benchmarks import torch_twin  # pylint: disable=g-import-not-at-top
   torch.manual_seed(0)
   side = args.image_size
-  step, _ = torch_twin.make_step(model, args.batch_size, side)
+  step, _ = torch_twin.make_step(
+      model, args.batch_size, side, channels_last=mode != 'eager',
+      compile_model=mode == 'compile', amp=args.half_precision,
+      device=device)
   images = torch.randint(0, 256, (args.batch_size, 3, side, side),
-                         dtype=torch.uint8)
-  labels = torch.randint(0, 1000, (args.batch_size,))
-  return lambda: step(images, labels).item()
+                         dtype=torch.uint8, device=device)
+  labels = torch.randint(0, 1000, (args.batch_size,), device=device)
+  return lambda: step(images, labels).item()  # .item() waits for the device.
 
 
 def timed(fn, n):
@@ -127,26 +165,30 @@ def timed(fn, n):
 def run(args) -> dict:
   model = models.create_model(args.model, num_classes=1000)
   args.image_size = args.image_size or models.NATIVE_INPUT_SIZE[args.model]
+  device = jax.devices()[0]
   ours, compile_s, flops = jax_step(args)
-  theirs = torch_step(args, model) if args.vs_pytorch else None
-  for fn in (ours, theirs):
-    if fn:
-      timed(fn, args.warmup)
-  ours_t, theirs_t = [], []
-  rounds = 4 if theirs else 1
+  steps = {'alexnet_jax': ours}
+  if args.vs_pytorch:
+    where = torch_device(device.platform)
+    for mode in pytorch_modes(args.pytorch_modes, device.platform):
+      steps[mode] = torch_step(args, model, mode, where)
+  warmup_s = {}
+  for name, fn in steps.items():  # torch.compile compiles on the first call.
+    start = time.perf_counter()
+    timed(fn, args.warmup)
+    warmup_s[name] = time.perf_counter() - start
+  times = {name: [] for name in steps}
+  rounds = 4 if len(steps) > 1 else 1
   per_round = -(-args.steps // rounds)
-  for _ in range(rounds):  # Interleaved, so drift hits both alike.
-    for fn, times in ((ours, ours_t), (theirs, theirs_t)):
-      if fn is None:
-        continue
+  for _ in range(rounds):  # Interleaved, so drift hits all alike.
+    for name, fn in steps.items():
       # The other framework's thread pool spins for a while after its last
       # step; let it go idle, and leave the first step of a round untimed.
-      time.sleep(0.5)
+      time.sleep(0.5 if len(steps) > 1 else 0.)
       fn()
-      times += timed(fn, per_round)
-  device = jax.devices()[0]
+      times[name] += timed(fn, per_round)
   dtype = 'bfloat16' if args.half_precision else 'float32'
-  step_s = statistics.median(ours_t)
+  step_s = statistics.median(times['alexnet_jax'])
   peak = peak_flops(device, dtype)
   memory = (device.memory_stats() or {}).get('peak_bytes_in_use') if hasattr(
       device, 'memory_stats') else None
@@ -158,17 +200,26 @@ def run(args) -> dict:
       'mfu': flops / step_s / peak if (flops and peak) else None,
       'peak_memory_bytes': memory,
       'device': f'{device.platform}:{device.device_kind}',
-      'devices': jax.device_count(), 'jax': jax.__version__, 'steps': len(ours_t),
+      'devices': jax.device_count(), 'jax': jax.__version__,
+      'steps': len(times['alexnet_jax']),
       'xla_flags': os.environ.get('XLA_FLAGS', ''),
   }
-  if theirs:
+  if args.vs_pytorch:
     import torch  # pylint: disable=g-import-not-at-top
-    torch_s = statistics.median(theirs_t)
-    result.update(pytorch_images_per_sec=args.batch_size / torch_s,
-                  pytorch_step_ms=1e3 * torch_s,
-                  speedup_vs_pytorch=torch_s / step_s,
-                  pytorch=torch.__version__,
-                  pytorch_mode='eager')
+    rows = []
+    for mode in list(steps)[1:]:
+      torch_s = statistics.median(times[mode])
+      rows.append({'mode': mode + ('+amp' if args.half_precision else ''),
+                   'step_ms': 1e3 * torch_s,
+                   'images_per_sec': args.batch_size / torch_s,
+                   'speedup': torch_s / step_s,
+                   'warmup_s': warmup_s[mode]})
+    first = rows[0]  # Flat fields: the first mode (eager by default).
+    result.update(pytorch_images_per_sec=first['images_per_sec'],
+                  pytorch_step_ms=first['step_ms'],
+                  speedup_vs_pytorch=first['speedup'],
+                  pytorch=torch.__version__, pytorch_mode=first['mode'],
+                  vs_pytorch=rows)
   return result
 
 
@@ -183,6 +234,11 @@ def main(argv=None):
   parser.add_argument('--steps', type=int, default=20)
   parser.add_argument('--warmup', type=int, default=3)
   parser.add_argument('--vs_pytorch', action='store_true')
+  parser.add_argument(
+      '--pytorch_modes', default='',
+      help=f'with --vs_pytorch, a comma list of {", ".join(PYTORCH_MODES)} '
+      '(default: eager on CPU, all on accelerators); AMP with '
+      '--half_precision')
   parser.add_argument('--json', action='store_true')
   args = parser.parse_args(argv)
   if args.batch_size % jax.device_count():
@@ -190,7 +246,12 @@ def main(argv=None):
                  f'device count {jax.device_count()}')
   if args.steps < 1:
     parser.error(f'--steps must be >= 1, got {args.steps}')
-  r = run(args)
+  try:
+    if args.vs_pytorch:
+      pytorch_modes(args.pytorch_modes, jax.devices()[0].platform)
+    r = run(args)
+  except ValueError as e:
+    parser.error(str(e))
   line = (f"{r['model']} batch {r['batch_size']} {r['image_size']}x"
           f"{r['image_size']} {r['dtype']} on {r['device']}: "
           f"{r['step_ms']:.1f} ms/step, {r['images_per_sec']:.1f} img/s, "
@@ -199,10 +260,10 @@ def main(argv=None):
   if r['mfu'] is not None:
     line += f", MFU {100 * r['mfu']:.1f}%"
   print(line)
-  if args.vs_pytorch:
-    print(f"PyTorch {r['pytorch']} eager: {r['pytorch_step_ms']:.1f} ms/step, "
-          f"{r['pytorch_images_per_sec']:.1f} img/s; alexnet_jax is "
-          f"{r['speedup_vs_pytorch']:.2f}x")
+  for row in r.get('vs_pytorch', ()):
+    print(f"PyTorch {r['pytorch']} {row['mode']}: {row['step_ms']:.1f} "
+          f"ms/step, {row['images_per_sec']:.1f} img/s; alexnet_jax is "
+          f"{row['speedup']:.2f}x")
   if args.json:
     print(json.dumps(r))
 

@@ -43,10 +43,38 @@ def test_json_has_the_fields_and_sane_values():
         r['pytorch_step_ms'] / r['step_ms'])
 
 
-def test_bad_arguments_are_one_usage_line():
-  result = run('--steps=0')
+def test_every_pytorch_mode_under_amp_against_our_bf16_step():
+  """The accelerator comparison (eager, channels_last, torch.compile, all
+  with AMP) runs on the CPU too: torch.compile builds with the C compiler."""
+  pytest.importorskip('torch')
+  result = run('--vs_pytorch', '--half_precision',
+               '--pytorch_modes=eager,channels_last,compile')
+  assert result.returncode == 0, result.stderr[-2000:]
+  r = json.loads(result.stdout.strip().splitlines()[-1])
+  assert r['dtype'] == 'bfloat16'
+  rows = r['vs_pytorch']
+  assert [row['mode'] for row in rows] == [
+      'eager+amp', 'channels_last+amp', 'compile+amp']
+  for row in rows:
+    assert row['step_ms'] > 0 and row['warmup_s'] > 0
+    assert row['speedup'] == pytest.approx(row['step_ms'] / r['step_ms'])
+  assert r['pytorch_mode'] == 'eager+amp'
+  assert r['speedup_vs_pytorch'] == rows[0]['speedup']
+  for mode in ('eager+amp', 'channels_last+amp', 'compile+amp'):
+    assert f'PyTorch {r["pytorch"]} {mode}: ' in result.stdout
+
+
+@pytest.mark.parametrize('args, message', [
+    (('--steps=0',), '--steps must be >= 1, got 0'),
+    (('--vs_pytorch', '--pytorch_modes=eager,jit'),
+     "--pytorch_modes 'eager,jit': jit is not one of eager, channels_last, "
+     'compile'),
+])
+def test_bad_arguments_are_one_usage_line(args, message):
+  result = run(*args)
   assert result.returncode == 2
-  assert '--steps must be >= 1, got 0' in result.stderr
+  assert message in result.stderr
+  assert 'Traceback' not in result.stderr
 
 
 def run_module(module, *args):
