@@ -122,20 +122,29 @@ def _zero_sums():
   return {k: jnp.zeros((), jnp.float32) for k in ('loss', 'top1', 'top5')}
 
 
+def balanced_batch(n: int, eval_batch_size: int, devices: int) -> int:
+  """The batch that walks n examples in as few batches as `eval_batch_size`
+  allows, with the least padding: 508 examples at 500 take two batches of
+  254, not 500 + 500 (half of it padding), rounded up to the device count."""
+  batches = max(1, -(-n // eval_batch_size))
+  per_batch = -(-n // batches)
+  return -(-per_batch // devices) * devices
+
+
 def scan_evaluator(logits_fn: LogitsFn, eval_batch_size: int, mesh,
                    num_classes: int):
   """jit(params, images, labels) -> sums over every example of on-device arrays.
 
-  The split is walked in fixed-size batches by a scan; the last batch is
-  padded (repeating the final example) and masked, so each counts once.
+  The split is walked in equal batches of at most about `eval_batch_size`
+  (`balanced_batch`) by a scan; the last batch is padded (repeating the
+  final example) and masked, so each counts once.
   """
-  # Any size works: rounded up to a multiple of the device count, and padded.
-  batch = -(-eval_batch_size // mesh.size) * mesh.size
   data_sharding = sharding.batch(mesh)
 
   @jax.jit
   def evaluate(params, images, labels):
     n = labels.shape[0]
+    batch = balanced_batch(n, eval_batch_size, mesh.size)
 
     def body(sums, j):
       pos = j * batch + jnp.arange(batch)

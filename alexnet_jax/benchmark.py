@@ -14,7 +14,8 @@ step's FLOPs (XLA's cost analysis) / step time / the device's peak
 (`benchmarks/torch_twin.py`, same layers, same SGD and batch) interleaved
 with ours, round by round, and reports the ratio: eager on CPU, and on
 accelerators also channels_last and torch.compile (`--pytorch_modes`), all
-under AMP with `--half_precision`. `--json` prints one JSON
+under AMP with `--half_precision`. `--eval_images=N` also times the
+project's evaluation over N images. `--json` prints one JSON
 object per configuration as the last line.
 """
 
@@ -103,6 +104,39 @@ def jax_step(args, with_compiled=False):
   if with_compiled:
     return one, compile_s, _flops(compiled), compiled
   return one, compile_s, _flops(compiled)
+
+
+def eval_rate(args) -> dict:
+  """The project's evaluation (the scan over a whole on-device split, padded
+  and masked, each image and its reflection as every epoch's val pass),
+  over `--eval_images` random images: median of 5 passes."""
+  config = _config(args)
+  mesh = sharding.make_mesh()
+  model = train.make_model(config, config.num_classes)
+  side = args.image_size
+  tx, _ = optim.make_optimizer(config, 100, 100, 100)
+  state, _ = train.create_train_state(model, tx, (side, side, 3), 0, mesh)
+  evaluate = train.make_eval_fn(config, model, config.num_classes,
+                                (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
+                                mesh, side)
+  rng = np.random.default_rng(1)
+  n = args.eval_images
+  images = jax.device_put(
+      rng.integers(0, 256, (n, side, side, 3), dtype=np.uint8),
+      sharding.batch(mesh))
+  labels = jax.device_put(
+      rng.integers(0, config.num_classes, (n,), dtype=np.int32),
+      sharding.batch(mesh))
+  start = time.perf_counter()
+  compiled = evaluate.lower(state.params, images, labels).compile()
+  compile_s = time.perf_counter() - start
+  run_once = lambda: jax.block_until_ready(compiled(state.params, images,
+                                                    labels))
+  run_once()
+  eval_s = statistics.median(timed(run_once, 5))
+  return {'eval_images': n, 'eval_batch_size': config.eval_batch_size,
+          'eval_ms': 1e3 * eval_s, 'eval_images_per_sec': n / eval_s,
+          'eval_compile_s': compile_s, 'eval_views': 2}
 
 
 PYTORCH_MODES = ('eager', 'channels_last', 'compile')
@@ -220,6 +254,8 @@ def run(args) -> dict:
                   speedup_vs_pytorch=first['speedup'],
                   pytorch=torch.__version__, pytorch_mode=first['mode'],
                   vs_pytorch=rows)
+  if args.eval_images:
+    result.update(eval_rate(args))
   return result
 
 
@@ -239,6 +275,8 @@ def main(argv=None):
       help=f'with --vs_pytorch, a comma list of {", ".join(PYTORCH_MODES)} '
       '(default: eager on CPU, all on accelerators); AMP with '
       '--half_precision')
+  parser.add_argument('--eval_images', type=int, default=0,
+                      help='also time evaluation over this many images')
   parser.add_argument('--json', action='store_true')
   args = parser.parse_args(argv)
   if args.batch_size % jax.device_count():
@@ -246,6 +284,9 @@ def main(argv=None):
                  f'device count {jax.device_count()}')
   if args.steps < 1:
     parser.error(f'--steps must be >= 1, got {args.steps}')
+  if args.eval_images < 0 or args.eval_images % jax.device_count():
+    parser.error(f'--eval_images {args.eval_images} must be >= 0 and '
+                 f'divisible by the device count {jax.device_count()}')
   try:
     if args.vs_pytorch:
       pytorch_modes(args.pytorch_modes, jax.devices()[0].platform)
@@ -260,6 +301,10 @@ def main(argv=None):
   if r['mfu'] is not None:
     line += f", MFU {100 * r['mfu']:.1f}%"
   print(line)
+  if 'eval_ms' in r:
+    print(f"evaluation of {r['eval_images']} images (and their reflections): "
+          f"{r['eval_ms']:.1f} ms, {r['eval_images_per_sec']:.1f} img/s, "
+          f"compile {r['eval_compile_s']:.1f} s")
   for row in r.get('vs_pytorch', ()):
     print(f"PyTorch {r['pytorch']} {row['mode']}: {row['step_ms']:.1f} "
           f"ms/step, {row['images_per_sec']:.1f} img/s; alexnet_jax is "

@@ -25,10 +25,13 @@ def run(*args):
 
 def test_json_has_the_fields_and_sane_values():
   with_torch = importlib.util.find_spec('torch') is not None
-  result = run(*(['--vs_pytorch'] if with_torch else []))
+  result = run('--eval_images=24', *(['--vs_pytorch'] if with_torch else []))
   assert result.returncode == 0, result.stderr[-2000:]
   r = json.loads(result.stdout.strip().splitlines()[-1])
   assert set(FIELDS) <= set(r)
+  assert r['eval_images'] == 24 and r['eval_views'] == 2
+  assert r['eval_ms'] > 0 and r['eval_compile_s'] > 0
+  assert r['eval_images_per_sec'] == pytest.approx(24 / r['eval_ms'] * 1e3)
   assert (r['model'], r['batch_size'], r['image_size'], r['dtype']) == (
       'alexnet_tiny', 8, 32, 'float32')
   assert r['step_ms'] > 0 and r['compile_s'] > 0
@@ -66,6 +69,7 @@ def test_every_pytorch_mode_under_amp_against_our_bf16_step():
 
 @pytest.mark.parametrize('args, message', [
     (('--steps=0',), '--steps must be >= 1, got 0'),
+    (('--eval_images=-2',), '--eval_images -2 must be >= 0'),
     (('--vs_pytorch', '--pytorch_modes=eager,jit'),
      "--pytorch_modes 'eager,jit': jit is not one of eager, channels_last, "
      'compile'),

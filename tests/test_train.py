@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from alexnet_jax import augment
+from alexnet_jax import batches
 from alexnet_jax import input_pipeline
 from alexnet_jax import checkpointing
 from alexnet_jax import models
@@ -95,10 +96,22 @@ def test_training_learns_real_images(cifar_dir, tmp_path):
   assert final['test']['top1'] > 0.3
 
 
-@pytest.mark.parametrize('eval_flip', [False, True])
-def test_eval_scores_every_example_exactly_once(cifar_dir, eval_flip):
-  """1,017 test images in batches of 500: padded and masked, none dropped."""
-  cfg = tiny_config(cifar_dir, eval_batch_size=500, eval_flip=eval_flip)
+@pytest.mark.parametrize('n, eval_batch_size, devices, batch', [
+    (508, 500, 1, 254), (1017, 500, 1, 339), (1017, 250, 1, 204),
+    (1017, 500, 8, 344), (10, 500, 1, 10), (500, 500, 1, 500),
+    (501, 500, 4, 252)])
+def test_eval_batches_are_balanced(n, eval_batch_size, devices, batch):
+  assert batches.balanced_batch(n, eval_batch_size, devices) == batch
+
+
+@pytest.mark.parametrize('eval_flip, eval_batch_size', [
+    (False, 500), (True, 500), (True, 250)])
+def test_eval_scores_every_example_exactly_once(cifar_dir, eval_flip,
+                                                eval_batch_size):
+  """1,017 test images in 3 batches of 339, or 5 of 204 (3 padded and
+  masked): none dropped, none counted twice."""
+  cfg = tiny_config(cifar_dir, eval_batch_size=eval_batch_size,
+                    eval_flip=eval_flip)
   _, test = input_pipeline.load_cifar10_archive(cifar_dir)
   model = models.AlexNetTiny(num_classes=10, init_scheme='paper')
   params = model.init(jax.random.PRNGKey(0),
