@@ -377,3 +377,21 @@ def test_reporter_rewrites_metrics_only_when_something_was_written(tmp_path):
   reporter.write(2, 'train', loss=0.5)
   reporter.close()
   assert [r['step'] for r in read_jsonl(str(tmp_path))] == [1, 2]
+
+
+@pytest.mark.parametrize('size', [1, 2, 3])
+@pytest.mark.parametrize('count', [0, 1, 2, 5])
+def test_prefetch_keeps_order_and_runs_ahead(size, count):
+  pulled = []
+
+  def source():
+    for i in range(count):
+      pulled.append(i)
+      yield i
+
+  out = []
+  for item in batches.prefetch(source(), size):
+    out.append(item)
+    # While item i is consumed, items up to i + size - 1 were pulled.
+    assert len(pulled) == min(count, item + size)
+  assert out == list(range(count))
