@@ -48,10 +48,12 @@ def make_feed(config, mesh):
 
 
 def prefetch(iterator: Iterator, size: int = 2) -> Iterator:
-  """Yields `iterator`'s items with `size - 1` more already pulled: their
-  host-to-device copies (asynchronous) run while the current step computes,
-  as flax's `prefetch_to_device`. Order and content are unchanged, and the
-  feed's position stays the step, so resume is unaffected."""
+  """Yields `iterator`'s items with `size - 1` more already pulled, as flax's
+  `prefetch_to_device`: after the loop waits on the device (logging,
+  evaluation, a checkpoint), the next batch is already decoded and its
+  asynchronous host-to-device copy issued, so the next step starts at once.
+  Order and content are unchanged, and the feed's position stays the step,
+  so resume is unaffected."""
   queue = collections.deque()
   for item in iterator:
     queue.append(item)
@@ -141,8 +143,9 @@ def balanced_batch(n: int, eval_batch_size: int, devices: int) -> int:
   """The batch that walks n examples in as few batches as `eval_batch_size`
   allows, with the least padding: 508 examples at 500 take two batches of
   254, not 500 + 500 (half of it padding), rounded up to the device count."""
-  batches = max(1, -(-n // eval_batch_size))
-  per_batch = -(-n // batches)
+  cap = -(-eval_batch_size // devices) * devices
+  batches = max(1, -(-n // cap))
+  per_batch = max(1, -(-n // batches))
   return -(-per_batch // devices) * devices
 
 

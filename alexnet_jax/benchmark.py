@@ -13,8 +13,10 @@ step's FLOPs (XLA's cost analysis) / step time / the device's peak
 (`PEAK_FLOPS`; none on CPU). `--vs_pytorch` times a PyTorch twin
 (`benchmarks/torch_twin.py`, same layers, same SGD and batch) interleaved
 with ours, round by round, and reports the ratio: eager on CPU, and on
-accelerators also channels_last and torch.compile (`--pytorch_modes`), all
-under AMP with `--half_precision`. `--eval_images=N` also times the
+accelerators also channels_last and torch.compile (`--pytorch_modes`;
+"compile" is torch.compile of the channels_last model), all under AMP with
+`--half_precision`; on GPUs with TF32 matmuls and cuDNN autotuning, as XLA
+does by default. `--eval_images=N` also times the
 project's evaluation over N images. `--json` prints one JSON
 object per configuration as the last line.
 """
@@ -33,6 +35,7 @@ from alexnet_jax import models
 from alexnet_jax import optim
 from alexnet_jax import sharding
 from alexnet_jax import train
+from alexnet_jax.errors import ConfigError
 
 # Dense peak FLOP/s per device by (device_kind prefix, dtype). float32
 # matmuls on NVIDIA GPUs run as TF32 under XLA's default precision, so their
@@ -121,12 +124,11 @@ def eval_rate(args) -> dict:
                                 mesh, side)
   rng = np.random.default_rng(1)
   n = args.eval_images
-  images = jax.device_put(
-      rng.integers(0, 256, (n, side, side, 3), dtype=np.uint8),
-      sharding.batch(mesh))
-  labels = jax.device_put(
-      rng.integers(0, config.num_classes, (n,), dtype=np.int32),
-      sharding.batch(mesh))
+  # Replicated, as training keeps its val and test splits.
+  images = sharding.put_replicated(
+      rng.integers(0, 256, (n, side, side, 3), dtype=np.uint8), mesh)
+  labels = sharding.put_replicated(
+      rng.integers(0, config.num_classes, (n,), dtype=np.int32), mesh)
   start = time.perf_counter()
   compiled = evaluate.lower(state.params, images, labels).compile()
   compile_s = time.perf_counter() - start
@@ -136,7 +138,9 @@ def eval_rate(args) -> dict:
   eval_s = statistics.median(timed(run_once, 5))
   return {'eval_images': n, 'eval_batch_size': config.eval_batch_size,
           'eval_ms': 1e3 * eval_s, 'eval_images_per_sec': n / eval_s,
-          'eval_compile_s': compile_s, 'eval_views': 2}
+          'eval_compile_s': compile_s,
+          'eval_views': (10 if config.ten_crop else 1) * (
+              2 if config.eval_flip else 1)}
 
 
 PYTORCH_MODES = ('eager', 'channels_last', 'compile')
@@ -150,22 +154,30 @@ def pytorch_modes(arg: str, platform: str) -> tuple:
   modes = tuple(m.strip() for m in arg.split(','))
   bad = [m for m in modes if m not in PYTORCH_MODES]
   if bad or not modes:
-    raise ValueError(f'--pytorch_modes {arg!r}: {", ".join(bad) or "empty"} '
+    raise ConfigError(f'--pytorch_modes {arg!r}: {", ".join(bad) or "empty"} '
                      f'is not one of {", ".join(PYTORCH_MODES)}')
   return modes
 
 
 def torch_device(platform: str) -> str:
-  import torch  # pylint: disable=g-import-not-at-top
+  """Where the twin runs: JAX's device, one of it (see main)."""
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise ConfigError('--vs_pytorch needs PyTorch: pip install -r '
+                      'requirements-parity.txt (torch==2.13.0)') from None
   if platform == 'gpu':
     if not torch.cuda.is_available():
-      raise ValueError(f'JAX runs on the GPU but PyTorch {torch.__version__} '
-                       'has no CUDA: install a CUDA build of torch==2.13.0 '
-                       'to compare on the same device')
+      raise ConfigError(f'JAX runs on the GPU but PyTorch {torch.__version__} '
+                        'has no CUDA: install a CUDA build of torch==2.13.0 '
+                        'to compare on the same device')
+    # What XLA does by default on GPUs: TF32 matmuls, tuned convolutions.
+    torch.set_float32_matmul_precision('high')
+    torch.backends.cudnn.benchmark = True
     return 'cuda'
   if platform != 'cpu':
-    raise ValueError(f'--vs_pytorch compares on the same device; PyTorch '
-                     f'does not run on {platform}')
+    raise ConfigError(f'--vs_pytorch compares on the same device; PyTorch '
+                      f'does not run on {platform}')
   return 'cpu'
 
 
@@ -253,6 +265,9 @@ def run(args) -> dict:
                   pytorch_step_ms=first['step_ms'],
                   speedup_vs_pytorch=first['speedup'],
                   pytorch=torch.__version__, pytorch_mode=first['mode'],
+                  pytorch_device=where,
+                  pytorch_float32_matmul_precision=(
+                      torch.get_float32_matmul_precision()),
                   vs_pytorch=rows)
   if args.eval_images:
     result.update(eval_rate(args))
@@ -279,20 +294,28 @@ def main(argv=None):
                       help='also time evaluation over this many images')
   parser.add_argument('--json', action='store_true')
   args = parser.parse_args(argv)
+  if args.pytorch_modes and not args.vs_pytorch:
+    parser.error('--pytorch_modes needs --vs_pytorch')
+  if args.vs_pytorch:  # Leave PyTorch the accelerator memory it needs.
+    os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
   if args.batch_size % jax.device_count():
     parser.error(f'--batch_size {args.batch_size} is not divisible by the '
                  f'device count {jax.device_count()}')
   if args.steps < 1:
     parser.error(f'--steps must be >= 1, got {args.steps}')
-  if args.eval_images < 0 or args.eval_images % jax.device_count():
-    parser.error(f'--eval_images {args.eval_images} must be >= 0 and '
-                 f'divisible by the device count {jax.device_count()}')
-  try:
-    if args.vs_pytorch:
+  if args.eval_images < 0:
+    parser.error(f'--eval_images must be >= 0, got {args.eval_images}')
+  if args.vs_pytorch:
+    if jax.device_count() > 1:
+      parser.error(f'--vs_pytorch compares one device with one device, and '
+                   f'JAX sees {jax.device_count()}: make one visible (e.g. '
+                   'CUDA_VISIBLE_DEVICES=0)')
+    try:
       pytorch_modes(args.pytorch_modes, jax.devices()[0].platform)
-    r = run(args)
-  except ValueError as e:
-    parser.error(str(e))
+      torch_device(jax.devices()[0].platform)
+    except ConfigError as e:
+      parser.error(str(e))
+  r = run(args)
   line = (f"{r['model']} batch {r['batch_size']} {r['image_size']}x"
           f"{r['image_size']} {r['dtype']} on {r['device']}: "
           f"{r['step_ms']:.1f} ms/step, {r['images_per_sec']:.1f} img/s, "

@@ -102,6 +102,11 @@ def main(argv=None):
                       help='also time the same augmentation in tf.data')
   parser.add_argument('--json', action='store_true')
   args = parser.parse_args(argv)
+  for name in ('batch', 'epochs', 'repeats'):
+    if getattr(args, name) < 1:
+      parser.error(f'--{name} must be >= 1, got {getattr(args, name)}')
+  if args.workers < 0:
+    parser.error(f'--workers must be >= 0, got {args.workers}')
   if args.images < 2 * args.batch:
     parser.error(f'--images {args.images} must be at least twice --batch '
                  f'{args.batch}')

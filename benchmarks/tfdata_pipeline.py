@@ -5,23 +5,31 @@ the same work per image as `streaming.TrainExample` without the Inception
 crop: JPEG decode at reduced size (libjpeg's DCT scaling when the shorter
 side is at least twice 256, as `streaming.decode` does through PIL's draft),
 shorter side to 256 (bilinear, antialiased), the central 256x256, a random
-227x227 crop, uint8 out, batched. `threads` bounds every thread tf.data and
-its ops may use, so one thread is one core's worth.
+227x227 crop, uint8 out, batched. The decode gives PIL's pixels exactly;
+the resizers round differently (a level or two), the window is the same.
+`threads` is the map's parallelism and the size of tf.data's private thread
+pool, each op single-threaded, so one thread is one core's worth of work
+(tf.data's own prefetch and runner threads aside, which do little).
 """
 
 from alexnet_jax import tf_cpu
 
 
 def _decode_reduced(data, min_side: int):
-  """decode_jpeg at the largest ratio in (8, 4, 2, 1) that keeps the shorter
-  side >= min_side (the same choice as PIL's draft)."""
+  """decode_jpeg at the DCT scale PIL's `draft` picks for `streaming.decode`
+  (the largest of 8, 4, 2, 1 that keeps the image at least the requested
+  size), with libjpeg's accurate IDCT as PIL's: the same pixels."""
   tf = tf_cpu.tensorflow()
-  shape = tf.image.extract_jpeg_shape(data)
-  scale = tf.cast(tf.minimum(shape[0], shape[1]), tf.float32) / min_side
-  branch = tf.where(scale >= 8, 0, tf.where(scale >= 4, 1,
-                                            tf.where(scale >= 2, 2, 3)))
+  shape = tf.cast(tf.image.extract_jpeg_shape(data), tf.float64)
+  h, w = shape[0], shape[1]
+  scale = tf.minimum(h, w) / min_side  # float64, as Python's float.
+  # The size streaming.decode asks for, and PIL's choice of scale for it.
+  want_w, want_h = tf.floor(w / scale) + 1, tf.floor(h / scale) + 1
+  k = tf.minimum(tf.floor(w / want_w), tf.floor(h / want_h))
+  branch = tf.where(k >= 8, 0, tf.where(k >= 4, 1, tf.where(k >= 2, 2, 3)))
   return tf.switch_case(branch, [
-      lambda r=r: tf.io.decode_jpeg(data, channels=3, ratio=r)
+      lambda r=r: tf.io.decode_jpeg(data, channels=3, ratio=r,
+                                    dct_method='INTEGER_ACCURATE')
       for r in (8, 4, 2, 1)])
 
 
@@ -39,8 +47,9 @@ def train_batches(paths, labels, *, seed: int, batch: int, threads: int,
     new_w = w * resize_size // short
     image = tf.image.resize(image, (new_h, new_w), method='bilinear',
                             antialias=True)
-    top = (new_h - resize_size) // 2
-    left = (new_w - resize_size) // 2
+    # Halves round to even, as Python's round() in streaming.center_square.
+    top = tf.cast(tf.round((new_h - resize_size) / 2), tf.int32)
+    left = tf.cast(tf.round((new_w - resize_size) / 2), tf.int32)
     square = image[top:top + resize_size, left:left + resize_size]
     crop = tf.image.random_crop(square, (crop_size, crop_size, 3))
     return tf.cast(tf.clip_by_value(tf.round(crop), 0, 255), tf.uint8), label

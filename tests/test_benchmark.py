@@ -16,11 +16,11 @@ FIELDS = ('model', 'batch_size', 'image_size', 'dtype', 'images_per_sec',
           'step_ms', 'compile_s', 'flops_per_step', 'mfu', 'device')
 
 
-def run(*args):
+def run(*args, timeout=300):
   return subprocess.run(
       [sys.executable, '-m', 'alexnet_jax.benchmark', '--model=alexnet_tiny',
        '--batch_size=8', '--steps=2', '--warmup=1', '--json', *args],
-      cwd=REPO, capture_output=True, text=True, timeout=300)
+      cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
 def test_json_has_the_fields_and_sane_values():
@@ -51,7 +51,7 @@ def test_every_pytorch_mode_under_amp_against_our_bf16_step():
   with AMP) runs on the CPU too: torch.compile builds with the C compiler."""
   pytest.importorskip('torch')
   result = run('--vs_pytorch', '--half_precision',
-               '--pytorch_modes=eager,channels_last,compile')
+               '--pytorch_modes=eager,channels_last,compile', timeout=900)
   assert result.returncode == 0, result.stderr[-2000:]
   r = json.loads(result.stdout.strip().splitlines()[-1])
   assert r['dtype'] == 'bfloat16'
@@ -69,7 +69,8 @@ def test_every_pytorch_mode_under_amp_against_our_bf16_step():
 
 @pytest.mark.parametrize('args, message', [
     (('--steps=0',), '--steps must be >= 1, got 0'),
-    (('--eval_images=-2',), '--eval_images -2 must be >= 0'),
+    (('--eval_images=-2',), '--eval_images must be >= 0, got -2'),
+    (('--pytorch_modes=eager',), '--pytorch_modes needs --vs_pytorch'),
     (('--vs_pytorch', '--pytorch_modes=eager,jit'),
      "--pytorch_modes 'eager,jit': jit is not one of eager, channels_last, "
      'compile'),
@@ -125,7 +126,7 @@ def test_cifar_feed_reports_both_rates_on_real_images(cifar_dir):
   assert all(int(rate.replace(',', '')) > 0 for _, rate in rates)
 
 
-def test_image_pipeline_times_grain_and_tfdata_alike(tmp_path):
+def test_image_pipeline_times_grain_and_tfdata_alike():
   result = run_module('benchmarks.image_pipeline', '--images=48',
                       '--batch=16', '--epochs=1', '--repeats=1',
                       '--workers=2', '--vs_tfdata', '--json')
@@ -137,11 +138,12 @@ def test_image_pipeline_times_grain_and_tfdata_alike(tmp_path):
   assert all(rate > 0 for rate in r['images_per_sec'].values())
 
 
-@pytest.mark.parametrize('size', [(500, 375), (1200, 900)])
+@pytest.mark.parametrize('size', [(500, 375), (1200, 900), (700, 513),
+                                  (700, 514), (1100, 1027), (3000, 2100)])
 def test_tfdata_twin_does_the_streaming_pipeline_s_work(tmp_path, size):
-  """With a crop as large as the square, both give the central 256x256 of
-  the same photo: same decode scale, resize and window (the resizers differ
-  by rounding only). The large JPEG takes the reduced-size decode."""
+  """The same decode (DCT scale included: PIL's draft halves from a shorter
+  side of 514, not 512) pixel for pixel; with a crop as large as the square,
+  the same central 256x256 up to the resizers' rounding."""
   skimage_data = pytest.importorskip('skimage.data')
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from alexnet_jax import streaming  # pylint: disable=g-import-not-at-top
@@ -149,16 +151,19 @@ def test_tfdata_twin_does_the_streaming_pipeline_s_work(tmp_path, size):
   path = str(tmp_path / 'chelsea.jpg')
   Image.fromarray(skimage_data.chelsea()).resize(size).save(path, quality=90)
   with open(path, 'rb') as f:
-    ours = streaming.center_square(
-        streaming.resize_shorter(streaming.decode(f.read(), 256), 256), 256)
+    raw = f.read()
+  decoded = np.asarray(streaming.decode(raw, 256))
+  np.testing.assert_array_equal(
+      tfdata_pipeline._decode_reduced(raw, 256).numpy(), decoded)
+  ours = streaming.center_square(
+      streaming.resize_shorter(streaming.decode(raw, 256), 256), 256)
   ds = tfdata_pipeline.train_batches([path], [3], seed=0, batch=1, threads=1,
                                      crop_size=256)
   images, labels = next(ds.as_numpy_iterator())
   assert images.shape == (1, 256, 256, 3) and images.dtype == np.uint8
   assert labels.tolist() == [3]
   diff = np.abs(images[0].astype(int) - ours.astype(int))
-  assert diff.mean() < 1.5 and np.percentile(diff, 99) <= 5, (
-      diff.mean(), np.percentile(diff, 99))
-  # A shifted window would differ by far more: the check can fail.
-  shifted = np.abs(images[0, 4:].astype(int) - ours[:-4].astype(int))
-  assert shifted.mean() > 4 * diff.mean()
+  assert diff.mean() < 0.5 and diff.max() <= 2, (diff.mean(), diff.max())
+  # A window one pixel off differs by far more.
+  shifted = np.abs(images[0, 1:].astype(int) - ours[:-1].astype(int))
+  assert shifted.mean() > 5 * diff.mean()

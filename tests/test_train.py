@@ -99,7 +99,8 @@ def test_training_learns_real_images(cifar_dir, tmp_path):
 @pytest.mark.parametrize('n, eval_batch_size, devices, batch', [
     (508, 500, 1, 254), (1017, 500, 1, 339), (1017, 250, 1, 204),
     (1017, 500, 8, 344), (10, 500, 1, 10), (500, 500, 1, 500),
-    (501, 500, 4, 252)])
+    (501, 500, 4, 252), (504, 500, 8, 504), (505, 500, 8, 256),
+    (3, 500, 8, 8)])
 def test_eval_batches_are_balanced(n, eval_batch_size, devices, batch):
   assert batches.balanced_batch(n, eval_batch_size, devices) == batch
 
