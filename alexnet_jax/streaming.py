@@ -153,14 +153,15 @@ def decode(image, min_side: int = 0):
   return img.convert('RGB')
 
 
+def _shorter_to(w: int, h: int, size: int) -> tuple:
+  """(width, height) with the shorter side `size`, as torchvision's Resize."""
+  return (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+
+
 def resize_shorter(img, size: int):
   """Shorter side to `size` (bilinear, antialiased), as torchvision's Resize."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  w, h = img.size
-  if w <= h:
-    new = (size, int(size * h / w))
-  else:
-    new = (int(size * w / h), size)
+  new = _shorter_to(*img.size, size)
   return img if new == img.size else img.resize(new, Image.BILINEAR)
 
 
@@ -169,6 +170,26 @@ def center_square(img, size: int) -> np.ndarray:
   w, h = img.size
   left, top = int(round((w - size) / 2.)), int(round((h - size) / 2.))
   return np.asarray(img.crop((left, top, left + size, top + size)), np.uint8)
+
+
+def resized_window(img, resize_size: int, top: int, left: int,
+                   size: int) -> np.ndarray:
+  """center_square(resize_shorter(img, resize_size), resize_size)
+  [top:top + size, left:left + size], computing only that window: PIL
+  resamples just the window's box of the original on the same sampling grid
+  (equal up to a level's rounding), instead of resizing the whole image and
+  throwing most of it away."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  w, h = img.size
+  new_w, new_h = _shorter_to(w, h, resize_size)
+  x = int(round((new_w - resize_size) / 2.)) + left
+  y = int(round((new_h - resize_size) / 2.)) + top
+  if (new_w, new_h) == (w, h):
+    return np.asarray(img.crop((x, y, x + size, y + size)), np.uint8)
+  sx, sy = w / new_w, h / new_h
+  box = (x * sx, y * sy, (x + size) * sx, (y + size) * sy)
+  return np.asarray(img.resize((size, size), Image.BILINEAR, box=box),
+                    np.uint8)
 
 
 def random_resized_crop(img, size: int, rng: np.random.Generator,
@@ -215,10 +236,9 @@ class TrainExample:
       image = random_resized_crop(img, self.crop_size, rng)
     else:
       img = decode(record['image'], self.resize_size)
-      square = center_square(resize_shorter(img, self.resize_size),
-                             self.resize_size)
       top, left = rng.integers(0, self.resize_size - self.crop_size + 1, 2)
-      image = square[top:top + self.crop_size, left:left + self.crop_size]
+      image = resized_window(img, self.resize_size, int(top), int(left),
+                             self.crop_size)
     return image, np.int32(record['label'])
 
 
@@ -231,8 +251,7 @@ class EvalExample:
   def __call__(self, item):
     position, record = item
     img = decode(record['image'], self.resize_size)
-    image = center_square(resize_shorter(img, self.resize_size),
-                          self.resize_size)
+    image = resized_window(img, self.resize_size, 0, 0, self.resize_size)
     mask = np.float32(position < self.num_records)
     return image, np.int32(record['label']), mask
 

@@ -1,12 +1,15 @@
 """The streaming pipeline's training augmentation written with tf.data.
 
-For side-by-side speed only (benchmarks/image_pipeline.py): the same files,
-the same work per image as `streaming.TrainExample` without the Inception
-crop: JPEG decode at reduced size (libjpeg's DCT scaling when the shorter
-side is at least twice 256, as `streaming.decode` does through PIL's draft),
+For side-by-side speed only (benchmarks/image_pipeline.py): the same files
+and the same output as `streaming.TrainExample` without the Inception crop:
+JPEG decode at reduced size (libjpeg's DCT scaling when the shorter side is
+about twice 256 or more, as `streaming.decode` does through PIL's draft),
 shorter side to 256 (bilinear, antialiased), the central 256x256, a random
-227x227 crop, uint8 out, batched. The decode gives PIL's pixels exactly;
-the resizers round differently (a level or two), the window is the same.
+227x227 crop, uint8 out, batched. Written the usual tf.data way: resize the
+whole image, then crop (`tf.image.resize` takes no source box; PIL's resize,
+which `streaming.resized_window` uses, does, so ours resamples only the
+window). The decode gives PIL's pixels exactly; the resizers round
+differently (a level or two); the window is the same.
 `threads` is the map's parallelism and the size of tf.data's private thread
 pool, each op single-threaded, so one thread is one core's worth of work
 (tf.data's own prefetch and runner threads aside, which do little).

@@ -330,3 +330,25 @@ def test_no_tensorflow_on_the_import_path_of_a_cifar_archive_run():
   result = subprocess.run([sys.executable, '-c', code], cwd=cli.REPO,
                           capture_output=True, text=True, timeout=120)
   assert result.stdout.strip() == 'ok', result.stderr[-2000:]
+
+
+@pytest.mark.parametrize('size', [(500, 375), (375, 500), (300, 300),
+                                  (341, 256), (100, 80), (1200, 900)])
+@pytest.mark.parametrize('window', [(0, 0, 227), (29, 29, 227), (13, 2, 227),
+                                    (0, 0, 256)])
+def test_resized_window_is_the_window_of_the_resized_square(size, window):
+  """Resampling only the window's box gives the pixels of resizing the whole
+  photo, keeping the central square and cropping: equal up to one level."""
+  img = Image.fromarray(skimage_data.astronaut()).resize(size)
+  top, left, crop = window
+  square = streaming.center_square(streaming.resize_shorter(img, 256), 256)
+  want = square[top:top + crop, left:left + crop]
+  got = streaming.resized_window(img, 256, top, left, crop)
+  assert got.shape == want.shape == (crop, crop, 3) and got.dtype == np.uint8
+  diff = np.abs(got.astype(int) - want.astype(int))
+  # PIL's fixed-point filter weights for a float box round differently.
+  assert diff.max() <= 1 and diff.mean() < 0.2, (diff.max(), diff.mean())
+  # One pixel off would differ far more: the comparison can fail.
+  if top + crop < 256:
+    off = streaming.resized_window(img, 256, top + 1, left, crop)
+    assert np.abs(off.astype(int) - want.astype(int)).mean() > 10 * diff.mean()
