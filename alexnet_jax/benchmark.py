@@ -75,17 +75,26 @@ def _flops(compiled):
   return float(analysis.get('flops', 0.)) if analysis else None
 
 
-def jax_step(args, with_compiled=False):
-  """(run_one_step, compile_s, flops_per_step[, compiled]) for our step."""
+IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def _setup(args):
+  """(config, mesh, model, train state) as training builds them."""
   config = _config(args)
   mesh = sharding.make_mesh()
   model = train.make_model(config, config.num_classes)
   side = args.image_size
   tx, _ = optim.make_optimizer(config, 100, 100, 100)
   state, _ = train.create_train_state(model, tx, (side, side, 3), 0, mesh)
+  return config, mesh, model, state
+
+
+def jax_step(args, with_compiled=False):
+  """(run_one_step, compile_s, flops_per_step[, compiled]) for our step."""
+  config, mesh, model, state = _setup(args)
+  side = args.image_size
   step = train.make_train_step(config, model, config.num_classes,
-                               (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
-                               mesh, side)
+                               *IMAGENET_MEAN_STD, mesh, side)
   rng = np.random.default_rng(0)
   batch_sharding = sharding.batch(mesh)
   images = jax.device_put(rng.integers(
@@ -113,15 +122,10 @@ def eval_rate(args) -> dict:
   """The project's evaluation (the scan over a whole on-device split, padded
   and masked, each image and its reflection as every epoch's val pass),
   over `--eval_images` random images: median of 5 passes."""
-  config = _config(args)
-  mesh = sharding.make_mesh()
-  model = train.make_model(config, config.num_classes)
+  config, mesh, model, state = _setup(args)
   side = args.image_size
-  tx, _ = optim.make_optimizer(config, 100, 100, 100)
-  state, _ = train.create_train_state(model, tx, (side, side, 3), 0, mesh)
   evaluate = train.make_eval_fn(config, model, config.num_classes,
-                                (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
-                                mesh, side)
+                                *IMAGENET_MEAN_STD, mesh, side)
   rng = np.random.default_rng(1)
   n = args.eval_images
   # Replicated, as training keeps its val and test splits.
