@@ -581,7 +581,7 @@ class _Run:
     elif best is not None:
       params = self.ckpt.restore(best, abstract_state).params
       self.reporter.log(f'best val checkpoint, step {best}:')
-      best_test, _ = self.evaluate_split('test', params, step, record=False)
+      best_test, _ = self.evaluate_split('test', params, best, record=False)
     final = {'step': step, 'val': self.val_metrics, 'test': test_metrics,
              'best_val_step': best, 'best_val_test': best_test}
     self.reporter.write_json('final_metrics.json', final)
