@@ -212,16 +212,15 @@ def timed(fn, n):
   return times
 
 
-def run(args) -> dict:
+def run(args, modes=(), where=None) -> dict:
+  """Times our step, and the PyTorch twin in each of `modes` on `where`."""
   model = models.create_model(args.model, num_classes=1000)
   args.image_size = args.image_size or models.NATIVE_INPUT_SIZE[args.model]
   device = jax.devices()[0]
   ours, compile_s, flops = jax_step(args)
   steps = {'alexnet_jax': ours}
-  if args.vs_pytorch:
-    where = torch_device(device.platform)
-    for mode in pytorch_modes(args.pytorch_modes, device.platform):
-      steps[mode] = torch_step(args, model, mode, where)
+  for mode in modes:
+    steps[mode] = torch_step(args, model, mode, where)
   warmup_s = {}
   for name, fn in steps.items():  # torch.compile compiles on the first call.
     start = time.perf_counter()
@@ -254,7 +253,7 @@ def run(args) -> dict:
       'steps': len(times['alexnet_jax']),
       'xla_flags': os.environ.get('XLA_FLAGS', ''),
   }
-  if args.vs_pytorch:
+  if modes:
     import torch  # pylint: disable=g-import-not-at-top
     rows = []
     for mode in list(steps)[1:]:
@@ -315,11 +314,14 @@ def main(argv=None):
                    f'JAX sees {jax.device_count()}: make one visible (e.g. '
                    'CUDA_VISIBLE_DEVICES=0)')
     try:
-      pytorch_modes(args.pytorch_modes, jax.devices()[0].platform)
-      torch_device(jax.devices()[0].platform)
+      platform = jax.devices()[0].platform
+      modes = pytorch_modes(args.pytorch_modes, platform)
+      where = torch_device(platform)
     except ConfigError as e:
       parser.error(str(e))
-  r = run(args)
+  else:
+    modes, where = (), None
+  r = run(args, modes, where)
   line = (f"{r['model']} batch {r['batch_size']} {r['image_size']}x"
           f"{r['image_size']} {r['dtype']} on {r['device']}: "
           f"{r['step_ms']:.1f} ms/step, {r['images_per_sec']:.1f} img/s, "

@@ -165,10 +165,15 @@ def resize_shorter(img, size: int):
   return img if new == img.size else img.resize(new, Image.BILINEAR)
 
 
+def _centered(length: int, size: int) -> int:
+  """Where a central window of `size` starts (halves round to even)."""
+  return int(round((length - size) / 2.))
+
+
 def center_square(img, size: int) -> np.ndarray:
   """The central size x size window as uint8 [size, size, 3]."""
   w, h = img.size
-  left, top = int(round((w - size) / 2.)), int(round((h - size) / 2.))
+  left, top = _centered(w, size), _centered(h, size)
   return np.asarray(img.crop((left, top, left + size, top + size)), np.uint8)
 
 
@@ -182,8 +187,8 @@ def resized_window(img, resize_size: int, top: int, left: int,
   from PIL import Image  # pylint: disable=g-import-not-at-top
   w, h = img.size
   new_w, new_h = _shorter_to(w, h, resize_size)
-  x = int(round((new_w - resize_size) / 2.)) + left
-  y = int(round((new_h - resize_size) / 2.)) + top
+  x = _centered(new_w, resize_size) + left
+  y = _centered(new_h, resize_size) + top
   if (new_w, new_h) == (w, h):
     return np.asarray(img.crop((x, y, x + size, y + size)), np.uint8)
   sx, sy = w / new_w, h / new_h
