@@ -4,14 +4,14 @@
       [--image_size=224] [--half_precision] [--steps=20] [--json] \\
       [--vs_pytorch [--pytorch_modes=eager,channels_last,compile]]
 
-Builds the step training uses (`train.make_train_step`: the paper's SGD,
+Builds the step training uses (`task/steps.py`: the paper's SGD,
 on-device normalization, donated state) for `--model` on a fixed uint8 batch
 of random images, compiles it (timed), warms it up, then times `--steps`
 steps one by one. Reports the median step time and images/s, the compile
 time, peak device memory where the backend reports it, and MFU: the compiled
 step's FLOPs (XLA's cost analysis) / step time / the device's peak
 (`PEAK_FLOPS`; none on CPU). `--vs_pytorch` times a PyTorch twin
-(`benchmarks/torch_twin.py`, same layers, same SGD and batch) interleaved
+(`model/torch_twin.py`, same layers, same SGD and batch) interleaved
 with ours, round by round, and reports the ratio: eager on CPU, and on
 accelerators also channels_last and torch.compile (`--pytorch_modes`;
 "compile" is torch.compile of the channels_last model), all under AMP with
@@ -25,17 +25,20 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 
 import jax
 import numpy as np
 
-from alexnet_jax import models
-from alexnet_jax import optim
-from alexnet_jax import sharding
-from alexnet_jax import train
+from alexnet_jax.data import registry
 from alexnet_jax.errors import ConfigError
+from alexnet_jax.model import alexnet
+from alexnet_jax.runtime import mesh as mesh_lib
+from alexnet_jax.task import config as config_lib
+from alexnet_jax.task import evaluation
+from alexnet_jax.task import optim
+from alexnet_jax.task import state as state_lib
+from alexnet_jax.task import steps
 
 # Dense peak FLOP/s per device by (device_kind prefix, dtype). float32
 # matmuls on NVIDIA GPUs run as TF32 under XLA's default precision, so their
@@ -75,17 +78,18 @@ def _flops(compiled):
   return float(analysis.get('flops', 0.)) if analysis else None
 
 
-IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+IMAGENET_MEAN_STD = (registry.IMAGENET_MEAN, registry.IMAGENET_STD)
 
 
 def _setup(args):
   """(config, mesh, model, train state) as training builds them."""
   config = _config(args)
-  mesh = sharding.make_mesh()
-  model = train.make_model(config, config.num_classes)
+  mesh = mesh_lib.make_mesh()
+  model = state_lib.make_model(config, config.num_classes)
   side = args.image_size
-  tx, _ = optim.make_optimizer(config, 100, 100, 100)
-  state, _ = train.create_train_state(model, tx, (side, side, 3), 0, mesh)
+  tx, _ = optim.make_optimizer(
+      config, config_lib.Durations.from_steps_per_epoch(config, 100))
+  state, _ = state_lib.create_train_state(model, tx, (side, side, 3), 0, mesh)
   return config, mesh, model, state
 
 
@@ -93,25 +97,23 @@ def jax_step(args, with_compiled=False):
   """(run_one_step, compile_s, flops_per_step[, compiled]) for our step."""
   config, mesh, model, state = _setup(args)
   side = args.image_size
-  step = train.make_train_step(config, model, config.num_classes,
-                               *IMAGENET_MEAN_STD, mesh, side)
+  step = steps.make_train_step(config, model, config.num_classes,
+                               *IMAGENET_MEAN_STD, side)
   rng = np.random.default_rng(0)
-  batch_sharding = sharding.batch(mesh)
+  batch_sharding = mesh_lib.batch(mesh)
   images = jax.device_put(rng.integers(
       0, 256, (args.batch_size, side, side, 3), dtype=np.uint8), batch_sharding)
   labels = jax.device_put(rng.integers(
       0, config.num_classes, (args.batch_size,), dtype=np.int32),
       batch_sharding)
-  metrics = train.zero_train_metrics(mesh)
   start = time.perf_counter()
-  compiled = step.lower(state, metrics, images, labels).compile()
+  compiled = step.lower(state, images, labels).compile()
   compile_s = time.perf_counter() - start
-  holder = {'state': state, 'metrics': metrics}
+  holder = {'state': state}
 
   def one():
-    holder['state'], holder['metrics'] = compiled(
-        holder['state'], holder['metrics'], images, labels)
-    jax.block_until_ready(holder['metrics'])
+    holder['state'] = compiled(holder['state'], images, labels)
+    jax.block_until_ready(holder['state'])
 
   if with_compiled:
     return one, compile_s, _flops(compiled), compiled
@@ -124,14 +126,15 @@ def eval_rate(args) -> dict:
   over `--eval_images` random images: median of 5 passes."""
   config, mesh, model, state = _setup(args)
   side = args.image_size
-  evaluate = train.make_eval_fn(config, model, config.num_classes,
-                                *IMAGENET_MEAN_STD, mesh, side)
+  evaluate = evaluation.scan_evaluator(
+      evaluation.make_logits_fn(config, model, *IMAGENET_MEAN_STD, side),
+      config.eval_batch_size, mesh, config.num_classes)
   rng = np.random.default_rng(1)
   n = args.eval_images
   # Replicated, as training keeps its val and test splits.
-  images = sharding.put_replicated(
+  images = mesh_lib.put_replicated(
       rng.integers(0, 256, (n, side, side, 3), dtype=np.uint8), mesh)
-  labels = sharding.put_replicated(
+  labels = mesh_lib.put_replicated(
       rng.integers(0, config.num_classes, (n,), dtype=np.int32), mesh)
   start = time.perf_counter()
   compiled = evaluate.lower(state.params, images, labels).compile()
@@ -169,7 +172,7 @@ def torch_device(platform: str) -> str:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError:
     raise ConfigError('--vs_pytorch needs PyTorch: pip install -r '
-                      'requirements-parity.txt (torch==2.13.0)') from None
+                      'requirements-parity.txt') from None
   if platform == 'gpu':
     if not torch.cuda.is_available():
       raise ConfigError(f'JAX runs on the GPU but PyTorch {torch.__version__} '
@@ -189,8 +192,7 @@ def torch_step(args, model, mode: str, device: str):
   """run_one_step for the PyTorch twin in `mode`; AMP (bf16 autocast) with
   --half_precision, as ours computes in bf16 then."""
   import torch  # pylint: disable=g-import-not-at-top
-  sys.path.insert(0, '.')
-  from benchmarks import torch_twin  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.model import torch_twin  # pylint: disable=g-import-not-at-top
   torch.manual_seed(0)
   side = args.image_size
   step, _ = torch_twin.make_step(
@@ -214,8 +216,8 @@ def timed(fn, n):
 
 def run(args, modes=(), where=None) -> dict:
   """Times our step, and the PyTorch twin in each of `modes` on `where`."""
-  model = models.create_model(args.model, num_classes=1000)
-  args.image_size = args.image_size or models.NATIVE_INPUT_SIZE[args.model]
+  model = alexnet.create_model(args.model, num_classes=1000)
+  args.image_size = args.image_size or alexnet.NATIVE_INPUT_SIZE[args.model]
   device = jax.devices()[0]
   ours, compile_s, flops = jax_step(args)
   steps = {'alexnet_jax': ours}
@@ -280,7 +282,7 @@ def run(args, modes=(), where=None) -> dict:
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--model', default='alexnet_torchvision',
-                      choices=tuple(models.MODELS))
+                      choices=tuple(alexnet.MODELS))
   parser.add_argument('--batch_size', type=int, default=32)
   parser.add_argument('--image_size', type=int, default=0,
                       help="input side (0: the preset's own)")
@@ -301,9 +303,10 @@ def main(argv=None):
     parser.error('--pytorch_modes needs --vs_pytorch')
   if args.vs_pytorch:  # Leave PyTorch the accelerator memory it needs.
     os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
-  if args.batch_size % jax.device_count():
-    parser.error(f'--batch_size {args.batch_size} is not divisible by the '
-                 f'device count {jax.device_count()}')
+  try:
+    config_lib.validate_config(_config(args))
+  except ConfigError as e:
+    parser.error(str(e))
   if args.steps < 1:
     parser.error(f'--steps must be >= 1, got {args.steps}')
   if args.eval_images < 0:

@@ -26,16 +26,17 @@ import numpy as np
 from etils import epath
 from ml_collections import config_flags
 
-from alexnet_jax import checkpointing
-from alexnet_jax import optim
-from alexnet_jax import reporting
-from alexnet_jax import sharding
-from alexnet_jax import torch_weights
-from alexnet_jax import train
 from alexnet_jax.errors import CheckpointError
 from alexnet_jax.errors import ConfigError
 from alexnet_jax.errors import UserError
-from alexnet_jax.errors import exit_with_error
+from alexnet_jax.model import torch_weights
+from alexnet_jax.runtime import checkpoints
+from alexnet_jax.runtime import cli
+from alexnet_jax.runtime import mesh as mesh_lib
+from alexnet_jax.runtime import reporting
+from alexnet_jax.task import config as config_lib
+from alexnet_jax.task import optim
+from alexnet_jax.task import state as state_lib
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), 'configs', 'imagenet_torchvision.py')
@@ -63,7 +64,7 @@ def convert(path: str, workdir: str, config: ml_collections.ConfigDict,
   if config.model != MODEL:
     raise ConfigError(f'convert writes torchvision\'s layout, the {MODEL} '
                       f'preset; --config.model is {config.model!r}')
-  existing = checkpointing.latest_step_on_disk(workdir)
+  existing = checkpoints.latest_step_on_disk(workdir)
   if existing is not None:
     raise CheckpointError(
         f'workdir {workdir} already holds checkpoints (latest step '
@@ -75,24 +76,24 @@ def convert(path: str, workdir: str, config: ml_collections.ConfigDict,
 
   config = ml_collections.ConfigDict(config.to_dict())  # Unlocked copy.
   config.num_classes = num_classes
-  train.validate_config(config)
-  mesh = sharding.make_mesh(config.model_parallelism)
-  model = train.make_model(config, num_classes)
-  image_shape = (config.image_size or 224,) * 2 + (3,)
+  config_lib.validate_config(config)
+  mesh = mesh_lib.make_mesh(config.model_parallelism)
+  model = state_lib.make_model(config, num_classes)
+  side = config.image_size or 224
   # Durations do not change the optimizer state's structure: any will do.
-  tx, _ = optim.make_optimizer(config, 1, 1, 1)
-  state, _ = train.create_train_state(model, tx, image_shape, config.seed,
-                                      mesh)
+  tx, _ = optim.make_optimizer(config, config_lib.Durations.from_steps_per_epoch(config, 1))
+  state, _ = state_lib.create_train_state(model, tx, (side, side, 3),
+                                          config.seed, mesh)
   state = state.replace(params=place_like(params, state.params))
 
   reporting.prepare_workdir(workdir)
-  ckpt = checkpointing.Checkpointer(workdir, config.keep_checkpoints,
+  ckpt = checkpoints.Checkpointer(workdir, config.keep_checkpoints,
                                     log=log)
   try:
     ckpt.save(0, state)
   finally:
     ckpt.close()
-  used = train.resolved_config(config, model, num_classes, image_shape)
+  used = state_lib.resolved_config(config, model, num_classes, side)
   reporting.write_text_atomically(epath.Path(workdir) / 'config.json',
                                   json.dumps(used, indent=2) + '\n')
   n_params = sum(x.size for x in jax.tree.leaves(params))
@@ -115,7 +116,7 @@ def place_like(host_params, like):
 
 def main(argv):
   if len(argv) > 1:
-    exit_with_error(f'unexpected arguments: {" ".join(argv[1:])}')
+    cli.exit_with_error(f'unexpected arguments: {" ".join(argv[1:])}')
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.ERROR)
   try:
@@ -126,17 +127,18 @@ def main(argv):
                           '--workdir=DIR')
     convert(FLAGS.torch_weights, FLAGS.workdir, FLAGS.config)
   except UserError as e:
-    exit_with_error(e, FLAGS.verbose)
+    cli.exit_with_error(e, FLAGS.verbose)
   print(f'next: python -m alexnet_jax.predict --workdir={FLAGS.workdir} '
         'IMAGE.jpg', flush=True)
 
 
 def parse_flags(argv):
+  cli.exit_if_help(argv, __doc__)
   try:
     return FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, OSError, SyntaxError,
           ImportError) as e:
-    exit_with_error(f'bad flag ({type(e).__name__}: {e})', '--verbose' in argv)
+    cli.exit_with_error(f'bad flag ({type(e).__name__}: {e})', '--verbose' in argv)
 
 
 if __name__ == '__main__':

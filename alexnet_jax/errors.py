@@ -5,10 +5,6 @@ status 2 (a traceback only with --verbose); anything else is a bug and keeps
 its traceback. Each module raises the subclass for its concern.
 """
 
-import sys
-import traceback
-
-
 class UserError(Exception):
   """Bad input or a state of the world the user can fix; the message says how."""
 
@@ -52,16 +48,3 @@ class Interrupted(Exception):
     super().__init__(message)
     self.signum = signum
     self.step = step
-
-
-def exit_with_error(message, verbose: bool = False):
-  """One line on stderr, exit status 2: the bad-input contract of every CLI.
-
-  main.py's `fail` does the same; this one is for the smaller tools
-  (convert, predict, evaluate), which cannot import main's flags.
-  """
-  if verbose:
-    traceback.print_exc()
-  print(f'error: {" ".join(str(message).split())}', file=sys.stderr,
-        flush=True)
-  sys.exit(2)

@@ -6,7 +6,7 @@
 The config is the workdir's config.json; `--config.FIELD=VALUE` overrides a
 field of it (e.g. --config.dataset=image_folder --config.data_dir=/data/imagenet
 for converted torchvision weights). Scoring is the trainer's own: its data
-feed, its test-time views (`train.make_logits_fn`) and its padded and masked
+feed, its test-time views (`task/evaluation.py`) and its padded and masked
 batches, so every test example counts once and a run's final test metrics
 come out again from its last checkpoint. Bad input is one `error:` line,
 exit status 2.
@@ -25,14 +25,15 @@ import jax
 import ml_collections
 from ml_collections import config_flags
 
-from alexnet_jax import batches
-from alexnet_jax import inference
-from alexnet_jax import sharding
-from alexnet_jax import streaming
-from alexnet_jax import train
+from alexnet_jax.data import feeds
+from alexnet_jax.data import registry
 from alexnet_jax.errors import ConfigError
 from alexnet_jax.errors import UserError
-from alexnet_jax.errors import exit_with_error
+from alexnet_jax.runtime import cli
+from alexnet_jax.runtime import mesh as mesh_lib
+from alexnet_jax.task import config as config_lib
+from alexnet_jax.task import evaluation
+from alexnet_jax.task import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
 
@@ -54,39 +55,40 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, step=None,
   """{step, split, examples, loss, top1, top5} on the test split."""
   config = ml_collections.ConfigDict(config.to_dict())  # Unlocked copy.
   if ten_crop:
-    if config.dataset not in streaming.DATASETS:
+    if not registry.get(config.dataset).streamed:
+      image_datasets = [n for n, s in registry.DATASETS.items() if s.streamed]
       raise ConfigError(
           f'--ten_crop needs an ImageNet-style dataset '
-          f'({", ".join(streaming.DATASETS)}); this evaluation reads '
+          f'({", ".join(image_datasets)}); this evaluation reads '
           f'{config.dataset!r}, whose images are the model\'s input size '
           '(set --config.dataset and --config.data_dir, or drop --ten_crop)')
     config.ten_crop = True
-  train.validate_config(config)
-  mesh = sharding.make_mesh(config.model_parallelism)
-  feed = batches.make_feed(config, mesh)
-  step, model, params = inference.load_model(config, workdir, step,
-                                             feed.num_classes)
-  side = train.model_input_shape(config, model, feed.image_shape)[0]
-  evaluator = feed.make_evaluator(train.make_logits_fn(
-      config, model, feed.mean, feed.std, side))
-  sums = jax.device_get(evaluator(
-      jax.device_put(params, sharding.replicated(mesh)), 'test'))
-  n = feed.sizes['test']
+  config_lib.validate_config(config)
+  mesh = mesh_lib.make_mesh(config.model_parallelism)
+  side = config_lib.input_side(config)
+  feed = feeds.make_feed(config, mesh, side)
+  step, model, params = workdir_lib.load_model(config, workdir, step,
+                                               feed.num_classes)
+  config_lib.check_input_side(config, model, side)
+  evaluator = evaluation.make_evaluator(config, feed, evaluation.make_logits_fn(
+      config, model, feed.spec.mean, feed.spec.std, side), mesh)
+  metrics = evaluation.split_metrics(evaluator(
+      jax.device_put(params, mesh_lib.replicated(mesh)), 'test'))
   return {'step': step, 'dataset': config.dataset, 'split': 'test',
-          'examples': n, 'ten_crop': bool(config.ten_crop),
-          **{k: float(v) / n for k, v in sums.items()}}
+          'examples': feed.sizes['test'], 'ten_crop': bool(config.ten_crop),
+          **metrics}
 
 
 def main(argv):
   if len(argv) > 1:
-    exit_with_error(f'unexpected arguments: {" ".join(argv[1:])}')
+    cli.exit_with_error(f'unexpected arguments: {" ".join(argv[1:])}')
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.ERROR)
   try:
     metrics = evaluate(FLAGS.config, FLAGS.workdir, FLAGS.step,
                        FLAGS.ten_crop)
   except UserError as e:
-    exit_with_error(e, FLAGS.verbose)
+    cli.exit_with_error(e, FLAGS.verbose)
   if FLAGS.json:
     print(json.dumps({'workdir': FLAGS.workdir, **metrics}), flush=True)
   else:
@@ -108,15 +110,16 @@ def _workdir_arg(argv):
 
 def parse_flags(argv):
   """The workdir's config.json becomes --config, so --config.X overrides it."""
+  cli.exit_if_help(argv, __doc__)
   verbose = '--verbose' in argv
   workdir = _workdir_arg(argv)
   if not workdir:
-    exit_with_error('--workdir is required: python -m alexnet_jax.evaluate '
+    cli.exit_with_error('--workdir is required: python -m alexnet_jax.evaluate '
                     '--workdir=DIR [--config.FIELD=VALUE ...]')
   try:
-    config = inference.load_config(workdir)
+    config = workdir_lib.load_config(workdir)
   except UserError as e:
-    exit_with_error(e, verbose)
+    cli.exit_with_error(e, verbose)
   try:
     config_flags.DEFINE_config_dict(
         'config', config, "The workdir's config.json; override with "
@@ -128,11 +131,11 @@ def parse_flags(argv):
       if arg.startswith('--config.') and key.split('.')[0] not in config:
         close = difflib.get_close_matches(key.split('.')[0], list(config), 1)
         hint = f' (did you mean {close[0]!r}?)' if close else ''
-        exit_with_error(f'unknown config key {key!r}{hint}; the keys are '
+        cli.exit_with_error(f'unknown config key {key!r}{hint}; the keys are '
                         f"those of {workdir}/config.json", verbose)
-    exit_with_error(f'bad --config.* flag ({type(e).__name__}: {e})', verbose)
+    cli.exit_with_error(f'bad --config.* flag ({type(e).__name__}: {e})', verbose)
   except flags.Error as e:
-    exit_with_error(e, verbose)
+    cli.exit_with_error(e, verbose)
 
 
 if __name__ == '__main__':

@@ -1,4 +1,4 @@
-"""Command line: parse flags, then `train.train_and_evaluate(config, workdir)`.
+"""Command line: parse flags, then `loop.train_and_evaluate(config, workdir)`.
 
   python -m alexnet_jax.main --config=configs/cifar10.py --workdir=DIR \
       [--config.key=value ...] [--verbose] \
@@ -14,8 +14,6 @@ import difflib
 import importlib.util
 import os
 import sys
-import threading
-import traceback
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # Before TF/XLA load.
 
@@ -25,10 +23,11 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-from alexnet_jax import distributed
-from alexnet_jax import train
 from alexnet_jax.errors import Interrupted
 from alexnet_jax.errors import UserError
+from alexnet_jax.run import loop
+from alexnet_jax.runtime import cli
+from alexnet_jax.runtime import distributed
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -45,31 +44,6 @@ flags.DEFINE_integer('process_id', None, 'Multi-process runs: this one, 0..N-1.'
 flags.DEFINE_integer('coordinator_timeout', 300, 'Seconds to wait for every '
                      'process to reach the coordinator.')
 flags.mark_flags_as_required(['config', 'workdir'])
-
-
-def fail(message, verbose: bool = False):
-  """One line on stderr, exit status 2: the bad-input contract."""
-  if verbose:
-    traceback.print_exc()
-  print(f'error: {" ".join(str(message).split())}', file=sys.stderr,
-        flush=True)
-  sys.exit(2)
-
-
-def quiet_library_tracebacks():
-  """Library tracebacks off (the one `error:` line says what happened).
-
-  When a write fails, orbax's background threads log the exception with its
-  traceback, and asyncio reports coroutines it could not finish. Without
-  --verbose those become one-line log records or nothing.
-  """
-  def strip_traceback(record):
-    record.exc_info, record.exc_text, record.stack_info = None, None, None
-    return True
-
-  logging.get_absl_handler().addFilter(strip_traceback)
-  sys.unraisablehook = lambda unraisable: None
-  threading.excepthook = lambda args: None
 
 
 def _flag_value(argv, name):
@@ -122,14 +96,15 @@ def config_load_error(e: Exception) -> str:
 
 def parse_flags(argv):
   """absl parsing, with config-file and --config.* problems as one line."""
+  cli.exit_if_help(argv, __doc__)
   try:
     return FLAGS(argv)
   except (OSError, SyntaxError, ImportError) as e:  # With --config.* given.
-    fail(config_load_error(e), '--verbose' in argv)
+    cli.exit_with_error(config_load_error(e), '--verbose' in argv)
   except (AttributeError, KeyError) as e:  # ml_collections' refusals.
-    fail(explain_config_error(argv, e), '--verbose' in argv)
+    cli.exit_with_error(explain_config_error(argv, e), '--verbose' in argv)
   except flags.Error as e:
-    fail(e, '--verbose' in argv)
+    cli.exit_with_error(e, '--verbose' in argv)
 
 
 def main(argv):
@@ -138,17 +113,17 @@ def main(argv):
   if not FLAGS['verbosity'].present:  # orbax logs every save at INFO.
     logging.set_verbosity(logging.WARNING)
   if not FLAGS.verbose:
-    quiet_library_tracebacks()
+    cli.quiet_library_tracebacks()
   try:
     FLAGS.config.get('model')  # A config file that failed to load raises here.
   except (OSError, SyntaxError, ImportError) as e:
-    fail(config_load_error(e), FLAGS.verbose)
+    cli.exit_with_error(config_load_error(e), FLAGS.verbose)
   try:
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                            FLAGS.process_id, FLAGS.coordinator_timeout)
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except UserError as e:
-    fail(e, FLAGS.verbose)
+    cli.exit_with_error(e, FLAGS.verbose)
   except Interrupted as e:
     if jax.process_index() != 0:  # Process 0 has printed it with the log.
       print(f'process {jax.process_index()}: {e}', file=sys.stderr, flush=True)

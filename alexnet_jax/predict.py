@@ -3,7 +3,7 @@
   python -m alexnet_jax.predict --workdir=DIR [--step=N] [--json] IMAGE...
 
 The workdir's config.json decides the preprocessing and the class names
-(`inference.py`): torchvision's centre crop and ImageNet's names for
+(`workdir_lib.py`): torchvision's centre crop and ImageNet's names for
 converted torchvision weights, CIFAR-10's for a CIFAR run. One view per
 image (no flip or crop averaging). A table per image, or with --json one
 line per image: {"image": PATH, "top5": [{"class", "label", "prob"}, ...]}.
@@ -22,10 +22,11 @@ from absl import logging
 import jax
 import numpy as np
 
-from alexnet_jax import inference
+from alexnet_jax.data import registry
 from alexnet_jax.errors import DataError
 from alexnet_jax.errors import UserError
-from alexnet_jax.errors import exit_with_error
+from alexnet_jax.runtime import cli
+from alexnet_jax.task import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
 
@@ -50,11 +51,11 @@ def predict(workdir: str, paths, step=None, batch_size: int = 16):
   Every image is read before the model is: a bad one stops the run at once,
   by name.
   """
-  config = inference.load_config(workdir)
-  prep = inference.Preprocessing.from_config(config)
-  pixels = np.stack([prep.pixels(inference.open_image(p)) for p in paths])
-  step, model, params = inference.load_model(config, workdir, step)
-  names = inference.class_names(config, model.num_classes)
+  config = workdir_lib.load_config(workdir)
+  prep = workdir_lib.Preprocessing.from_config(config)
+  pixels = np.stack([prep.pixels(workdir_lib.open_image(p)) for p in paths])
+  step, model, params = workdir_lib.load_model(config, workdir, step)
+  names = registry.get(config.dataset).class_names(config, model.num_classes)
 
   @jax.jit
   def logits_fn(params, x):
@@ -111,17 +112,18 @@ def main(argv):
     step, names, logits = predict(FLAGS.workdir, paths, FLAGS.step,
                                   FLAGS.batch_size)
   except UserError as e:
-    exit_with_error(e, FLAGS.verbose)
+    cli.exit_with_error(e, FLAGS.verbose)
   report(paths, names, logits, FLAGS.json, FLAGS.logits,
          f'{FLAGS.workdir}, step {step}: top-{min(TOP_K, len(names))} of '
          f'{len(names)} classes')
 
 
 def parse_flags(argv):
+  cli.exit_if_help(argv, __doc__)
   try:
     return FLAGS(argv)
   except flags.Error as e:
-    exit_with_error(e, '--verbose' in argv)
+    cli.exit_with_error(e, '--verbose' in argv)
 
 
 if __name__ == '__main__':

@@ -1,6 +1,6 @@
 """The CIFAR input side alone: on-device batching, then its augmentation.
 
-Builds the feed training uses for CIFAR (`batches.InMemoryFeed`: uint8
+Builds the feed training uses for CIFAR (`in_memory.InMemoryFeed`: uint8
 images on the device, batch k gathered there from per-epoch permutations)
 and times, over `--steps` batches after one untimed epoch boundary:
   * gather: the batches as the train loop receives them;
@@ -23,11 +23,10 @@ import time
 
 import jax
 
-from alexnet_jax import augment
-from alexnet_jax import batches
-from alexnet_jax import input_pipeline
-from alexnet_jax import sharding
-from alexnet_jax import train
+from alexnet_jax.data import augment
+from alexnet_jax.data import in_memory
+from alexnet_jax.runtime import mesh as mesh_lib
+from alexnet_jax.task import config as config_lib
 
 
 def _config(args):
@@ -63,10 +62,13 @@ def main(argv=None):
   parser.add_argument('--repeats', type=int, default=5)
   args = parser.parse_args(argv)
   config = _config(args)
-  mesh = sharding.make_mesh()
-  feed = batches.InMemoryFeed(config, input_pipeline.load_dataset(config),
-                              mesh)
-  mean, std, scale = train.input_transform(config, feed.mean, feed.std)
+  mesh = mesh_lib.make_mesh()
+  feed = in_memory.InMemoryFeed(config, in_memory.load_dataset(config),
+                                mesh)
+  per_epoch = config_lib.Durations.from_config(
+      config, feed.sizes['train'], feed.shards).steps_per_epoch
+  mean, std, scale = config_lib.input_transform(config, feed.spec.mean,
+                                                 feed.spec.std)
   key = jax.random.key(0)
 
   @jax.jit
@@ -76,10 +78,10 @@ def main(argv=None):
     return augment.normalize(x, mean, std, None, jax.numpy.float32, scale)
 
   def gathered(steps):
-    return (x for x, _ in feed.train(0, steps))
+    return (x for x, _ in feed.train(0, per_epoch, steps))
 
   def with_augmentation(steps):
-    return (augmented(x, i) for i, (x, _) in enumerate(feed.train(0, steps)))
+    return (augmented(x, i) for i, (x, _) in enumerate(feed.train(0, per_epoch, steps)))
 
   for fn in (gathered, with_augmentation):  # Compile and warm up.
     jax.block_until_ready(list(fn(2)))

@@ -18,7 +18,7 @@ import argparse
 import jax
 import numpy as np
 
-from alexnet_jax import models
+from alexnet_jax.model import alexnet
 from benchmarks.timing import median_ms
 
 
@@ -76,12 +76,12 @@ def main():
   import torch  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--model', default='alexnet_cifar',
-                      choices=tuple(models.MODELS))
+                      choices=tuple(alexnet.MODELS))
   parser.add_argument('--batch', type=int, default=128)
   parser.add_argument('--image_size', type=int, default=0)
   args = parser.parse_args()
-  model = models.create_model(args.model, num_classes=1000)
-  side = args.image_size or models.NATIVE_INPUT_SIZE[args.model]
+  model = alexnet.create_model(args.model, num_classes=1000)
+  side = args.image_size or alexnet.NATIVE_INPUT_SIZE[args.model]
   print(f'{args.model} batch {args.batch} {side}x{side}, float32; jax '
         f'{jax.__version__}, torch {torch.__version__}; ms (jax / torch)')
   total = {}

@@ -1,8 +1,8 @@
-"""Why models.Conv splits groups: XLA's grouped convolution vs two convs.
+"""Why layers.Conv splits groups: XLA's grouped convolution vs two convs.
 
 Times jit of the forward pass and of forward + both gradients for the
 two-tower layers of `alexnet_paper` (conv2, conv4, conv5 at 227x227 input):
-flax's nn.Conv with `feature_group_count=2` against `models.Conv`, which runs
+flax's nn.Conv with `feature_group_count=2` against `layers.Conv`, which runs
 each group as its own convolution, on the same parameters; checks they agree.
 
   python -m benchmarks.grouped_conv [--batch 64] [--repeats 7]
@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax import models
+from alexnet_jax.model import layers
 from benchmarks.timing import median_ms
 
 
@@ -35,7 +35,7 @@ def main():
     layers = {
         'grouped': nn.Conv(cout, (k, k), padding=((p, p), (p, p)),
                            feature_group_count=2),
-        'split': models.Conv(cout, k, 1, p, groups=2),
+        'split': layers.Conv(cout, k, 1, p, groups=2),
     }
     params = layers['split'].init(jax.random.PRNGKey(0), x)
     cells, results = [], {}

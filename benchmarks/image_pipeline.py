@@ -25,7 +25,7 @@ from absl import flags
 import numpy as np
 from PIL import Image
 
-from alexnet_jax import streaming
+from alexnet_jax.data import streaming
 
 
 def write_jpegs(root: str, count: int, size=(500, 375)):
@@ -57,9 +57,9 @@ def _steady_rate(stream, batch: int, steps: int) -> float:
 def grain_stream(source, workers: int, batch: int, steps: int, seed: int):
   """alexnet_jax's pipeline: `workers` Grain processes (0: this process,
   one reader thread)."""
-  return streaming.train_batches(
+  return iter(streaming.train_batches(
       source, seed=seed, global_batch=batch, start_step=0, total_steps=steps,
-      resize_size=256, crop_size=227, workers=workers, threads=1)
+      resize_size=256, crop_size=227, workers=workers, threads=1))
 
 
 def tfdata_stream(source, threads: int, batch: int, seed: int):

@@ -1,7 +1,7 @@
-"""Why models.max_pool exists: the gradient of 3x3/2 max-pooling on CPU.
+"""Why layers.max_pool exists: the gradient of 3x3/2 max-pooling on CPU.
 
 Times jit(grad) of flax's nn.max_pool (XLA select-and-scatter), of plain
-autodiff through a max over strided slices, and of models.max_pool (the
+autodiff through a max over strided slices, and of layers.max_pool (the
 winner's position kept, its gradient placed by padded selects) on
 conv1-sized maps of the CIFAR net, and of the whole CIFAR-form gradient with
 each. Prints medians.
@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax import models
+from alexnet_jax.model import alexnet
+from alexnet_jax.model import layers
 from benchmarks.timing import median_ms
 
 
@@ -28,13 +29,13 @@ def main():
   args = parser.parse_args()
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(args.batch, 32, 32, 48)), jnp.float32)
-  ours = models.max_pool
+  ours = layers.max_pool
   pools = {
       'nn.max_pool (select-and-scatter)': lambda v: nn.max_pool(
           v, (3, 3), (2, 2), padding=((1, 1), (1, 1))),
       'autodiff of max over strided slices': lambda v: functools.reduce(
-          jnp.maximum, models._pool_windows(v, 3, 2, 1)),  # pylint: disable=protected-access
-      'models.max_pool (winner kept)': lambda v: ours(v, 3, 2, 1),
+          jnp.maximum, layers._pool_windows(v, 3, 2, 1)),  # pylint: disable=protected-access
+      'layers.max_pool (winner kept)': lambda v: ours(v, 3, 2, 1),
   }
   print(f'{jax.devices()[0].device_kind}, {jax.device_count()} device(s), '
         f'jax {jax.__version__}, batch {args.batch}, median of {args.repeats}')
@@ -44,17 +45,17 @@ def main():
           f'{median_ms(grad, x, repeats=args.repeats):7.2f} ms')
 
   images = jnp.asarray(rng.normal(size=(args.batch, 32, 32, 3)), jnp.float32)
-  model = models.AlexNetCifar(num_classes=10)
+  model = alexnet.AlexNetCifar(num_classes=10)
   params = model.init(jax.random.PRNGKey(0), images[:1])['params']
   for name, pool in pools.items():
     # The CIFAR form pools 3x3/2 with padding 1 everywhere, like `pool`.
-    models.max_pool = lambda v, w, s, p, pool=pool: pool(v)
+    alexnet.max_pool = lambda v, w, s, p, pool=pool: pool(v)
     try:
       grad = jax.jit(jax.grad(lambda p: (model.apply(
           {'params': p}, images) ** 2).sum()))
       ms = median_ms(grad, params, repeats=args.repeats)
     finally:
-      models.max_pool = ours
+      alexnet.max_pool = ours
     print(f'  CIFAR-form gradient step, {name}: {ms:7.2f} ms '
           f'({args.batch / ms * 1e3:6.1f} img/s)')
 

@@ -21,7 +21,7 @@ import tempfile
 import jax
 
 from alexnet_jax import benchmark
-from alexnet_jax import models
+from alexnet_jax.model import alexnet
 
 
 def describe_ops(hlo_text: str) -> dict:
@@ -55,14 +55,14 @@ def describe_ops(hlo_text: str) -> dict:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--model', default='alexnet_cifar',
-                      choices=tuple(models.MODELS))
+                      choices=tuple(alexnet.MODELS))
   parser.add_argument('--batch_size', type=int, default=128)
   parser.add_argument('--image_size', type=int, default=0)
   parser.add_argument('--steps', type=int, default=5)
   parser.add_argument('--top', type=int, default=25)
   args = parser.parse_args()
   args.half_precision = False
-  args.image_size = args.image_size or models.NATIVE_INPUT_SIZE[args.model]
+  args.image_size = args.image_size or alexnet.NATIVE_INPUT_SIZE[args.model]
   step, _, _, compiled = benchmark.jax_step(args, with_compiled=True)
   ops = describe_ops(compiled.as_text())
   for _ in range(3):

@@ -1,7 +1,7 @@
 """Every config field, with its default. Other configs start from here.
 
 Durations may be given in epochs or steps (a step count > 0 wins); the trainer
-turns them into steps in one place (`train.Durations`).
+turns them into steps in one place (`task/config.py`, `Durations`).
 """
 
 import ml_collections
@@ -104,6 +104,10 @@ def get_config():
   c.checkpoint_every_steps = 1000  # Also after every evaluation and at the end.
   c.keep_checkpoints = 3  # The latest K; the best by val top-1 is kept too.
   c.seed = 0
+  # > 0: write an XLA profile of this many steps, a few steps after the run
+  # (or its resume) starts, into the workdir: TensorBoard's profile plugin
+  # reads it (`tensorboard --logdir WORKDIR`, tensorboard-plugin-profile).
+  c.profile_steps = 0
 
   # --- Parallelism (see README "Running on many devices and hosts") --------
   # Devices per FC-layer group: > 1 splits fc6/fc7/fc8 weights over a 'model'

@@ -21,7 +21,8 @@
 #   -h, --help  show this help
 #
 # Environment:
-#   PYTHON  interpreter (default: python3)
+#   PYTHON  interpreter (default: the active virtualenv's python, else this
+#           checkout's .venv/bin/python, else python3)
 #   PORT    coordinator port (default: a free port on 127.0.0.1)
 #   LOGDIR  where the logs go (default: a new temporary directory, removed
 #           when every process succeeds)
@@ -49,7 +50,16 @@ shift
 [[ $n =~ ^[0-9]{1,6}$ ]] && ((10#$n > 0)) || die "N must be a positive integer, got: $n"
 n=$((10#$n))
 
-PYTHON=${PYTHON:-python3}
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+if [[ -z ${PYTHON:-} ]]; then
+  if [[ -n ${VIRTUAL_ENV:-} && -x $VIRTUAL_ENV/bin/python ]]; then
+    PYTHON=$VIRTUAL_ENV/bin/python
+  elif [[ -x $repo/.venv/bin/python ]]; then
+    PYTHON=$repo/.venv/bin/python
+  else
+    PYTHON=python3
+  fi
+fi
 if [[ -n ${PORT:-} ]]; then
   [[ $PORT =~ ^[1-9][0-9]{0,4}$ ]] && ((PORT <= 65535)) ||
     die "PORT must be a TCP port number (1-65535), got: $PORT"
@@ -82,6 +92,8 @@ fi
 if ((BASH_VERSINFO[0] < 5 || (BASH_VERSINFO[0] == 5 && BASH_VERSINFO[1] < 1))); then
   die "needs bash >= 5.1 (for wait -n -p), this is $BASH_VERSION"
 fi
+"$PYTHON" -c 'import absl, jax' 2>/dev/null ||
+  die "$PYTHON cannot import jax and absl: set PYTHON to the interpreter of the venv README \"Set up\" made (or activate it)"
 
 own_logdir=0
 if [[ -z ${LOGDIR:-} ]]; then
@@ -91,7 +103,6 @@ fi
 mkdir -p "$LOGDIR"
 
 # `python -m alexnet_jax.main` must import the package wherever this is run.
-repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
 
 declare -A index_of=()  # pid -> process id

@@ -8,7 +8,7 @@ import sys
 import jax
 import numpy as np
 
-from alexnet_jax import checkpointing
+from alexnet_jax.runtime import checkpoints
 from tests.conftest import REPO
 
 MAIN = [sys.executable, '-m', 'alexnet_jax.main']
@@ -62,10 +62,24 @@ def error_lines(stderr):
   return [l for l in stderr.splitlines() if l.startswith('error:')]
 
 
+def load_state_on_host(workdir, step=None):
+  """A saved train state as numpy arrays, whatever mesh it was saved from:
+  every array restored onto this process's first device, then fetched."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  if step is None:
+    step = checkpoints.latest_step_on_disk(workdir)
+  path = checkpoints.workdir_path(workdir) / 'checkpoints' / str(step) / 'default'
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+      checkpoints.read_array_metadata(path))
+  return jax.device_get(ocp.StandardCheckpointer().restore(path, target))
+
+
 def assert_states_bitwise_equal(workdir_a, workdir_b, step=None):
   """Whole train states (params, momentum, step, rng, plateau) bit for bit."""
-  a = checkpointing.load_state_on_host(workdir_a, step)
-  b = checkpointing.load_state_on_host(workdir_b, step)
+  a = load_state_on_host(workdir_a, step)
+  b = load_state_on_host(workdir_b, step)
   flat_a = jax.tree_util.tree_leaves_with_path(a)
   flat_b = jax.tree_util.tree_leaves_with_path(b)
   assert [p for p, _ in flat_a] == [p for p, _ in flat_b]
@@ -87,3 +101,18 @@ def assert_one_error_line(result, expected):
   errors = error_lines(result.stderr)
   assert len(errors) == 1 and expected in errors[0], result.stderr[-2000:]
   assert 'Traceback' not in result.stderr
+
+
+def evaluate_arrays(config, model, params, images, labels, num_classes=10):
+  """The trainer's evaluation (views, padded and masked batches) of host
+  arrays: {'loss', 'top1', 'top5'}."""
+  from alexnet_jax.data import registry  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.runtime import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.task import evaluation  # pylint: disable=g-import-not-at-top
+  spec = registry.get(config.dataset)
+  evaluate = evaluation.scan_evaluator(
+      evaluation.make_logits_fn(config, model, spec.mean, spec.std,
+                                images.shape[1]),
+      config.eval_batch_size, mesh_lib.make_mesh(), num_classes)
+  return evaluation.split_metrics(evaluate(params, jax.numpy.asarray(images),
+                                           jax.numpy.asarray(labels)))

@@ -1,8 +1,14 @@
-"""Shared fixtures: the real CIFAR-10 subset beside the checkout, and paths.
+"""Shared fixtures: the real CIFAR-10 subset beside the checkout, and paths;
+and the two tiers.
 
 Tests that need the subset skip when it is absent, unless
 ALEXNET_JAX_REQUIRE_DATA=1 (CI sets it): then they fail, so a CI run can never
 pass by silently skipping the real-data tests.
+
+`python -m pytest` runs the fast tier (every module, a few minutes on two
+cores). `python -m pytest --full` adds the tests marked `slow`: real
+processes killed, signalled and restarted, several processes as one job, the
+GCS emulator, torch.compile.
 """
 
 import os
@@ -53,3 +59,35 @@ def bare_path(tmp_path):
     assert found, f'{tool} is needed by the scripts'
     (bin_dir / tool).symlink_to(found)
   return str(bin_dir)
+
+
+# --- Tiers ---------------------------------------------------------------------
+
+
+def pytest_addoption(parser):
+  parser.addoption('--full', action='store_true',
+                   help='also run the slow tier (tests marked slow)')
+
+
+def pytest_configure(config):
+  config.addinivalue_line(
+      'markers', 'slow: real-process fault, multi-process, emulator and '
+      'torch.compile tests; run with --full')
+
+
+def pytest_collection_modifyitems(config, items):
+  if config.getoption('--full'):
+    return
+  slow = [item for item in items if 'slow' in item.keywords]
+  if slow:
+    items[:] = [item for item in items if 'slow' not in item.keywords]
+    config.hook.pytest_deselected(items=slow)
+    config._alexnet_jax_slow = len(slow)  # pylint: disable=protected-access
+
+
+def pytest_terminal_summary(terminalreporter, config):
+  slow = getattr(config, '_alexnet_jax_slow', 0)
+  if slow:
+    terminalreporter.write_line(
+        f'fast tier: {slow} slow tests not run (`python -m pytest --full` '
+        'runs them too)')

@@ -46,6 +46,7 @@ def test_json_has_the_fields_and_sane_values():
         r['pytorch_step_ms'] / r['step_ms'])
 
 
+@pytest.mark.slow
 def test_every_pytorch_mode_under_amp_against_our_bf16_step():
   """The accelerator comparison (eager, channels_last, torch.compile, all
   with AMP) runs on the CPU too: torch.compile builds with the C compiler."""
@@ -102,7 +103,7 @@ def test_profile_names_the_step_s_convolutions_and_pool_gradients():
 
 
 @pytest.mark.skipif(importlib.util.find_spec('torch') is None,
-                    reason='PyTorch (requirements-parity.txt) not installed')
+                    reason='PyTorch not installed: pip install -r requirements-parity.txt')
 def test_conv_layers_times_every_pass_of_every_conv():
   result = run_module('benchmarks.conv_layers', '--model=alexnet_tiny',
                       '--batch=2')
@@ -146,17 +147,17 @@ def test_tfdata_twin_does_the_streaming_pipeline_s_work(tmp_path, size):
   the same central 256x256 up to the resizers' rounding."""
   skimage_data = pytest.importorskip('skimage.data')
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import streaming  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.data import images as image_ops  # pylint: disable=g-import-not-at-top
   from benchmarks import tfdata_pipeline  # pylint: disable=g-import-not-at-top
   path = str(tmp_path / 'chelsea.jpg')
   Image.fromarray(skimage_data.chelsea()).resize(size).save(path, quality=90)
   with open(path, 'rb') as f:
     raw = f.read()
-  decoded = np.asarray(streaming.decode(raw, 256))
+  decoded = np.asarray(image_ops.decode(raw, 256))
   np.testing.assert_array_equal(
       tfdata_pipeline._decode_reduced(raw, 256).numpy(), decoded)
-  ours = streaming.center_square(
-      streaming.resize_shorter(streaming.decode(raw, 256), 256), 256)
+  ours = image_ops.center_square(
+      image_ops.resize_shorter(image_ops.decode(raw, 256), 256), 256)
   ds = tfdata_pipeline.train_batches([path], [3], seed=0, batch=1, threads=1,
                                      crop_size=256)
   images, labels = next(ds.as_numpy_iterator())

@@ -7,9 +7,12 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from alexnet_jax import augment
-from alexnet_jax import input_pipeline
-from alexnet_jax import train
+from alexnet_jax.data import augment
+from alexnet_jax.data import registry
+from alexnet_jax.errors import ConfigError
+from alexnet_jax.run import loop
+from alexnet_jax.task import config as config_lib
+from alexnet_jax.task import state as state_lib
 from tests.conftest import REPO
 
 CONFIGS = sorted(p.stem for p in (REPO / 'configs').glob('*.py')
@@ -19,9 +22,9 @@ CONFIGS = sorted(p.stem for p in (REPO / 'configs').glob('*.py')
 @pytest.mark.parametrize('name', [c for c in CONFIGS if c != 'default'])
 def test_config_validates_and_builds_its_model(name):
   config = importlib.import_module(f'configs.{name}').get_config()
-  train.validate_config(config)
+  config_lib.validate_config(config)
   num_classes = 10 if config.dataset == 'cifar10' else config.num_classes
-  model = train.make_model(config, num_classes)
+  model = state_lib.make_model(config, num_classes)
   size = config.image_size or (32 if config.dataset == 'cifar10'
                                else config.fake_image_size)
   params = jax.eval_shape(lambda: model.init(
@@ -34,9 +37,9 @@ def test_input_too_small_for_the_model_is_a_config_error(tmp_path):
   config = importlib.import_module('configs.default').get_config()
   config.update(dataset='fake', fake_image_size=32, num_classes=10,
                 fake_num_train=256, fake_num_test=16)
-  with pytest.raises(train.ConfigError, match='cannot take 32x32 input.*'
+  with pytest.raises(ConfigError, match='cannot take 32x32 input.*'
                      'image_size'):
-    train.train_and_evaluate(config, str(tmp_path / 'w'))
+    loop.train_and_evaluate(config, str(tmp_path / 'w'))
   assert not (tmp_path / 'w').exists()
 
 
@@ -49,7 +52,7 @@ def test_fake_benchmark_path_trains_without_download(tmp_path):
   config.update(model='alexnet_tiny', fake_image_size=32, num_classes=10,
                 fake_num_train=64, fake_num_test=20, batch_size=16,
                 num_steps=3, log_every_steps=1, half_precision=False)
-  final = train.train_and_evaluate(config, str(tmp_path / 'w'))
+  final = loop.train_and_evaluate(config, str(tmp_path / 'w'))
   assert final['step'] == 3 and final['val'] is None
   assert 0 <= final['test']['top1'] <= 1
 
@@ -58,6 +61,6 @@ def test_cifar_upsampled_into_the_paper_net_input_size():
   """configs/cifar10_227: 32x32 images are resized on device to 227."""
   config = importlib.import_module('configs.cifar10_227').get_config()
   x = augment.normalize(jnp.zeros((2, 32, 32, 3), jnp.uint8),
-                               input_pipeline.CIFAR10_MEAN,
-                               input_pipeline.CIFAR10_STD, config.image_size)
+                               registry.CIFAR10_MEAN,
+                               registry.CIFAR10_STD, config.image_size)
   assert x.shape == (2, 227, 227, 3)

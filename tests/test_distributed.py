@@ -22,8 +22,9 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import checkpointing
-from alexnet_jax import distributed
+from alexnet_jax.runtime import checkpoints
+from alexnet_jax.runtime import distributed
+from tests import cli
 from tests.conftest import REPO
 from tests.conftest import require_cifar_subset
 
@@ -58,7 +59,7 @@ def run_main(workdir, cifar_dir, env, devices=1, extra=(), timeout=600):
 
 
 def params_of(workdir, step=None):
-  return checkpointing.load_state_on_host(workdir, step)['params']
+  return cli.load_state_on_host(workdir, step)['params']
 
 
 def assert_trees_close(a, b, rtol=1e-5):
@@ -90,6 +91,7 @@ def runs(tmp_path_factory):
   return out
 
 
+@pytest.mark.slow
 def test_eight_devices_match_one_device(runs):
   assert "'data': 8" in runs['eight_log']
   assert_trees_close(params_of(runs['eight']), params_of(runs['one']))
@@ -97,6 +99,7 @@ def test_eight_devices_match_one_device(runs):
                              train_losses(runs['one']), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_fc_model_parallel_matches_data_parallel(runs):
   log = runs['fc_mp_log']
   assert "'data': 4, 'model': 2" in log
@@ -106,6 +109,7 @@ def test_fc_model_parallel_matches_data_parallel(runs):
                              train_losses(runs['one']), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_checkpoint_moves_between_device_counts(runs, tmp_path):
   """8 -> 1 and 1 -> 8 (with FC split over 'model'): resume and go on, and
   end where an uninterrupted 8-step run on one device ends."""
@@ -128,6 +132,7 @@ def test_checkpoint_moves_between_device_counts(runs, tmp_path):
                              rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_train_step_compiles_once(runs):
   """Evaluation, the plateau value, logging and checkpoints cause no
   recompilation, on any mesh (JAX_LOG_COMPILES=1 logs each compilation)."""
@@ -137,6 +142,7 @@ def test_train_step_compiles_once(runs):
     assert len(compiles) == 1, (name, compiles)
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process(runs, tmp_path):
   """A real 2-process job through jax.distributed on localhost, started by
   the environment alone (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
@@ -155,6 +161,7 @@ def test_two_processes_match_one_process(runs, tmp_path):
   assert_trees_close(params_of(workdir), params_of(runs['one']))
 
 
+@pytest.mark.slow
 def test_unreachable_coordinator_is_one_line_naming_it(runs, tmp_path):
   port = free_port()
   env = dict(runs['env'], JAX_PLATFORMS='cpu')
@@ -170,6 +177,7 @@ def test_unreachable_coordinator_is_one_line_naming_it(runs, tmp_path):
   assert not os.path.exists(tmp_path / 'w')
 
 
+@pytest.mark.slow
 def test_processes_that_disagree_about_the_workdir_stop(runs, tmp_path):
   port = free_port()
   env = dict(runs['env'], JAX_PLATFORMS='cpu')
@@ -246,6 +254,7 @@ def stopped_step(text, prefix='stopped by SIGTERM at step '):
   return int(line.split(prefix)[1].split('/')[0])
 
 
+@pytest.mark.slow
 def test_sigterm_to_one_process_saves_one_step_then_rerun_resumes(
     runs, long_reference, tmp_path):
   """SIGTERM to one process of a two-process job (the SLURM test below
@@ -301,6 +310,7 @@ def free_slurm_job_id():
   pytest.skip('no free port in the SLURM coordinator range')
 
 
+@pytest.mark.slow
 def test_slurm_job_at_time_limit_saves_requeues_and_resumes(
     runs, long_reference, tmp_path):
   """launch/slurm_gpu.sbatch under a fake srun that starts its two tasks on
@@ -440,6 +450,7 @@ def test_slurm_coordinator_is_the_one_jax_computes(nodes, job_id, monkeypatch):
     ({}, ['--coordinator_address=127.0.0.1:1', '--num_processes=2',
           '--process_id=7'], 'process id 7 is not in 0..1'),
 ], ids=['ompi-detection-fails', 'env-without-address', 'wrong-process-id'])
+@pytest.mark.slow
 def test_failed_start_is_one_line(runs, tmp_path, env, flags, text):
   result = subprocess.run(
       [sys.executable, '-m', 'alexnet_jax.main', '--config=configs/cifar10.py',

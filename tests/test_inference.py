@@ -14,14 +14,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexnet_jax import checkpointing
-from alexnet_jax import finetune
-from alexnet_jax import inference
-from alexnet_jax import input_pipeline
-from alexnet_jax import models
-from alexnet_jax import optim
-from alexnet_jax import sharding
-from alexnet_jax import train
+from alexnet_jax.data import registry
+from alexnet_jax.model import alexnet
+from alexnet_jax.run import loop
+from alexnet_jax.runtime import checkpoints
+from alexnet_jax.runtime import mesh as mesh_lib
+from alexnet_jax.task import finetune
+from alexnet_jax.task import config as config_lib
+from alexnet_jax.task import optim
+from alexnet_jax.task import state as state_lib
+from alexnet_jax.task import workdir as workdir_lib
 from configs import cifar10
 from tests import cli
 from tests.conftest import require_cifar_subset
@@ -47,7 +49,7 @@ def tiny_cifar_config(**overrides):
 def run(tmp_path_factory):
   """A CIFAR-10 workdir: 2 steps of the tiny net, trained in this process."""
   workdir = str(tmp_path_factory.mktemp('cifar_run'))
-  train.train_and_evaluate(tiny_cifar_config(), workdir)
+  loop.train_and_evaluate(tiny_cifar_config(), workdir)
   return workdir
 
 
@@ -75,8 +77,8 @@ def cifar_input(path):
   w, h = img.size
   left, top = int(round((w - 32) / 2.)), int(round((h - 32) / 2.))
   x = np.asarray(img.crop((left, top, left + 32, top + 32)), np.float32) / 255.
-  return ((x - np.float32(input_pipeline.CIFAR10_MEAN)) /
-          np.float32(input_pipeline.CIFAR10_STD))
+  return ((x - np.float32(registry.CIFAR10_MEAN)) /
+          np.float32(registry.CIFAR10_STD))
 
 
 def test_predict_names_cifar_classes_with_the_runs_preprocessing(
@@ -87,8 +89,8 @@ def test_predict_names_cifar_classes_with_the_runs_preprocessing(
   records = [json.loads(line) for line in result.stdout.splitlines()]
   assert [r['image'] for r in records] == photos
 
-  params = checkpointing.load_state_on_host(run)['params']
-  model = models.create_model('alexnet_tiny', num_classes=10)
+  params = cli.load_state_on_host(run)['params']
+  model = alexnet.create_model('alexnet_tiny', num_classes=10)
   x = jnp.asarray(np.stack([cifar_input(p) for p in photos]))
   expected = np.asarray(model.apply({'params': params}, x))
   for record, want in zip(records, expected):
@@ -96,7 +98,7 @@ def test_predict_names_cifar_classes_with_the_runs_preprocessing(
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
     top = record['top5']
     assert [t['class'] for t in top] == list(np.argsort(-want)[:5])
-    assert all(t['label'] == input_pipeline.CIFAR10_CLASSES[t['class']]
+    assert all(t['label'] == registry.CIFAR10_CLASSES[t['class']]
                for t in top)
     probs = [t['prob'] for t in top]
     assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1
@@ -111,12 +113,12 @@ def test_predict_names_cifar_classes_with_the_runs_preprocessing(
   ranked = [l for l in lines if l.strip()[:2] in ('1.', '2.', '3.', '4.',
                                                   '5.')]
   assert len(ranked) == 5
-  assert input_pipeline.CIFAR10_CLASSES[records[0]['top5'][0]['class']] in \
+  assert registry.CIFAR10_CLASSES[records[0]['top5'][0]['class']] in \
       ranked[0]
 
 
 def test_imagenet_class_names_ship_in_torchvision_order():
-  names = inference.imagenet_classes()
+  names = registry.imagenet_classes()
   assert len(names) == 1000 == len(set(names))
   assert (names[0], names[1], names[999]) == ('tench', 'goldfish',
                                               'toilet tissue')
@@ -201,10 +203,11 @@ def test_evaluate_bad_input_is_one_line(run, subprocess_env, args, expected):
 
 def fresh_state(config, num_classes):
   """The train state train_and_evaluate creates for `config`, before step 1."""
-  mesh = sharding.make_mesh(1)
-  model = train.make_model(config, num_classes)
-  tx, _ = optim.make_optimizer(config, 10, 10, 10)
-  state, _ = train.create_train_state(model, tx, (32, 32, 3), config.seed,
+  mesh = mesh_lib.make_mesh(1)
+  model = state_lib.make_model(config, num_classes)
+  tx, _ = optim.make_optimizer(
+      config, config_lib.Durations.from_steps_per_epoch(config, 10))
+  state, _ = state_lib.create_train_state(model, tx, (32, 32, 3), config.seed,
                                       mesh)
   return state
 
@@ -216,7 +219,7 @@ def test_init_from_loads_every_layer_but_a_new_head(run, tmp_path):
   messages = []
   state = finetune.init_from(config, str(tmp_path / 'new'), fresh,
                              log=messages.append)
-  source = checkpointing.load_state_on_host(run)
+  source = cli.load_state_on_host(run)
   for layer in ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7'):
     for part in ('kernel', 'bias'):
       np.testing.assert_array_equal(np.asarray(state.params[layer][part]),

@@ -16,8 +16,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from alexnet_jax import augment
-from alexnet_jax import input_pipeline as ip
+from alexnet_jax.data import augment
+from alexnet_jax.data import cifar
+from alexnet_jax.data import in_memory
+from alexnet_jax.data import registry
+from alexnet_jax.errors import DataError
 from tests.conftest import REPO
 
 
@@ -27,7 +30,7 @@ def read_raw(path):
 
 
 def test_local_folder_loads_real_images(cifar_dir):
-  train, test = ip.load_cifar10_archive(cifar_dir)
+  train, test = cifar.load_cifar10_archive(cifar_dir)
   assert train.images.shape == (5085, 32, 32, 3)
   assert test.images.shape == (1017, 32, 32, 3)
   assert train.images.dtype == np.uint8 and train.labels.dtype == np.int32
@@ -50,15 +53,15 @@ def test_tarball_and_parent_folder_give_the_same_arrays(cifar_dir, tmp_path):
   tarball = tmp_path / 'cifar-10-python.tar.gz'
   with tarfile.open(tarball, 'w:gz') as tar:
     tar.add(cifar_dir, arcname='cifar-10-batches-py')
-  want_train, want_test = ip.load_cifar10_archive(cifar_dir)
+  want_train, want_test = cifar.load_cifar10_archive(cifar_dir)
   for source in (tarball, tmp_path):  # The tarball, and a folder holding it.
-    train, test = ip.load_cifar10_archive(str(source))
+    train, test = cifar.load_cifar10_archive(str(source))
     np.testing.assert_array_equal(train.images, want_train.images)
     np.testing.assert_array_equal(train.labels, want_train.labels)
     np.testing.assert_array_equal(test.images, want_test.images)
   parent = tmp_path / 'extracted'
   shutil.copytree(cifar_dir, parent / 'cifar-10-batches-py')
-  train, _ = ip.load_cifar10_archive(str(parent))
+  train, _ = cifar.load_cifar10_archive(str(parent))
   np.testing.assert_array_equal(train.labels, want_train.labels)
 
 
@@ -75,7 +78,7 @@ def write_batches(folder, sizes, seed=0):
 
 def test_any_number_of_images_per_batch_file(tmp_path):
   write_batches(tmp_path, [3, 1, 4, 1, 5, 9])
-  train, test = ip.load_cifar10_archive(str(tmp_path))
+  train, test = cifar.load_cifar10_archive(str(tmp_path))
   assert len(train) == 14 and len(test) == 9
 
 
@@ -102,15 +105,16 @@ def test_bad_archives_name_the_problem(tmp_path, case, match):
       tar.add(tmp_path / 'src', arcname='cifar-10-batches-py')
     data = (tmp_path / 'a.tar.gz').read_bytes()
     path.write_bytes(data[:len(data) // 2])
-  with pytest.raises(ip.DataError, match=match) as err:
-    ip.load_cifar10_archive(str(path))
+  with pytest.raises(DataError, match=match) as err:
+    cifar.load_cifar10_archive(str(path))
   assert '\n' not in str(err.value)
 
 
 def test_tfds_path_under_mock_data(tmp_path):
   tfds = pytest.importorskip('tensorflow_datasets')
+  from alexnet_jax.data import tfds as tfds_lib  # pylint: disable=g-import-not-at-top
   with tfds.testing.mock_data(num_examples=12, data_dir=None):
-    train, test = ip.load_cifar10_tfds(str(tmp_path))
+    train, test = tfds_lib.load_cifar10(str(tmp_path))
   assert train.images.shape == (12, 32, 32, 3)
   assert train.images.dtype == np.uint8
   assert test.labels.dtype == np.int32
@@ -184,9 +188,9 @@ def test_hostile_pickle_cannot_run_code(tmp_path):
   write_batches(tmp_path / 'data', [2] * 6)
   with open(tmp_path / 'data' / 'data_batch_4', 'wb') as f:
     pickle.dump({'data': Exploit(), 'labels': [0]}, f)
-  with pytest.raises(ip.DataError, match='data_batch_4 asks to load the '
+  with pytest.raises(DataError, match='data_batch_4 asks to load the '
                      'Python object posix.system'):
-    ip.load_cifar10_archive(str(tmp_path / 'data'))
+    cifar.load_cifar10_archive(str(tmp_path / 'data'))
   assert not marker.exists()
   # The same file through plain pickle really would have run it.
   with open(tmp_path / 'data' / 'data_batch_4', 'rb') as f:
@@ -194,57 +198,80 @@ def test_hostile_pickle_cannot_run_code(tmp_path):
   assert marker.exists()
 
 
+def cifar_config(cifar_dir, **overrides):
+  cfg = ml_collections.ConfigDict(dict(
+      dataset='cifar10', data_dir=cifar_dir, tfds_data_dir='', num_classes=0,
+      val_fraction=0.1, val_examples=0))
+  cfg.update(overrides)
+  return cfg
+
+
 def test_validation_hold_out_is_fixed_disjoint_and_sized(cifar_dir):
-  train, _ = ip.load_cifar10_archive(cifar_dir)
-  tr, val = ip.hold_out_validation(train, 0.1)
+  train, _ = cifar.load_cifar10_archive(cifar_dir)
+  data = in_memory.load_dataset(cifar_config(cifar_dir))
+  tr, val = data.train, data.val
   assert len(val) == 508 and len(tr) == 5085 - 508
-  tr2, val2 = ip.hold_out_validation(train, 0.1)
-  np.testing.assert_array_equal(val.labels, val2.labels)
+  again = in_memory.load_dataset(cifar_config(cifar_dir))
+  np.testing.assert_array_equal(val.labels, again.val.labels)
   # Disjoint and complete: image bytes of both splits add up to the original.
   key = lambda imgs: {im.tobytes() for im in imgs}
   assert not key(tr.images) & key(val.images)
   assert key(tr.images) | key(val.images) == key(train.images)
-  assert ip.hold_out_validation(train, 0.)[1] is None
+  assert in_memory.load_dataset(
+      cifar_config(cifar_dir, val_fraction=0.)).val is None
+
+
+def test_val_examples_holds_out_that_many_for_every_dataset(cifar_dir):
+  """One hold-out rule (the registry's) for in-memory and streamed data."""
+  data = in_memory.load_dataset(cifar_config(cifar_dir, val_examples=300))
+  assert len(data.val) == 300 and len(data.train) == 5085 - 300
+  train_idx, val_idx = registry.hold_out(5085, 300)
+  np.testing.assert_array_equal(data.val.labels,
+                                cifar.load_cifar10_archive(cifar_dir)[0]
+                                .labels[val_idx])
+  with pytest.raises(DataError, match='cannot hold out 5085 validation'):
+    in_memory.load_dataset(cifar_config(cifar_dir, val_examples=5085))
 
 
 def test_load_dataset_fake_and_unknown():
   cfg = ml_collections.ConfigDict(dict(
       dataset='fake', num_classes=7, fake_num_train=20, fake_num_test=6,
-      fake_image_size=40, val_fraction=0.25, data_dir='', tfds_data_dir=''))
-  data = ip.load_dataset(cfg)
+      fake_image_size=40, val_fraction=0.25, val_examples=0, data_dir='',
+      tfds_data_dir=''))
+  data = in_memory.load_dataset(cfg)
   assert data.train.images.shape == (15, 40, 40, 3)
   assert len(data.val) == 5 and len(data.test) == 6 and data.num_classes == 7
   cfg.dataset = 'imagenet42'
-  with pytest.raises(ip.DataError, match="unknown dataset 'imagenet42'.*cifar10"):
-    ip.load_dataset(cfg)
+  with pytest.raises(DataError, match="unknown dataset 'imagenet42'.*cifar10"):
+    in_memory.load_dataset(cfg)
 
 
 def test_epoch_permutations_are_a_pure_function_of_seed_and_epoch():
   key = jax.random.PRNGKey(3)
-  a = ip.epoch_permutations(key, 4, 2, 50)
+  a = in_memory.epoch_permutations(key, 4, 2, 50)
   assert a.shape == (2, 50)
-  np.testing.assert_array_equal(a, ip.epoch_permutations(key, 4, 2, 50))
+  np.testing.assert_array_equal(a, in_memory.epoch_permutations(key, 4, 2, 50))
   for row in np.asarray(a):
     assert sorted(row.tolist()) == list(range(50))
   assert not np.array_equal(a[0], a[1])
-  assert not np.array_equal(a, ip.epoch_permutations(key, 5, 2, 50))
-  assert not np.array_equal(a, ip.epoch_permutations(jax.random.PRNGKey(4), 4,
+  assert not np.array_equal(a, in_memory.epoch_permutations(key, 5, 2, 50))
+  assert not np.array_equal(a, in_memory.epoch_permutations(jax.random.PRNGKey(4), 4,
                                                      2, 50))
 
 
 def test_shards_give_the_same_batches_for_any_process_count():
   """4 shards of 10 examples, batch 8: the examples of each global batch do
   not depend on whether 1, 2 or 4 processes hold the shards."""
-  train = ip.Split(np.zeros((43, 1, 1, 1), np.uint8),
+  train = registry.Split(np.zeros((43, 1, 1, 1), np.uint8),
                    np.arange(43, dtype=np.int32))  # Label = example id.
-  perms = ip.epoch_permutations(jax.random.PRNGKey(0), 0, 4, 10)
+  perms = in_memory.epoch_permutations(jax.random.PRNGKey(0), 0, 4, 10)
   batches = {}
   for procs in (1, 2, 4):
     rows = []
     for p in range(procs):
-      share, per_shard = ip.process_share(train, 4, p, procs)
+      share, per_shard = in_memory.process_share(train, 4, p, procs)
       assert per_shard == 10 and len(share) == 40 // procs
-      idx = np.asarray(ip.batch_indices(perms, 1, 8, procs))
+      idx = np.asarray(in_memory.batch_indices(perms, 1, 8, procs))
       mine = slice(p * 8 // procs, (p + 1) * 8 // procs)
       rows.append(share.labels[idx[mine]])
     batches[procs] = np.concatenate(rows)
@@ -255,7 +282,7 @@ def test_shards_give_the_same_batches_for_any_process_count():
 
 
 def test_crop_flip_moves_pixels_only_and_is_deterministic(cifar_dir):
-  train, _ = ip.load_cifar10_archive(cifar_dir)
+  train, _ = cifar.load_cifar10_archive(cifar_dir)
   images = jnp.asarray(train.images[:64])
   out = augment.random_crop_flip(jax.random.PRNGKey(0), images, pad=4)
   again = augment.random_crop_flip(jax.random.PRNGKey(0), images, pad=4)
@@ -289,7 +316,7 @@ def test_no_flip_no_pad_is_identity():
 
 def test_normalize_standardizes_and_resizes():
   images = jnp.full((2, 32, 32, 3), 128, jnp.uint8)
-  x = augment.normalize(images, ip.CIFAR10_MEAN, ip.CIFAR10_STD, image_size=227)
+  x = augment.normalize(images, registry.CIFAR10_MEAN, registry.CIFAR10_STD, image_size=227)
   assert x.shape == (2, 227, 227, 3)
-  want = (128 / 255 - np.array(ip.CIFAR10_MEAN)) / np.array(ip.CIFAR10_STD)
+  want = (128 / 255 - np.array(registry.CIFAR10_MEAN)) / np.array(registry.CIFAR10_STD)
   np.testing.assert_allclose(x[0, 100, 100], want, rtol=1e-5)

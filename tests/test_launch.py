@@ -38,11 +38,13 @@ def option(argv, name):
   return values[0]
 
 
-def assert_one_error_line(result):
+def assert_one_error_line(result, expected):
+  """Exit 2, nothing on stdout, one `error:` line that says `expected`."""
   assert result.returncode == 2, result
   assert result.stdout == ''
   lines = result.stderr.splitlines()
   assert len(lines) == 1 and lines[0].startswith('error: '), result.stderr
+  assert expected in lines[0], (expected, lines[0])
 
 
 @pytest.mark.parametrize('script', [TPU, SLURM, LOCAL], ids=lambda p: p.name)
@@ -102,11 +104,12 @@ def test_slurm_sbatch_headers():
   assert not any(h.startswith('--gpus-per-task') for h in headers)
 
 
-@pytest.mark.parametrize('overrides', [
-    {'CONFIG': 'configs/missing.py'}, {'VENV': '/nonexistent/venv'}],
-    ids=['missing-config', 'missing-venv'])
-def test_slurm_bad_input(slurm_env, overrides):
-  assert_one_error_line(run(SLURM, env=dict(slurm_env, **overrides)))
+@pytest.mark.parametrize('overrides, expected', [
+    ({'CONFIG': 'configs/missing.py'}, 'CONFIG configs/missing.py not found'),
+    ({'VENV': '/nonexistent/venv'}, 'VENV=/nonexistent/venv has no bin/activate'),
+], ids=['missing-config', 'missing-venv'])
+def test_slurm_bad_input(slurm_env, overrides, expected):
+  assert_one_error_line(run(SLURM, env=dict(slurm_env, **overrides)), expected)
 
 
 # --- local_multiprocess.sh ---------------------------------------------------
@@ -144,13 +147,32 @@ def test_local_dry_run_honours_port_and_python():
   assert all(a[2] == 'JAX_COORDINATOR_ADDRESS=127.0.0.1:23456' for a in argvs)
 
 
-@pytest.mark.parametrize('args', [
-    ('0',), ('abc',), ('-1',), (), ('--dry-run', '0'), ('--dry-run', 'abc')],
-    ids=['zero', 'abc', 'negative', 'missing', 'dry-zero', 'dry-abc'])
-def test_local_bad_n(args):
-  assert_one_error_line(run(LOCAL, *args, env=dict(os.environ)))
+@pytest.mark.parametrize('args, expected', [
+    (('0',), 'N must be a positive integer, got: 0'),
+    (('abc',), 'N must be a positive integer, got: abc'),
+    (('-1',), 'N must be a positive integer, got: -1'),
+    ((), 'missing N, the number of processes'),
+    (('--dry-run', '0'), 'N must be a positive integer, got: 0'),
+    (('--dry-run', 'abc'), 'N must be a positive integer, got: abc'),
+], ids=['zero', 'abc', 'negative', 'missing', 'dry-zero', 'dry-abc'])
+def test_local_bad_n(args, expected):
+  assert_one_error_line(run(LOCAL, *args, env=dict(os.environ)), expected)
 
 
 def test_local_bad_port():
   env = dict(os.environ, PORT='70000')
-  assert_one_error_line(run(LOCAL, '--dry-run', '2', env=env))
+  assert_one_error_line(run(LOCAL, '--dry-run', '2', env=env),
+                        'PORT must be a TCP port number (1-65535), got: 70000')
+
+
+def test_local_python_without_jax_is_one_line(tmp_path):
+  """No venv active and none in the checkout: the interpreter is checked
+  before any process starts, with a line that says what to do."""
+  env = dict(os.environ, PYTHON='/usr/bin/python3')
+  env.pop('VIRTUAL_ENV', None)
+  if subprocess.run(['/usr/bin/python3', '-c', 'import jax'],
+                    capture_output=True).returncode == 0:
+    pytest.skip('/usr/bin/python3 has jax: nothing to refuse')
+  assert_one_error_line(run(LOCAL, '2', '--config=configs/cifar10.py',
+                            f'--workdir={tmp_path}', env=env),
+                        'cannot import jax and absl: set PYTHON')

@@ -182,52 +182,72 @@ def test_tpu_help_shows_defaults():
     assert default in result.stdout
 
 
-@pytest.mark.parametrize('args', [
-    ('--tfds-data-dir=gs://bucket/tfds',),                      # no --workdir
-    ('--workdir=/tmp/run', '--tfds-data-dir=gs://bucket/tfds'),  # not gs://
-    ('--workdir=gs://bucket/run',),                             # no tfds dir
-    ('--workdir=gs://bucket/run', '--tfds-data-dir=/data/tfds'),
-    (*TPU_ARGS, '--zone'),                                       # no value
-    (*TPU_ARGS, '--zone='),
-    (*TPU_ARGS, '--bogus=1'),
-    (*TPU_ARGS, 'stray'),
-    (*TPU_ARGS, '--name=Bad_Name'),
-    (*TPU_ARGS, '--config=configs/missing.py'),
-    (*TPU_ARGS, '--accelerator-type=v4'),
-    (*TPU_ARGS, '--accelerator-type=V4-32'),
-    (*TPU_ARGS, '--accelerator-type=v7x-8'),                    # no --version
-    (*TPU_ARGS, '--accelerator-type=v5e-8'),
-    (*TPU_ARGS, '--node-count=2'),
-    (*TPU_ARGS, '--node-count=0'),
-    (*TPU_ARGS, '--max-restarts=-1'),
-    (*TPU_ARGS, '--max-restarts=x'),
-    (*TPU_ARGS, '--stop-grace=1.5'),
-    (*TPU_ARGS, '--spot', '--reserved'),
-    (*TPU_ARGS, '--valid-until-duration=6h'),                   # no --queued
-    (*TPU_ARGS, '--queued', '--valid-until-duration=six'),
-    (*TPU_ARGS, '--queued=yes'),
-], ids=['no-workdir', 'local-workdir', 'no-tfds', 'local-tfds', 'no-value',
-        'empty-value', 'unknown', 'positional', 'bad-name', 'missing-config',
-        'type-no-size', 'type-upper', 'unknown-family', 'v5e-name',
-        'multislice', 'zero-nodes', 'negative-restarts', 'text-restarts',
-        'fractional-grace', 'spot-and-reserved', 'valid-until-unqueued',
-        'bad-duration', 'switch-with-value'])
-def test_tpu_bad_input(args, bare_path):
+# (arguments, what the one error line says): each bad input its own message.
+TPU_BAD_INPUT = {
+    'no-workdir': (('--tfds-data-dir=gs://bucket/tfds',),
+                   '--workdir is required'),
+    'local-workdir': (('--workdir=/tmp/run', '--tfds-data-dir=gs://bucket/tfds'),
+                      '--workdir must be a gs:// path'),
+    'no-tfds': (('--workdir=gs://bucket/run',), '--tfds-data-dir is required'),
+    'local-tfds': (('--workdir=gs://bucket/run', '--tfds-data-dir=/data/tfds'),
+                   '--tfds-data-dir must be a gs:// path'),
+    'no-value': ((*TPU_ARGS, '--zone'), '--zone needs a value'),
+    'empty-value': ((*TPU_ARGS, '--zone='), '--zone needs a non-empty value'),
+    'unknown': ((*TPU_ARGS, '--bogus=1'), 'unknown option: --bogus'),
+    'positional': ((*TPU_ARGS, 'stray'), 'unexpected argument: stray'),
+    'bad-name': ((*TPU_ARGS, '--name=Bad_Name'),
+                 '--name must be lowercase letters'),
+    'missing-config': ((*TPU_ARGS, '--config=configs/missing.py'),
+                       '--config configs/missing.py not found'),
+    'type-no-size': ((*TPU_ARGS, '--accelerator-type=v4'),
+                     '--accelerator-type must be FAMILY-SIZE'),
+    'type-upper': ((*TPU_ARGS, '--accelerator-type=V4-32'),
+                   '--accelerator-type must be FAMILY-SIZE'),
+    'unknown-family': ((*TPU_ARGS, '--accelerator-type=v7x-8'),
+                       'no default --version for accelerator family v7x'),
+    'v5e-name': ((*TPU_ARGS, '--accelerator-type=v5e-8'),
+                 'no default --version for accelerator family v5e'),
+    'multislice': ((*TPU_ARGS, '--node-count=2'),
+                   'Multislice (more than one slice) is not supported'),
+    'zero-nodes': ((*TPU_ARGS, '--node-count=0'),
+                   '--node-count must be a positive integer, got: 0'),
+    'negative-restarts': ((*TPU_ARGS, '--max-restarts=-1'),
+                          '--max-restarts must be a non-negative integer'),
+    'text-restarts': ((*TPU_ARGS, '--max-restarts=x'),
+                      '--max-restarts must be a non-negative integer, got: x'),
+    'fractional-grace': ((*TPU_ARGS, '--stop-grace=1.5'),
+                         '--stop-grace must be a non-negative integer'),
+    'spot-and-reserved': ((*TPU_ARGS, '--spot', '--reserved'),
+                          '--spot and --reserved exclude each other'),
+    'valid-until-unqueued': ((*TPU_ARGS, '--valid-until-duration=6h'),
+                             '--valid-until-duration needs --queued'),
+    'bad-duration': ((*TPU_ARGS, '--queued', '--valid-until-duration=six'),
+                     '--valid-until-duration must be a gcloud duration'),
+    'switch-with-value': ((*TPU_ARGS, '--queued=yes'),
+                          '--queued takes no value'),
+}
+
+
+@pytest.mark.parametrize('args, expected', list(TPU_BAD_INPUT.values()),
+                         ids=list(TPU_BAD_INPUT))
+def test_tpu_bad_input(args, expected, bare_path):
   # --dry-run too: validation must not depend on gcloud being there.
-  assert_one_error_line(run(TPU, '--dry-run', *args, env={'PATH': bare_path}))
+  assert_one_error_line(run(TPU, '--dry-run', *args, env={'PATH': bare_path}),
+                        expected)
 
 
 def test_tpu_unknown_family_error_lists_known_ones(bare_path):
   result = run(TPU, '--dry-run', *TPU_ARGS, '--accelerator-type=v7x-8',
                env={'PATH': bare_path})
-  assert_one_error_line(result)
+  assert_one_error_line(result, 'no default --version')
   for family in ('v2', 'v3', 'v4', 'v5litepod', 'v5p', 'v6e', '--version'):
     assert family in result.stderr
 
 
 def test_tpu_bad_poll_seconds(bare_path):
   assert_one_error_line(run(TPU, '--dry-run', *TPU_ARGS,
-                            env={'PATH': bare_path, 'TPU_POLL_SECONDS': 'soon'}))
+                            env={'PATH': bare_path, 'TPU_POLL_SECONDS': 'soon'}),
+                        'TPU_POLL_SECONDS must be a non-negative integer')
 
 
 # --- real runs against a fake gcloud -----------------------------------------

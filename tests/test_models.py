@@ -6,8 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from alexnet_jax.model import alexnet
+from alexnet_jax.model import layers
 
-from alexnet_jax import models
+pass
 
 
 def layer_shapes(model, image_size):
@@ -33,7 +35,7 @@ def layer_shapes(model, image_size):
 
 
 def test_paper_net_layer_shapes_and_parameter_count():
-  shapes, n = layer_shapes(models.AlexNetPaper(num_classes=1000), 227)
+  shapes, n = layer_shapes(alexnet.AlexNetPaper(num_classes=1000), 227)
   assert shapes == {
       'conv1': (55, 55, 96), 'pool1': (27, 27, 96),
       'conv2': (27, 27, 256), 'pool2': (13, 13, 256),
@@ -46,7 +48,7 @@ def test_paper_net_layer_shapes_and_parameter_count():
 
 def test_paper_net_has_two_towers_in_conv2_conv4_conv5_only():
   params = jax.eval_shape(
-      lambda: models.AlexNetPaper().init(
+      lambda: alexnet.AlexNetPaper().init(
           jax.random.PRNGKey(0), jnp.zeros((1, 227, 227, 3)))['params'])
   kernels = {k: v['kernel'].shape for k, v in params.items()}
   assert kernels['conv1'] == (11, 11, 3, 96)
@@ -57,13 +59,13 @@ def test_paper_net_has_two_towers_in_conv2_conv4_conv5_only():
 
 
 def test_single_tower_parameter_count():
-  shapes, n = layer_shapes(models.AlexNetPaperOneTower(num_classes=1000), 227)
+  shapes, n = layer_shapes(alexnet.AlexNetPaperOneTower(num_classes=1000), 227)
   assert shapes['pool5'] == (6, 6, 256)
   assert n == 62_378_344
 
 
 def test_torchvision_variant_shapes_and_parameter_count():
-  shapes, n = layer_shapes(models.AlexNetTorchvision(num_classes=1000), 224)
+  shapes, n = layer_shapes(alexnet.AlexNetTorchvision(num_classes=1000), 224)
   assert shapes == {
       'conv1': (55, 55, 64), 'pool1': (27, 27, 64),
       'conv2': (27, 27, 192), 'pool2': (13, 13, 192),
@@ -75,7 +77,7 @@ def test_torchvision_variant_shapes_and_parameter_count():
 
 
 def test_torchvision_variant_adaptive_pool_accepts_other_sizes():
-  shapes, n = layer_shapes(models.AlexNetTorchvision(num_classes=1000), 256)
+  shapes, n = layer_shapes(alexnet.AlexNetTorchvision(num_classes=1000), 256)
   assert shapes['pool5'] == (7, 7, 256)
   assert shapes['flatten'] == (9216,)  # Adaptive pool brings it back to 6x6.
   assert n == 61_100_840
@@ -83,7 +85,7 @@ def test_torchvision_variant_adaptive_pool_accepts_other_sizes():
 
 def test_seed_pytorch_table_cifar10_at_224():
   """The seeds' PyTorch AlexNet: one tower, no LRN, conv1 unpadded, 10 classes."""
-  seed_net = models.AlexNet(num_classes=10, groups=1, lrn=False,
+  seed_net = alexnet.AlexNet(num_classes=10, groups=1, lrn=False,
                             paddings=(0, 2, 1, 1, 1))
   shapes, n = layer_shapes(seed_net, 224)
   assert [shapes[k][0] for k in ('conv1', 'pool1', 'conv2', 'pool2', 'conv3',
@@ -96,7 +98,7 @@ def test_seed_pytorch_table_cifar10_at_224():
 
 def test_seed_net_logits_are_not_rectified():
   """The seed's defect was a ReLU on the logits; ours can go negative."""
-  model = models.AlexNetTiny(num_classes=10, init_scheme='paper')
+  model = alexnet.AlexNetTiny(num_classes=10, init_scheme='paper')
   x = jax.random.normal(jax.random.PRNGKey(1), (8, 32, 32, 3))
   variables = model.init(jax.random.PRNGKey(0), x)
   logits = model.apply(variables, x)
@@ -104,7 +106,7 @@ def test_seed_net_logits_are_not_rectified():
 
 
 def test_cifar_form_shapes():
-  shapes, n = layer_shapes(models.AlexNetCifar(num_classes=10), 32)
+  shapes, n = layer_shapes(alexnet.AlexNetCifar(num_classes=10), 32)
   assert shapes['conv1'] == (32, 32, 48)
   assert shapes['pool1'] == (16, 16, 48)
   assert shapes['pool2'] == (8, 8, 96)
@@ -114,21 +116,21 @@ def test_cifar_form_shapes():
   assert n == 3_735_914
 
 
-@pytest.mark.parametrize('name', sorted(models.MODELS))
+@pytest.mark.parametrize('name', sorted(alexnet.MODELS))
 def test_every_preset_builds_through_the_factory(name):
   size = 32 if name in ('alexnet_cifar', 'alexnet_tiny') else (
       224 if name == 'alexnet_torchvision' else 227)
-  shapes, _ = layer_shapes(models.create_model(name, num_classes=7), size)
+  shapes, _ = layer_shapes(alexnet.create_model(name, num_classes=7), size)
   assert shapes['fc8'] == (7,)
 
 
 def test_unknown_model_name_lists_choices():
   with pytest.raises(ValueError, match="unknown model 'vgg'.*alexnet_paper"):
-    models.create_model('vgg')
+    alexnet.create_model('vgg')
 
 
 def test_paper_init_statistics():
-  params = models.AlexNetPaperOneTower(num_classes=10).init(
+  params = alexnet.AlexNetPaperOneTower(num_classes=10).init(
       jax.random.PRNGKey(0), jnp.zeros((1, 227, 227, 3)))['params']
   for name in ('conv1', 'conv3', 'fc8'):
     assert float(jnp.abs(params[name]['bias']).max()) == 0.
@@ -141,7 +143,7 @@ def test_paper_init_statistics():
 
 
 def test_he_init_scales_with_fan_in():
-  params = models.AlexNetCifar(num_classes=10).init(
+  params = alexnet.AlexNetCifar(num_classes=10).init(
       jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))['params']
   w = np.asarray(params['conv3']['kernel'])
   want = np.sqrt(2. / np.prod(w.shape[:-1]))  # fan_in = 3 * 3 * channels in.
@@ -151,7 +153,7 @@ def test_he_init_scales_with_fan_in():
 
 
 def test_forward_is_deterministic_and_dropout_only_in_training():
-  model = models.AlexNetTiny(num_classes=10, init_scheme='paper')
+  model = alexnet.AlexNetTiny(num_classes=10, init_scheme='paper')
   x = jax.random.normal(jax.random.PRNGKey(1), (4, 32, 32, 3))
   variables = model.init(jax.random.PRNGKey(0), x)
   again = model.init(jax.random.PRNGKey(0), x)
@@ -174,7 +176,7 @@ def test_forward_is_deterministic_and_dropout_only_in_training():
 
 
 def test_bfloat16_compute_keeps_float32_parameters():
-  model = models.AlexNetTiny(num_classes=10, dtype=jnp.bfloat16)
+  model = alexnet.AlexNetTiny(num_classes=10, dtype=jnp.bfloat16)
   x = jnp.ones((2, 32, 32, 3))
   variables = model.init(jax.random.PRNGKey(0), x)
   assert {p.dtype for p in jax.tree.leaves(variables)} == {jnp.dtype('float32')}
@@ -194,13 +196,13 @@ def lrn_reference(a, size=5, k=2., alpha=1e-4, beta=0.75):
 
 def test_lrn_matches_the_paper_formula():
   a = np.random.default_rng(0).normal(0, 30, (2, 3, 3, 16)).astype(np.float64)
-  got = models.local_response_norm(jnp.asarray(a, jnp.float32))
+  got = layers.local_response_norm(jnp.asarray(a, jnp.float32))
   np.testing.assert_allclose(got, lrn_reference(a), rtol=1e-5)
 
 
 def test_lrn_window_stays_inside_each_tower():
   a = np.random.default_rng(1).normal(0, 30, (1, 2, 2, 12)).astype(np.float64)
-  got = models.local_response_norm(jnp.asarray(a, jnp.float32), groups=2)
+  got = layers.local_response_norm(jnp.asarray(a, jnp.float32), groups=2)
   want = np.concatenate([lrn_reference(a[..., :6]), lrn_reference(a[..., 6:])],
                         axis=-1)
   np.testing.assert_allclose(got, want, rtol=1e-5)
@@ -208,7 +210,7 @@ def test_lrn_window_stays_inside_each_tower():
 
 def test_adaptive_avg_pool_bins_like_torch():
   x = jnp.arange(2 * 7 * 7 * 1, dtype=jnp.float32).reshape(2, 7, 7, 1)
-  y = models.adaptive_avg_pool(x, 3)
+  y = layers.adaptive_avg_pool(x, 3)
   # torch bins for 7 -> 3: [0,3), [2,5), [4,7)
   np.testing.assert_allclose(y[0, 0, 0, 0], x[0, 0:3, 0:3, 0].mean())
   np.testing.assert_allclose(y[1, 2, 1, 0], x[1, 4:7, 2:5, 0].mean())
@@ -229,25 +231,25 @@ def test_max_pool_matches_flax_values_and_gradient(shape, padding, ties):
     x = jnp.round(jax.nn.relu(x))  # Mostly 0s and 1s.
   flax_pool = lambda x: nn.max_pool(x, (3, 3), (2, 2),
                                     padding=((padding, padding),) * 2)
-  np.testing.assert_array_equal(models.max_pool(x, 3, 2, padding),
+  np.testing.assert_array_equal(layers.max_pool(x, 3, 2, padding),
                                 flax_pool(x))
   cotangent = jax.random.normal(jax.random.PRNGKey(1), flax_pool(x).shape)
   grad = lambda f: jax.jit(jax.grad(lambda x: (f(x) * cotangent).sum()))(x)
   # An input that wins several windows sums their cotangents, in another
   # order than select-and-scatter: equal up to float rounding.
   np.testing.assert_allclose(
-      grad(lambda x: models.max_pool(x, 3, 2, padding)), grad(flax_pool),
+      grad(lambda x: layers.max_pool(x, 3, 2, padding)), grad(flax_pool),
       rtol=1e-6, atol=1e-6)
 
 
 def test_max_pool_gradient_goes_to_first_maximum_of_overlapping_windows():
   # One 5x5 map, two 3x3/2 windows per side overlapping on row/col 2.
   x = jnp.zeros((1, 5, 5, 1)).at[0, 2, 2, 0].set(1.)
-  g = jax.grad(lambda x: models.max_pool(x, 3, 2, 0).sum())(x)
+  g = jax.grad(lambda x: layers.max_pool(x, 3, 2, 0).sum())(x)
   assert float(g[0, 2, 2, 0]) == 4.  # The max of all four windows.
   assert float(g.sum()) == 4.
   x = jnp.ones((1, 3, 3, 1))  # A tie across the whole window.
-  g = jax.grad(lambda x: models.max_pool(x, 3, 2, 0).sum())(x)
+  g = jax.grad(lambda x: layers.max_pool(x, 3, 2, 0).sum())(x)
   np.testing.assert_array_equal(g[0, :, :, 0], [[1, 0, 0], [0, 0, 0],
                                                 [0, 0, 0]])
 
@@ -260,7 +262,7 @@ def test_conv_is_flax_conv_with_groups_split(groups, kernel, stride, padding):
   as separate convolutions)."""
   import flax.linen as nn
   init = nn.initializers.normal(0.1)
-  ours = models.Conv(8, kernel, stride, padding, groups, kernel_init=init,
+  ours = layers.Conv(8, kernel, stride, padding, groups, kernel_init=init,
                      bias_init=init)
   flax_conv = nn.Conv(8, (kernel, kernel), (stride, stride),
                       padding=((padding, padding),) * 2,

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from matplotlib import image as mpimg
 
-from alexnet_jax import plot
-from alexnet_jax import train
+pass
+from alexnet_jax.run import loop
+from alexnet_jax.runtime import curves
 from configs import cifar10
 from tests.conftest import REPO
 
@@ -76,7 +77,7 @@ def run_plot(args, env, cwd=REPO):
 
 def test_torn_line_is_skipped(tmp_path):
   workdir = write_run(tmp_path / 'a', num_logs=40)
-  records = plot.read_records(workdir)
+  records = curves.read_records(workdir)
   # 40 train, 4 val, 1 test; the half line is not a record.
   assert len(records) == 45
   assert [r['split'] for r in records].count('val') == 4
@@ -86,8 +87,8 @@ def test_torn_line_is_skipped(tmp_path):
 def test_two_runs_overlay_differs_from_one(tmp_path):
   a = write_run(tmp_path / 'a', seed=0)
   b = write_run(tmp_path / 'b', seed=1)
-  plot.plot_runs([a], tmp_path / 'one.png')
-  plot.plot_runs([a, b], tmp_path / 'two.png', labels=['slow', 'fast'])
+  curves.plot_runs([a], tmp_path / 'one.png')
+  curves.plot_runs([a, b], tmp_path / 'two.png', labels=['slow', 'fast'])
   one = read_png(tmp_path / 'one.png')
   two = read_png(tmp_path / 'two.png')
   assert (np.abs(one - two).max(axis=-1) > 0.1).mean() > 0.005
@@ -100,16 +101,16 @@ def test_two_runs_overlay_differs_from_one(tmp_path):
 
 
 def test_default_labels_are_last_components_unless_they_collide(tmp_path):
-  assert plot.default_labels([tmp_path / 'x' / 'run1', tmp_path / 'run2/']) \
+  assert curves.default_labels([tmp_path / 'x' / 'run1', tmp_path / 'run2/']) \
       == ['run1', 'run2']
   a, b = tmp_path / 'x' / 'run', tmp_path / 'y' / 'run'
-  assert plot.default_labels([a, b, tmp_path / 'z']) == [str(a), str(b), 'z']
+  assert curves.default_labels([a, b, tmp_path / 'z']) == [str(a), str(b), 'z']
 
 
 def test_label_count_must_match(tmp_path):
   a = write_run(tmp_path / 'a')
-  with pytest.raises(plot.PlotError, match='2 labels for 1 workdirs'):
-    plot.plot_runs([a], tmp_path / 'out.png', labels=['x', 'y'])
+  with pytest.raises(curves.PlotError, match='2 labels for 1 workdirs'):
+    curves.plot_runs([a], tmp_path / 'out.png', labels=['x', 'y'])
   assert not (tmp_path / 'out.png').exists()
 
 
@@ -121,12 +122,12 @@ def test_run_without_records_says_no_metrics_yet(tmp_path):
   nothing = tmp_path / 'nothing'
   nothing.mkdir()  # No metrics.jsonl at all.
   for workdir in (empty, nothing):
-    assert plot.write_run_curves(str(workdir)) == str(workdir / 'curves.png')
+    assert curves.write_run_curves(str(workdir)) == str(workdir / 'curves.png')
     pixels = read_png(workdir / 'curves.png')
     assert orange_pixels(pixels) == 0
   # Beside a run that has records, the empty one is a legend entry only.
   a = write_run(tmp_path / 'a')
-  plot.plot_runs([a, empty], tmp_path / 'both.png')
+  curves.plot_runs([a, empty], tmp_path / 'both.png')
   read_png(tmp_path / 'both.png')
 
 
@@ -135,9 +136,9 @@ def test_write_run_curves_is_quick_for_thousands_of_records(tmp_path):
   busy 2-core machine takes ~0.4 s); it catches an order-of-magnitude slip,
   such as a layout engine measuring every tick label on each redraw."""
   workdir = write_run(tmp_path / 'big', num_logs=5000)
-  plot.write_run_curves(str(workdir))  # Font cache and imports, once.
+  curves.write_run_curves(str(workdir))  # Font cache and imports, once.
   start = time.perf_counter()
-  out = plot.write_run_curves(str(workdir))
+  out = curves.write_run_curves(str(workdir))
   elapsed = time.perf_counter() - start
   read_png(out)
   assert elapsed < 3., f'{elapsed:.2f} s for 5,000 records'
@@ -201,8 +202,8 @@ def test_curves_of_a_real_training_run(cifar_dir, tmp_path, subprocess_env):
                 num_epochs=0, num_steps=20, log_every_steps=5,
                 eval_every_epochs=0.1, checkpoint_every_steps=0)
   workdir = tmp_path / 'w'
-  train.train_and_evaluate(config, str(workdir))
-  splits = [r['split'] for r in plot.read_records(workdir)]
+  loop.train_and_evaluate(config, str(workdir))
+  splits = [r['split'] for r in curves.read_records(workdir)]
   assert splits.count('train') >= 4 and splits.count('val') >= 3
   assert splits.count('test') == 1
   # Training drew its own curves; the CLI redraws them from metrics.jsonl.

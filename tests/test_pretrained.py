@@ -18,22 +18,23 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexnet_jax import checkpointing
+from alexnet_jax.runtime import checkpoints
 from alexnet_jax import convert
-from alexnet_jax import finetune
-from alexnet_jax import optim
-from alexnet_jax import sharding
-from alexnet_jax import torch_weights
-from alexnet_jax import train
+from alexnet_jax.task import finetune
+from alexnet_jax.task import config as config_lib
+from alexnet_jax.task import optim
+from alexnet_jax.runtime import mesh as mesh_lib
+from alexnet_jax.model import torch_weights
 from alexnet_jax.errors import UserError
 from configs import imagenet_torchvision
 from tests import cli
 from tests.conftest import REPO
 
 torch = pytest.importorskip(
-    'torch', reason='PyTorch not installed (pip install torch==2.13.0)')
+    'torch', reason='PyTorch not installed: pip install -r requirements-parity.txt')
 skimage_data = pytest.importorskip('skimage.data')
 from tests.test_torch_parity import torchvision_alexnet  # pylint: disable=g-import-not-at-top,wrong-import-position
+from alexnet_jax.task import state as state_lib
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -141,12 +142,13 @@ def test_a_run_resumes_from_the_converted_checkpoint(converted, weights):
   """The same config and workdir in train: orbax restores step 0 and the
   converted weights into the state train_and_evaluate builds."""
   config = imagenet_torchvision.get_config()
-  mesh = sharding.make_mesh(1)
-  model = train.make_model(config, 1000)
-  tx, _ = optim.make_optimizer(config, 100, 1000, 100)
-  _, abstract = train.create_train_state(model, tx, (224, 224, 3),
+  mesh = mesh_lib.make_mesh(1)
+  model = state_lib.make_model(config, 1000)
+  tx, _ = optim.make_optimizer(
+      config, config_lib.Durations.from_steps_per_epoch(config, 100))
+  _, abstract = state_lib.create_train_state(model, tx, (224, 224, 3),
                                          config.seed, mesh)
-  ckpt = checkpointing.Checkpointer(converted, config.keep_checkpoints)
+  ckpt = checkpoints.Checkpointer(converted, config.keep_checkpoints)
   try:
     step, state = ckpt.restore_latest(abstract)
   finally:
@@ -170,10 +172,11 @@ def test_init_from_converted_weights_into_ten_classes(converted, weights,
   """Fine-tuning's start: conv1..fc7 are torchvision's, fc8 the new run's."""
   config = imagenet_torchvision.get_config()
   config.update(init_from=converted)
-  model = train.make_model(config, 10)
-  tx, _ = optim.make_optimizer(config, 10, 10, 10)
-  fresh, _ = train.create_train_state(model, tx, (224, 224, 3), config.seed,
-                                      sharding.make_mesh(1))
+  model = state_lib.make_model(config, 10)
+  tx, _ = optim.make_optimizer(
+      config, config_lib.Durations.from_steps_per_epoch(config, 10))
+  fresh, _ = state_lib.create_train_state(model, tx, (224, 224, 3), config.seed,
+                                      mesh_lib.make_mesh(1))
   messages = []
   state = finetune.init_from(config, str(tmp_path / 'tuned'), fresh,
                              log=messages.append)

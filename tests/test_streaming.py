@@ -19,8 +19,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexnet_jax import augment
-from alexnet_jax import streaming
+from alexnet_jax.data import augment
+from alexnet_jax.data import feeds
+from alexnet_jax.data import images
+from alexnet_jax.data import streaming
 from tests import cli
 
 skimage_data = pytest.importorskip('skimage.data')
@@ -135,9 +137,9 @@ def test_large_jpeg_is_decoded_at_reduced_size():
   big = Image.fromarray(skimage_data.astronaut()).resize((2048, 2048))
   buffer = io.BytesIO()
   big.save(buffer, format='JPEG')
-  img = streaming.decode(buffer.getvalue(), min_side=256)
+  img = images.decode(buffer.getvalue(), min_side=256)
   assert 256 <= min(img.size) <= 512  # libjpeg scaled by 1/4, not 1/1.
-  square = streaming.center_square(streaming.resize_shorter(img, 256), 256)
+  square = images.center_square(images.resize_shorter(img, 256), 256)
   assert square.shape == (256, 256, 3)
 
 
@@ -245,6 +247,7 @@ def alive(pid):
     return False
 
 
+@pytest.mark.slow
 def test_kill_9_mid_epoch_then_rerun_is_bitwise_equal(tree, tmp_path,
                                                       subprocess_env):
   """Killed with its Grain workers running: they end too; the rerun resumes
@@ -284,14 +287,14 @@ def test_tfds_imagenette_feeds_batches_under_mock_data(tmp_path):
   same feed, on TFDS's mock data: shapes, dtypes, labels, eval masks."""
   tfds = pytest.importorskip('tensorflow_datasets')
   from configs import imagenette  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import batches, sharding  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.runtime import mesh as mesh_lib
   config = imagenette.get_config()
   config.batch_size, config.eval_batch_size, config.data_workers = 4, 6, 0
   with tfds.testing.mock_data(num_examples=20, data_dir=str(tmp_path)):
-    feed = batches.StreamingFeed(config, sharding.make_mesh())
+    feed = feeds.StreamingFeed(config, mesh_lib.make_mesh(), 224)
     assert feed.num_classes == 10 and feed.sizes == {'train': 19, 'val': 1,
                                                      'test': 20}
-    images, labels = next(feed.train(0, 2))
+    images, labels = next(feed.train(0, 4, 2))
     assert images.shape == (4, 224, 224, 3) and images.dtype == jnp.uint8
     assert ((0 <= labels) & (labels < 10)).all()
     evaluated = list(streaming.eval_batches(
@@ -301,7 +304,7 @@ def test_tfds_imagenette_feeds_batches_under_mock_data(tmp_path):
 
 def test_prepare_imagenet_names_the_missing_tars(tmp_path):
   pytest.importorskip('tensorflow_datasets')
-  from alexnet_jax import prepare  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import prepare
   with pytest.raises(streaming.DataError,
                      match='ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar'
                      ' not found in ' + str(tmp_path / 'manual')):
@@ -341,14 +344,14 @@ def test_resized_window_is_the_window_of_the_resized_square(size, window):
   photo, keeping the central square and cropping: equal up to one level."""
   img = Image.fromarray(skimage_data.astronaut()).resize(size)
   top, left, crop = window
-  square = streaming.center_square(streaming.resize_shorter(img, 256), 256)
+  square = images.center_square(images.resize_shorter(img, 256), 256)
   want = square[top:top + crop, left:left + crop]
-  got = streaming.resized_window(img, 256, top, left, crop)
+  got = images.resized_window(img, 256, top, left, crop)
   assert got.shape == want.shape == (crop, crop, 3) and got.dtype == np.uint8
   diff = np.abs(got.astype(int) - want.astype(int))
   # PIL's fixed-point filter weights for a float box round differently.
   assert diff.max() <= 1 and diff.mean() < 0.2, (diff.max(), diff.mean())
   # One pixel off would differ far more: the comparison can fail.
   if top + crop < 256:
-    off = streaming.resized_window(img, 256, top + 1, left, crop)
+    off = images.resized_window(img, 256, top + 1, left, crop)
     assert np.abs(off.astype(int) - want.astype(int)).mean() > 10 * diff.mean()

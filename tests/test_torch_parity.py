@@ -9,16 +9,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import models
-from alexnet_jax import torch_weights
+from alexnet_jax.model import alexnet
+from alexnet_jax.model import torch_weights
 
 torch = pytest.importorskip(
-    'torch', reason='PyTorch not installed (pip install torch==2.13.0)')
+    'torch', reason='PyTorch not installed: pip install -r requirements-parity.txt')
 nn = torch.nn
 
 
 def torchvision_alexnet(num_classes):
-  """torchvision.models.alexnet.AlexNet, module for module."""
+  """torchvision.alexnet.alexnet.AlexNet, module for module."""
   class AlexNet(nn.Module):
 
     def __init__(self):
@@ -96,16 +96,16 @@ def compare(torch_model, flax_model, layers, image_size, seed=0):
 
 
 def test_torchvision_alexnet_parity():
-  compare(torchvision_alexnet(10), models.AlexNetTorchvision(num_classes=10),
+  compare(torchvision_alexnet(10), alexnet.AlexNetTorchvision(num_classes=10),
           torch_weights.TORCHVISION_LAYERS, 224)
 
 
 def test_torchvision_alexnet_parity_with_adaptive_pool_at_other_size():
-  compare(torchvision_alexnet(10), models.AlexNetTorchvision(num_classes=10),
+  compare(torchvision_alexnet(10), alexnet.AlexNetTorchvision(num_classes=10),
           torch_weights.TORCHVISION_LAYERS, 256)
 
 
 @pytest.mark.parametrize('groups', [1, 2])
 def test_paper_alexnet_parity_with_lrn_and_towers(groups):
   compare(paper_alexnet(10, groups),
-          models.AlexNet(num_classes=10, groups=groups), PAPER_LAYERS, 227)
+          alexnet.AlexNet(num_classes=10, groups=groups), PAPER_LAYERS, 227)

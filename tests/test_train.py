@@ -13,15 +13,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import augment
-from alexnet_jax import batches
-from alexnet_jax import input_pipeline
-from alexnet_jax import checkpointing
-from alexnet_jax import models
-from alexnet_jax import optim
-from alexnet_jax import reporting
-from alexnet_jax import sharding
-from alexnet_jax import train
+from alexnet_jax.data import augment
+from alexnet_jax.data import cifar
+from alexnet_jax.data import feeds
+from alexnet_jax.data import registry
+from alexnet_jax.model import alexnet
+from alexnet_jax.run import loop
+from alexnet_jax.runtime import checkpoints
+from alexnet_jax.runtime import mesh as mesh_lib
+from alexnet_jax.runtime import reporting
+from alexnet_jax.task import config as config_lib
+from alexnet_jax.task import evaluation
+from alexnet_jax.task import optim
+from alexnet_jax.task import state as state_lib
 from configs import cifar10
 from tests import cli
 from tests.cli import read_jsonl
@@ -44,7 +48,7 @@ def tiny_config(cifar_dir, **overrides):
 
 def test_run_writes_metrics_tensorboard_and_checkpoints(cifar_dir, tmp_path):
   workdir = str(tmp_path / 'w')
-  final = train.train_and_evaluate(tiny_config(cifar_dir), workdir)
+  final = loop.train_and_evaluate(tiny_config(cifar_dir), workdir)
 
   assert final['step'] == 70  # 4577 train images // 128, times 2 epochs.
   assert 0 <= final['test']['top1'] <= final['test']['top5'] <= 1
@@ -68,6 +72,7 @@ def test_run_writes_metrics_tensorboard_and_checkpoints(cifar_dir, tmp_path):
   assert os.path.getsize(os.path.join(workdir, 'curves.png')) > 10_000
 
 
+@pytest.mark.slow
 def test_relative_workdir_as_the_readme_writes_it_saves_and_resumes(
     cifar_dir, tmp_path, subprocess_env):
   """`--workdir=workdirs/cifar10`, relative to where the command runs: orbax
@@ -86,23 +91,15 @@ def test_relative_workdir_as_the_readme_writes_it_saves_and_resumes(
   assert read_jsonl(str(workdir))[-1]['step'] == 70
 
 
+@pytest.mark.slow
 def test_training_learns_real_images(cifar_dir, tmp_path):
   """A few epochs of the tiny net beat chance (10%) clearly on val and test."""
-  final = train.train_and_evaluate(
+  final = loop.train_and_evaluate(
       tiny_config(cifar_dir, num_epochs=6, learning_rate=0.05,
                   dropout_rate=0.1, checkpoint_every_steps=0),
       str(tmp_path / 'w'))
   assert final['val']['top1'] > 0.3
   assert final['test']['top1'] > 0.3
-
-
-@pytest.mark.parametrize('n, eval_batch_size, devices, batch', [
-    (508, 500, 1, 254), (1017, 500, 1, 339), (1017, 250, 1, 204),
-    (1017, 500, 8, 344), (10, 500, 1, 10), (500, 500, 1, 500),
-    (501, 500, 4, 252), (504, 500, 8, 504), (505, 500, 8, 256),
-    (3, 500, 8, 8)])
-def test_eval_batches_are_balanced(n, eval_batch_size, devices, batch):
-  assert batches.balanced_batch(n, eval_batch_size, devices) == batch
 
 
 @pytest.mark.parametrize('eval_flip, eval_batch_size', [
@@ -113,18 +110,15 @@ def test_eval_scores_every_example_exactly_once(cifar_dir, eval_flip,
   masked): none dropped, none counted twice."""
   cfg = tiny_config(cifar_dir, eval_batch_size=eval_batch_size,
                     eval_flip=eval_flip)
-  _, test = input_pipeline.load_cifar10_archive(cifar_dir)
-  model = models.AlexNetTiny(num_classes=10, init_scheme='paper')
+  _, test = cifar.load_cifar10_archive(cifar_dir)
+  model = alexnet.AlexNetTiny(num_classes=10, init_scheme='paper')
   params = model.init(jax.random.PRNGKey(0),
                       jnp.zeros((1, 32, 32, 3)))['params']
-  mesh = sharding.make_mesh()
-  eval_fn = train.make_eval_fn(cfg, model, 10, input_pipeline.CIFAR10_MEAN,
-                               input_pipeline.CIFAR10_STD, mesh)
-  metrics, _ = train.evaluate(eval_fn, params, (jnp.asarray(test.images),
-                                                jnp.asarray(test.labels)))
+  metrics = cli.evaluate_arrays(cfg, model, params, test.images,
+                                test.labels)
   x = augment.normalize(jnp.asarray(test.images),
-                               input_pipeline.CIFAR10_MEAN,
-                               input_pipeline.CIFAR10_STD)
+                               registry.CIFAR10_MEAN,
+                               registry.CIFAR10_STD)
   probs = jax.nn.softmax(model.apply({'params': params}, x))
   if eval_flip:
     probs = (probs + jax.nn.softmax(
@@ -141,7 +135,7 @@ def trained_workdir(tmp_path_factory):
   """A workdir holding checkpoints, to check that bad input leaves it alone."""
   cifar = require_cifar_subset()
   workdir = str(tmp_path_factory.mktemp('trained') / 'w')
-  train.train_and_evaluate(tiny_config(cifar, num_epochs=0, num_steps=10),
+  loop.train_and_evaluate(tiny_config(cifar, num_epochs=0, num_steps=10),
                            workdir)
   return workdir
 
@@ -190,7 +184,8 @@ def make_garbled_archive(tmp_path):
 BAD_INPUT = [
     ({'model': 'vgg16'}, "unknown model 'vgg16'; valid: alexnet_paper, "
      'alexnet_paper_one_tower, alexnet_torchvision, alexnet_cifar'),
-    ({'dataset': 'mnist'}, "unknown dataset 'mnist'; valid: cifar10, fake"),
+    ({'dataset': 'mnist'}, "unknown dataset 'mnist'; valid: cifar10, fake, "
+     'image_folder, imagenet2012, imagenette'),
     ({'schedule': 'linear'}, "unknown schedule 'linear'; valid: plateau, "
      'step, cosine, constant'),
     ({'init': 'xavier'}, "unknown init 'xavier'; valid: paper, caffe, he"),
@@ -298,8 +293,9 @@ def test_logged_learning_rate_is_the_one_the_step_used(cifar_dir, tmp_path):
                        log_every_steps=1, eval_every_epochs=0,
                        checkpoint_every_steps=0)
   workdir = str(tmp_path / 'w')
-  train.train_and_evaluate(config, workdir)
-  schedule = optim.learning_rate_schedule(config, 35, 20)
+  loop.train_and_evaluate(config, workdir)
+  schedule = optim.learning_rate_schedule(
+      config, config_lib.Durations.from_steps_per_epoch(config, 35))
   logged = {r['step']: r['lr'] for r in read_jsonl(workdir)
             if r['split'] == 'train'}
   assert logged[1] == 0.0  # The first step of a warmup from zero.
@@ -307,51 +303,50 @@ def test_logged_learning_rate_is_the_one_the_step_used(cifar_dir, tmp_path):
     assert lr == pytest.approx(float(schedule(step - 1)), rel=1e-6), step
 
 
-def test_best_val_checkpoint_is_kept_and_reported(cifar_dir, tmp_path):
-  """Six evaluations; the kept best is the argmax of the logged val top-1,
-  its checkpoint restores, and its test accuracy is what final reports."""
+def test_best_val_checkpoint_that_is_not_the_last_is_restored_and_reported(
+    cifar_dir, tmp_path):
+  """Evaluations at steps 10, 20, 30 and 40; step 10 is made the best (its
+  recorded val top-1, which orbax ranks by, set to 1.0 between two parts of
+  the run), so the final test of the best checkpoint must restore step 10's
+  parameters: its test metrics are recomputed here from that checkpoint and
+  differ from the last step's."""
   workdir = str(tmp_path / 'w')
-  final = train.train_and_evaluate(
-      tiny_config(cifar_dir, num_epochs=0, num_steps=60, eval_every_epochs=0.3,
-                  keep_checkpoints=1, checkpoint_every_steps=0,
-                  learning_rate=0.05), workdir)
-  vals = [(r['top1'], r['step']) for r in read_jsonl(workdir)
-          if r['split'] == 'val']
-  assert len(vals) >= 3
-  best_top1 = max(v for v, _ in vals)
-  best = final['best_val_step']
-  assert dict((s, v) for v, s in vals)[best] == best_top1
+  config = lambda steps, keep: tiny_config(
+      cifar_dir, num_epochs=0, num_steps=steps, eval_every_epochs=10 / 35,
+      keep_checkpoints=keep, checkpoint_every_steps=0, learning_rate=0.05)
+  loop.train_and_evaluate(config(20, 2), workdir)
+  metrics_file = os.path.join(workdir, 'checkpoints', '10', 'metrics',
+                              'metrics')
+  with open(metrics_file, 'w') as f:
+    json.dump({checkpoints.BEST_METRIC: 1.0}, f)
+  final = loop.train_and_evaluate(config(40, 1), workdir)
+  assert final['best_val_step'] == 10 and final['step'] == 40
   kept = sorted(int(s) for s in os.listdir(os.path.join(workdir,
                                                          'checkpoints')))
-  assert kept == sorted({best, 60})  # The latest 1 plus the best.
-  # Its own test accuracy, recomputed from the restored checkpoint.
-  state = checkpointing.load_state_on_host(workdir, best)
-  model = train.make_model(tiny_config(cifar_dir), 10)
-  _, test = input_pipeline.load_cifar10_archive(cifar_dir)
-  eval_fn = train.make_eval_fn(tiny_config(cifar_dir), model, 10,
-                               input_pipeline.CIFAR10_MEAN,
-                               input_pipeline.CIFAR10_STD, sharding.make_mesh())
-  metrics, _ = train.evaluate(eval_fn, state['params'],
-                              (jnp.asarray(test.images),
-                               jnp.asarray(test.labels)))
-  assert metrics['top1'] == pytest.approx(final['best_val_test']['top1'],
-                                          abs=1e-9)
+  assert kept == [10, 40]  # The latest 1 plus the best.
+  state = cli.load_state_on_host(workdir, 10)
+  model = state_lib.make_model(tiny_config(cifar_dir), 10)
+  _, test = cifar.load_cifar10_archive(cifar_dir)
+  metrics = cli.evaluate_arrays(tiny_config(cifar_dir), model,
+                                state['params'], test.images, test.labels)
+  assert final['best_val_test'] == pytest.approx(metrics, rel=1e-6)
+  assert final['best_val_test']['loss'] != final['test']['loss']
 
 
 def test_checkpointer_keeps_the_best_of_a_known_order(tmp_path):
   """Val top-1 0.5, 0.8, 0.6, 0.7 at steps 10..40, keep 1: 20 and 40 stay,
   20 is the best, and each restores to what was saved."""
-  ckpt = checkpointing.Checkpointer(str(tmp_path / 'w'), keep=1)
+  ckpt = checkpoints.Checkpointer(str(tmp_path / 'w'), keep=1)
   for step, top1 in zip((10, 20, 30, 40), (0.5, 0.8, 0.6, 0.7)):
     ckpt.save(step, {'w': jnp.full((4,), float(step))},
-              {checkpointing.BEST_METRIC: top1})
+              {checkpoints.BEST_METRIC: top1})
   ckpt.close()
   assert sorted(os.listdir(tmp_path / 'w' / 'checkpoints')) == ['20', '40']
-  reopened = checkpointing.Checkpointer(str(tmp_path / 'w'), keep=1)
+  reopened = checkpoints.Checkpointer(str(tmp_path / 'w'), keep=1)
   assert reopened.best_step() == 20 and reopened.latest_step() == 40
   reopened.close()
   for step in (20, 40):
-    restored = checkpointing.load_state_on_host(str(tmp_path / 'w'), step)
+    restored = cli.load_state_on_host(str(tmp_path / 'w'), step)
     np.testing.assert_array_equal(restored['w'], np.full((4,), float(step)))
 
 
@@ -361,7 +356,7 @@ def test_train_step_compiles_once(cifar_dir, tmp_path, caplog):
   config = tiny_config(cifar_dir, num_epochs=0, num_steps=12,
                        eval_every_epochs=0.2, checkpoint_every_steps=5)
   with jax.log_compiles(), caplog.at_level('WARNING'):
-    train.train_and_evaluate(config, str(tmp_path / 'w'))
+    loop.train_and_evaluate(config, str(tmp_path / 'w'))
   compiles = [r for r in caplog.records
               if 'Compiling jit(step_fn)' in r.getMessage()]
   assert len(compiles) == 1
@@ -378,21 +373,3 @@ def test_reporter_rewrites_metrics_only_when_something_was_written(tmp_path):
   reporter.write(2, 'train', loss=0.5)
   reporter.close()
   assert [r['step'] for r in read_jsonl(str(tmp_path))] == [1, 2]
-
-
-@pytest.mark.parametrize('size', [1, 2, 3])
-@pytest.mark.parametrize('count', [0, 1, 2, 5])
-def test_prefetch_keeps_order_and_runs_ahead(size, count):
-  pulled = []
-
-  def source():
-    for i in range(count):
-      pulled.append(i)
-      yield i
-
-  out = []
-  for item in batches.prefetch(source(), size):
-    out.append(item)
-    # While item i is consumed, items up to i + size - 1 were pulled.
-    assert len(pulled) == min(count, item + size)
-  assert out == list(range(count))

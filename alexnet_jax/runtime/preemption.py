@@ -1,17 +1,19 @@
 """SIGTERM / SIGINT: finish the step, save it, say so, exit; a second one exits now.
 
-One process: Python handlers set a flag that the loop reads after each step.
-Several processes must save the same step, so there the decision is JAX's
-preemption sync point (`multihost_utils.reached_preemption_sync_point`, the
-mechanism under orbax's `reached_preemption`): after
+Several processes must save the same step, so there the decision is orbax's
+`reached_preemption` (JAX's preemption sync point): after
 `jax.distributed.initialize`, XLA's preemption notifier owns SIGTERM, and
 every process reaches the same answer at the same step. SIGINT (Ctrl-C) is
 forwarded to that notifier as a SIGTERM, so it agrees across processes too.
+One process is hand-written: Python handlers set a flag that the loop reads
+after each step, because JAX's preemption notifier exists only after
+`jax.distributed.initialize` (orbax's `reached_preemption` is always False
+without it).
 """
 
 import os
 import signal
-from typing import Optional
+from typing import Callable, Optional
 
 import jax
 
@@ -21,7 +23,9 @@ _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 class StopRequest:
   """Installed for the duration of a run (a context manager)."""
 
-  def __init__(self):
+  def __init__(self, reached_preemption: Callable[[int], bool]):
+    """`reached_preemption(step)`: the multi-process agreement (orbax's)."""
+    self._reached_preemption = reached_preemption
     self.signum: Optional[int] = None
     self._previous = {}
     self._multi = False
@@ -58,8 +62,7 @@ class StopRequest:
     """Called by every process after every step (a collective when multi)."""
     if not self._multi:
       return self.signum is not None
-    from jax.experimental import multihost_utils
-    if multihost_utils.reached_preemption_sync_point(step):
+    if self._reached_preemption(step):
       self.signum = self.signum or signal.SIGTERM
       return True
     return False

@@ -57,7 +57,7 @@ def load_state_dict(path: str) -> dict:
   except ImportError:
     raise WeightsError(
         'reading PyTorch weights needs PyTorch, which is not installed: '
-        'pip install -r requirements-parity.txt (torch==2.13.0)') from None
+        'pip install -r requirements-parity.txt') from None
   try:
     with warnings.catch_warnings():  # Pickle-protocol notes on foreign files.
       warnings.simplefilter('ignore')

@@ -16,18 +16,18 @@ import optax
 SCHEDULES = ('plateau', 'step', 'cosine', 'constant')
 
 
-def learning_rate_schedule(config, steps_per_epoch: int, total_steps: int):
-  """An optax schedule for `config.schedule`, in steps."""
-  lr = config.learning_rate
-  warmup = int(round(config.warmup_epochs * steps_per_epoch))
+def learning_rate_schedule(config, durations):
+  """An optax schedule for `config.schedule`, in steps (`Durations`)."""
+  lr, warmup = config.learning_rate, durations.warmup_steps
   if config.schedule == 'cosine':
     return optax.warmup_cosine_decay_schedule(
         init_value=0., peak_value=lr, warmup_steps=warmup,
-        decay_steps=max(total_steps, warmup + 1), end_value=0.)
+        decay_steps=max(durations.total_steps, warmup + 1), end_value=0.)
   if config.schedule == 'step':
+    # After warmup, join_schedules counts steps from the join.
     main = optax.piecewise_constant_schedule(
-        lr, {int(e * steps_per_epoch) - warmup: config.lr_step_factor
-             for e in config.lr_step_epochs})
+        lr, {b - warmup: config.lr_step_factor
+             for b in durations.lr_step_boundaries})
   elif config.schedule in ('plateau', 'constant'):
     main = optax.constant_schedule(lr)
   else:
@@ -46,15 +46,15 @@ def _kernels_only(params):
       {k: k[-1] == 'kernel' for k in flat})
 
 
-def make_optimizer(config, steps_per_epoch: int, total_steps: int,
-                   steps_per_eval: int):
+def make_optimizer(config, durations):
   """The optimizer and its learning-rate schedule (for logging).
 
   With the 'plateau' schedule the update takes `value=<val top-1 error>`;
-  optax's reduce_on_plateau averages it over the `steps_per_eval` steps between
-  evaluations, so each decision sees exactly one validation measurement.
+  optax's reduce_on_plateau averages it over the steps between evaluations,
+  so each decision sees exactly one validation measurement.
   """
-  schedule = learning_rate_schedule(config, steps_per_epoch, total_steps)
+  schedule = learning_rate_schedule(config, durations)
+  steps_per_eval = durations.steps_per_eval or durations.total_steps
   chain = [
       optax.add_decayed_weights(config.weight_decay, mask=_kernels_only),
       optax.scale_by_learning_rate(schedule),

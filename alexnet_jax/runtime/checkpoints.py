@@ -15,7 +15,7 @@ process takes part in saves and restores.
 
 import json
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import numpy as np
@@ -48,15 +48,12 @@ def _first_line(e: BaseException, limit: int = 200) -> str:
   return f'{type(e).__name__}: {text[:limit]}' if text else type(e).__name__
 
 
-def _tree_signature(tree) -> dict:
+def tree_signature(tree) -> dict:
   """{'params/conv1/kernel': (shape, dtype)} for arrays or their metadata."""
   flat = jax.tree_util.tree_flatten_with_path(tree)[0]
   return {jax.tree_util.keystr(path, simple=True, separator='/'):
           (tuple(leaf.shape), np.dtype(leaf.dtype).name)
           for path, leaf in flat}
-
-
-tree_signature = _tree_signature  # Public: inference and fine-tuning use it.
 
 
 def describe_mismatch(saved: dict, wanted: dict) -> str:
@@ -87,41 +84,47 @@ class Checkpointer:
   """The run's CheckpointManager, with damage-tolerant resume and clear errors."""
 
   def __init__(self, workdir: str, keep: int,
-               log: Callable[[str], None] = None):
+               log: Callable[[str], None] = None,
+               save_every: Sequence[int] = (), save_on: Sequence[int] = ()):
+    """`should_save` says yes at multiples of each of `save_every` (0: none)
+    and at the `save_on` steps, with orbax's save-decision policies; and at
+    a preemption that every process of a multi-process job agreed on."""
     self.workdir = workdir_path(workdir)
     self._log = log or _print_on_process_0
     self.directory = self.workdir / 'checkpoints'
     self._pending = None  # Step of the save that may still be in flight.
     try:
       self._set_aside_unreadable_steps()
-      self.manager = self._open_manager(keep)
+      self.manager = self._open_manager(keep, save_every, save_on)
     except OSError as e:
       raise CheckpointError(
           f'cannot open checkpoints in {self.directory} ({_first_line(e)}); '
           'check that the workdir is writable') from None
 
-  def _open_manager(self, keep: int):
-    policies = [ocp.checkpoint_managers.LatestN(n=max(keep, 1)),
-                ocp.checkpoint_managers.BestN(
+  def _open_manager(self, keep: int, save_every: int, save_on):
+    managers = ocp.checkpoint_managers
+    policies = [managers.LatestN(n=max(keep, 1)),
+                managers.BestN(
                     get_metric_fn=lambda m: m[BEST_METRIC], reverse=False, n=1,
                     keep_checkpoints_without_metrics=False)]
+    when = [managers.SpecificStepsPolicy(tuple(save_on)),
+            managers.PreemptionCheckpointingPolicy()]
+    when += [managers.FixedIntervalPolicy(n) for n in save_every if n > 0]
     return ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
             # best_fn makes orbax record metrics; preservation_policy decides.
             best_fn=lambda m: m[BEST_METRIC], best_mode='max',
             max_to_keep=None, cleanup_tmp_directories=True,
-            preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(
-                policies),
+            preservation_policy=managers.AnyPreservationPolicy(policies),
+            save_decision_policy=managers.AnySavePolicy(when),
             create=True))
 
   # --- Damage ----------------------------------------------------------------
 
   def _step_dirs(self):
-    if not self.directory.exists():
-      return []
-    return sorted((p for p in self.directory.iterdir() if p.name.isdigit()),
-                  key=lambda p: int(p.name), reverse=True)
+    return [self.directory / str(step)
+            for step in sorted(saved_steps(self.workdir), reverse=True)]
 
   @staticmethod
   def _check_json_files(step_dir: epath.Path):
@@ -166,20 +169,30 @@ class Checkpointer:
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
 
+  def should_save(self, step: int) -> bool:
+    """Orbax's save-decision policies: every `save_every` steps, the
+    `save_on` steps, and an agreed multi-process preemption."""
+    return self.manager.should_save(step)
+
+  def reached_preemption(self, step: int) -> bool:
+    """Whether the processes of a multi-process job agreed to stop at this
+    step (JAX's preemption sync point, through orbax)."""
+    return self.manager.reached_preemption(step)
+
   def best_step(self) -> Optional[int]:
     return self.manager.best_step()
 
   def _signature_check(self, step: int, abstract_state: Any):
     path = self.directory / str(step) / 'default'
     try:
-      saved = _tree_signature(read_array_metadata(path))
+      saved = tree_signature(read_array_metadata(path))
     except Exception as e:  # Torn _METADATA: JSON, KeyError, ... .
       raise _Damaged(f'its array metadata cannot be read '
                      f'({_first_line(e, 120)})') from None
     if not saved:
       raise _Damaged('its array metadata (default/_METADATA) is missing or '
                      'unreadable')
-    wanted = _tree_signature(abstract_state)
+    wanted = tree_signature(abstract_state)
     if saved != wanted:
       raise CheckpointError(
           f'checkpoint step {step} in {self.directory} was saved by a '
@@ -291,47 +304,22 @@ def _sync(name: str):
     multihost_utils.sync_global_devices(name)
 
 
+def saved_steps(workdir: str) -> list:
+  """The finalized step numbers under WORKDIR/checkpoints, oldest first,
+  without opening a CheckpointManager (orbax's own listing)."""
+  return sorted(ocp.utils.checkpoint_steps(workdir_path(workdir) /
+                                           'checkpoints'))
+
+
 def latest_step_on_disk(workdir: str) -> Optional[int]:
-  """The newest step directory's number, without opening orbax (cheap)."""
-  directory = workdir_path(workdir) / 'checkpoints'
-  if not directory.exists():
-    return None
-  steps = [int(p.name) for p in directory.iterdir() if p.name.isdigit()]
-  return max(steps) if steps else None
+  steps = saved_steps(workdir)
+  return steps[-1] if steps else None
 
 
 def read_array_metadata(path: epath.Path):
   """The saved tree of ArrayMetadata (shape, dtype) of a step's item, or None."""
   metadata = ocp.StandardCheckpointer().metadata(path).item_metadata
   return getattr(metadata, 'tree', metadata)
-
-
-def load_state_on_host(workdir: str, step: Optional[int] = None) -> Any:
-  """A saved train state as numpy arrays, whatever mesh it was saved from.
-
-  For inspection, evaluation and tests: every array is restored onto this
-  process's first device (orbax reshards), then fetched to the host.
-  """
-  if step is None:
-    step = latest_step_on_disk(workdir)
-    if step is None:
-      raise CheckpointError(f'no checkpoints in {workdir_path(workdir)}')
-  path = workdir_path(workdir) / 'checkpoints' / str(step) / 'default'
-  checkpointer = ocp.StandardCheckpointer()
-  metadata = read_array_metadata(path)
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = jax.tree.map(
-      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-      metadata)
-  return jax.device_get(checkpointer.restore(path, target))
-
-
-def saved_steps(workdir: str) -> list:
-  """The step numbers under WORKDIR/checkpoints, oldest first (cheap)."""
-  directory = workdir_path(workdir) / 'checkpoints'
-  if not directory.exists():
-    return []
-  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
 
 
 def load_params_on_host(workdir: str, step: Optional[int] = None):
@@ -371,7 +359,7 @@ def load_params_on_host(workdir: str, step: Optional[int] = None):
 def saved_params_signature(workdir: str, step: int) -> dict:
   """{'conv1/kernel': (shape, dtype)} of a step's params, from metadata only."""
   path = workdir_path(workdir) / 'checkpoints' / str(step) / 'default'
-  return _tree_signature(read_array_metadata(path)['params'])
+  return tree_signature(read_array_metadata(path)['params'])
 
 
 def abstract_with_shardings(abstract_tree, shardings):

@@ -27,7 +27,6 @@ training takes a random `crop_size` window of that (or, with
 
 import dataclasses
 import functools
-import io
 import os
 import threading
 import time
@@ -36,9 +35,10 @@ from typing import Optional, Sequence
 import grain
 import numpy as np
 
+from alexnet_jax.data import images
+from alexnet_jax.data import registry
 from alexnet_jax.errors import DataError
 
-DATASETS = ('image_folder', 'imagenet2012', 'imagenette')
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
 
 
@@ -102,127 +102,12 @@ class Subset:
     return self.source[int(self.indices[index])]
 
 
-def hold_out(source, count: int, seed: int = 0):
-  """(train, val): `count` records drawn with a fixed seed become val."""
-  n = len(source)
-  if count <= 0:
+def hold_out(source, count: int):
+  """(train, val or None) records, by the registry's hold-out rule."""
+  train_idx, val_idx = registry.hold_out(len(source), count)
+  if val_idx is None:
     return source, None
-  if count >= n:
-    raise DataError(f'cannot hold out {count} validation images from a '
-                    f'training split of {n}')
-  order = np.random.default_rng(seed).permutation(n)
-  return (Subset(source, np.sort(order[count:])),
-          Subset(source, np.sort(order[:count])))
-
-
-def tfds_source(name: str, split: str, data_dir: Optional[str]):
-  """A TFDS dataset prepared as ArrayRecord, as a random-access source."""
-  from alexnet_jax import tf_cpu  # pylint: disable=g-import-not-at-top
-  tf_cpu.tensorflow()  # CPU only: never the accelerators JAX uses.
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  try:
-    return tfds.data_source(name, split=split, data_dir=data_dir or None,
-                            download=False)
-  except Exception as e:  # pylint: disable=broad-except
-    where = data_dir or os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets')
-    raise DataError(
-        f'TFDS {name} ({split}) is not prepared as ArrayRecord in {where} '
-        f'({type(e).__name__}); prepare it once with `python -m '
-        f'alexnet_jax.prepare --dataset={name} --tfds_data_dir={where}` '
-        '(README "ImageNet")') from None
-
-
-# --- Host-side image work --------------------------------------------------------
-
-
-def decode(image, min_side: int = 0):
-  """Encoded bytes or a uint8 array -> an RGB PIL image.
-
-  JPEGs much larger than needed are decoded at a reduced scale (libjpeg's
-  DCT scaling, via PIL's `draft`), never below `min_side` on the short side.
-  """
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  if isinstance(image, np.ndarray):
-    return Image.fromarray(image).convert('RGB')
-  img = Image.open(io.BytesIO(image))
-  if min_side and img.format == 'JPEG':
-    w, h = img.size
-    scale = min(w, h) / min_side
-    if scale >= 2:
-      img.draft('RGB', (int(w / scale) + 1, int(h / scale) + 1))
-  return img.convert('RGB')
-
-
-def _shorter_to(w: int, h: int, size: int) -> tuple:
-  """(width, height) with the shorter side `size`, as torchvision's Resize."""
-  return (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
-
-
-def resize_shorter(img, size: int):
-  """Shorter side to `size` (bilinear, antialiased), as torchvision's Resize."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  new = _shorter_to(*img.size, size)
-  return img if new == img.size else img.resize(new, Image.BILINEAR)
-
-
-def _centered(length: int, size: int) -> int:
-  """Where a central window of `size` starts (halves round to even)."""
-  return int(round((length - size) / 2.))
-
-
-def center_square(img, size: int) -> np.ndarray:
-  """The central size x size window as uint8 [size, size, 3]."""
-  w, h = img.size
-  left, top = _centered(w, size), _centered(h, size)
-  return np.asarray(img.crop((left, top, left + size, top + size)), np.uint8)
-
-
-def resized_window(img, resize_size: int, top: int, left: int,
-                   size: int) -> np.ndarray:
-  """center_square(resize_shorter(img, resize_size), resize_size)
-  [top:top + size, left:left + size], computing only that window: PIL
-  resamples just the window's box of the original on the same sampling grid
-  (equal up to a level's rounding), instead of resizing the whole image and
-  throwing most of it away."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  w, h = img.size
-  new_w, new_h = _shorter_to(w, h, resize_size)
-  x = _centered(new_w, resize_size) + left
-  y = _centered(new_h, resize_size) + top
-  if (new_w, new_h) == (w, h):
-    return np.asarray(img.crop((x, y, x + size, y + size)), np.uint8)
-  sx, sy = w / new_w, h / new_h
-  box = (x * sx, y * sy, (x + size) * sx, (y + size) * sy)
-  return np.asarray(img.resize((size, size), Image.BILINEAR, box=box),
-                    np.uint8)
-
-
-def random_resized_crop(img, size: int, rng: np.random.Generator,
-                        scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
-  """torchvision's RandomResizedCrop (Inception-style), on a PIL image."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  w, h = img.size
-  area = w * h
-  for _ in range(10):
-    target = area * rng.uniform(*scale)
-    aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
-    cw = int(round(np.sqrt(target * aspect)))
-    ch = int(round(np.sqrt(target / aspect)))
-    if 0 < cw <= w and 0 < ch <= h:
-      left = int(rng.integers(0, w - cw + 1))
-      top = int(rng.integers(0, h - ch + 1))
-      break
-  else:  # Fall back to the central crop at the nearest allowed aspect.
-    aspect = w / h
-    if aspect < ratio[0]:
-      cw, ch = w, int(round(w / ratio[0]))
-    elif aspect > ratio[1]:
-      cw, ch = int(round(h * ratio[1])), h
-    else:
-      cw, ch = w, h
-    left, top = (w - cw) // 2, (h - ch) // 2
-  crop = img.crop((left, top, left + cw, top + ch))
-  return np.asarray(crop.resize((size, size), Image.BILINEAR), np.uint8)
+  return Subset(source, train_idx), Subset(source, val_idx)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,13 +122,13 @@ class TrainExample:
     position, record = item
     rng = np.random.default_rng([self.seed, position])
     if self.inception_crop:
-      img = decode(record['image'], self.crop_size)
-      image = random_resized_crop(img, self.crop_size, rng)
+      img = images.decode(record['image'], self.crop_size)
+      image = images.random_resized_crop(img, self.crop_size, rng)
     else:
-      img = decode(record['image'], self.resize_size)
+      img = images.decode(record['image'], self.resize_size)
       top, left = rng.integers(0, self.resize_size - self.crop_size + 1, 2)
-      image = resized_window(img, self.resize_size, int(top), int(left),
-                             self.crop_size)
+      image = images.resized_window(img, self.resize_size, int(top),
+                                    int(left), self.crop_size)
     return image, np.int32(record['label'])
 
 
@@ -255,8 +140,9 @@ class EvalExample:
 
   def __call__(self, item):
     position, record = item
-    img = decode(record['image'], self.resize_size)
-    image = resized_window(img, self.resize_size, 0, 0, self.resize_size)
+    img = images.decode(record['image'], self.resize_size)
+    image = images.resized_window(img, self.resize_size, 0, 0,
+                                  self.resize_size)
     mask = np.float32(position < self.num_records)
     return image, np.int32(record['label']), mask
 
@@ -325,7 +211,8 @@ def train_batches(source, *, seed: int, global_batch: int, start_step: int,
                   inception_crop: bool = False, workers: int = 0,
                   process_index: int = 0, process_count: int = 1,
                   threads: int = 2):
-  """Iterates this process's (images, labels) of batches start_step.. total_steps-1.
+  """A Grain dataset of this process's (images, labels) of batches
+  start_step .. total_steps - 1.
 
   `workers` Grain processes decode (0: this process), each with `threads`
   reader threads (PIL releases the GIL while decoding).
@@ -335,17 +222,18 @@ def train_batches(source, *, seed: int, global_batch: int, start_step: int,
   ds = grain.MapDataset.range(start_step * local, total_steps * local)
   ds = ds.map(_Position(order, global_batch, local, process_index))
   ds = ds.map(TrainExample(seed, resize_size, crop_size, inception_crop))
-  return iter(_loader(ds, local, workers, threads))
+  return _loader(ds, local, workers, threads)
 
 
 def eval_batches(source, *, global_batch: int, resize_size: int,
                  workers: int = 0, process_index: int = 0,
                  process_count: int = 1):
-  """Iterates this process's (images, labels, mask): every record once."""
+  """A Grain dataset of this process's (images, labels, mask): every record
+  once."""
   local = global_batch // process_count
   batches = -(-len(source) // global_batch)
   ds = grain.MapDataset.range(0, batches * local)
   ds = ds.map(_Position(source, global_batch, local, process_index,
                         clamp=True))
   ds = ds.map(EvalExample(resize_size, len(source)))
-  return iter(_loader(ds, local, workers))
+  return _loader(ds, local, workers)

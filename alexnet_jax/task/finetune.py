@@ -15,7 +15,7 @@ import jax
 import numpy as np
 from etils import epath
 
-from alexnet_jax import checkpointing
+from alexnet_jax.runtime import checkpoints
 from alexnet_jax.errors import ConfigError
 
 HEAD = 'fc8'
@@ -36,23 +36,23 @@ def init_from(config, workdir: str, state, log=_log):
   source = config.get('init_from', '')
   if not source:
     return state
-  own = checkpointing.latest_step_on_disk(workdir)
+  own = checkpoints.latest_step_on_disk(workdir)
   if own is not None:
     log(f'init_from {source} ignored: {workdir} has checkpoints of its own '
         f'(latest step {own}); resuming from them')
     return state
-  if not checkpointing.saved_steps(source):
+  if not checkpoints.saved_steps(source):
     raise ConfigError(f'init_from {source!r} holds no checkpoints (expected '
                       'a workdir of alexnet_jax.main or alexnet_jax.convert)')
-  step = checkpointing.saved_steps(source)[-1]
+  step = checkpoints.saved_steps(source)[-1]
   try:
-    saved = checkpointing.saved_params_signature(source, step)
+    saved = checkpoints.saved_params_signature(source, step)
   except Exception as e:  # pylint: disable=broad-except
     raise ConfigError(f'init_from {source!r}: checkpoint step {step} cannot '
                       f'be read ({type(e).__name__}: {e})') from None
-  wanted = checkpointing.tree_signature(state.params)
+  wanted = checkpoints.tree_signature(state.params)
   keep_head = _check_shapes(source, config.model, saved, wanted)
-  _, params = checkpointing.load_params_on_host(source, step)
+  _, params = checkpoints.load_params_on_host(source, step)
   merged = {layer: (state.params[layer] if layer == HEAD and keep_head
                     else _place(params[layer], state.params[layer]))
             for layer in state.params}

@@ -1,13 +1,11 @@
-"""A workdir read back: its config, model, weights, input and class names.
+"""A workdir read back: its config, model, weights and input preprocessing.
 
-One place for what `predict`, `evaluate` and fine-tuning (`init_from`) need
-from a workdir, so a run trained here and weights converted by
+One place for what `predict`, `evaluate` and `visualize` need from a workdir, so a run trained here and weights converted by
 `alexnet_jax.convert` are read the same way: `config.json` says which model,
 dataset and preprocessing; the checkpoint holds the parameters.
 """
 
 import dataclasses
-import importlib.resources
 import io
 import json
 import os
@@ -19,23 +17,15 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from alexnet_jax import augment
-from alexnet_jax import batches
-from alexnet_jax import checkpointing
-from alexnet_jax import input_pipeline
-from alexnet_jax import models
-from alexnet_jax import streaming
-from alexnet_jax import train
+from alexnet_jax.data import augment
+from alexnet_jax.data import images
+from alexnet_jax.data import registry
 from alexnet_jax.errors import CheckpointError
 from alexnet_jax.errors import ConfigError
 from alexnet_jax.errors import DataError
-
-# Side of the images of the in-memory datasets (model input may be larger:
-# they are resized on the device, as in training).
-_NATIVE_SIDE = {'cifar10': 32}
-# Imagenette's 10 synsets are these ImageNet classes, in sorted-synset order.
-_IMAGENETTE_IN_IMAGENET = (0, 217, 482, 491, 497, 566, 569, 571, 574, 701)
-
+from alexnet_jax.runtime import checkpoints
+from alexnet_jax.task import config as config_lib
+from alexnet_jax.task import state as state_lib
 
 # --- Config ------------------------------------------------------------------
 
@@ -79,12 +69,12 @@ def _check_params(params, model, side: int, where: str, name: str):
   """Saved params must be the model's own, layer for layer."""
   wanted = jax.eval_shape(lambda: model.init(
       jax.random.key(0), jnp.zeros((1, side, side, 3)))['params'])
-  saved_sig = checkpointing.tree_signature(params)
-  wanted_sig = checkpointing.tree_signature(wanted)
+  saved_sig = checkpoints.tree_signature(params)
+  wanted_sig = checkpoints.tree_signature(wanted)
   if saved_sig != wanted_sig:
     raise CheckpointError(
         f'{where} does not fit its config.json (model {name}): '
-        f'{checkpointing.describe_mismatch(saved_sig, wanted_sig)}')
+        f'{checkpoints.describe_mismatch(saved_sig, wanted_sig)}')
 
 
 def load_model(config, workdir: str, step: Optional[int] = None,
@@ -94,28 +84,19 @@ def load_model(config, workdir: str, step: Optional[int] = None,
   The class count is the checkpoint's own (fc8), unless `num_classes` asks
   for one: then a different count is an error naming both.
   """
-  step, params = checkpointing.load_params_on_host(workdir, step)
+  step, params = checkpoints.load_params_on_host(workdir, step)
   saved_classes = params['fc8']['kernel'].shape[-1]
   if num_classes is not None and num_classes != saved_classes:
     raise CheckpointError(
         f'the checkpoint (step {step} in {workdir}) has {saved_classes} '
         f'classes, dataset {config.dataset!r} has {num_classes}')
-  model = train.make_model(config, saved_classes)
-  _check_params(params, model, input_side(config),
+  model = state_lib.make_model(config, saved_classes)
+  _check_params(params, model, config_lib.input_side(config),
                 f'checkpoint step {step} in {workdir}', config.model)
   return step, model, params
 
 
 # --- Input -------------------------------------------------------------------
-
-
-def input_side(config) -> int:
-  """The side of the model's input: config.json records the one a run used."""
-  if config.image_size:
-    return config.image_size
-  if config.dataset in streaming.DATASETS:
-    return models.NATIVE_INPUT_SIZE[config.model]
-  return _NATIVE_SIDE.get(config.dataset, config.fake_image_size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,20 +120,17 @@ class Preprocessing:
 
   @classmethod
   def from_config(cls, config):
-    side = input_side(config)
-    if config.dataset in streaming.DATASETS:
-      resize, crop = config.resize_size, side
-      mean, std = batches.IMAGENET_MEAN, batches.IMAGENET_STD
-    else:
-      resize = crop = _NATIVE_SIDE.get(config.dataset, config.fake_image_size)
-      mean, std = input_pipeline.CIFAR10_MEAN, input_pipeline.CIFAR10_STD
-    mean, std, scale = train.input_transform(config, mean, std)
+    spec = registry.get(config.dataset)
+    side = config_lib.input_side(config)
+    resize = spec.stored_side(config)
+    crop = side if spec.streamed else resize
+    mean, std, scale = config_lib.input_transform(config, spec.mean, spec.std)
     return cls(resize, crop, side, tuple(mean), tuple(std), scale)
 
   def pixels(self, image) -> np.ndarray:
     """A PIL image -> uint8 [crop, crop, 3]: the host-side part."""
-    return streaming.center_square(
-        streaming.resize_shorter(image, self.resize), self.crop)
+    return images.center_square(images.resize_shorter(image, self.resize),
+                                self.crop)
 
   def normalize(self, pixels, dtype=jnp.float32):
     """uint8 [N, crop, crop, 3] -> model input [N, side, side, 3] (jittable)."""
@@ -180,37 +158,3 @@ def open_image(path: str):
   except (OSError, ValueError, SyntaxError) as e:
     raise DataError(f'cannot read image {path!r}: {e} (a damaged or '
                     'truncated file?)') from None
-
-
-# --- Class names -------------------------------------------------------------
-
-
-def imagenet_classes() -> tuple:
-  """ImageNet's 1000 class names, torchvision's order (imagenet_classes.txt)."""
-  text = (importlib.resources.files('alexnet_jax') /
-          'imagenet_classes.txt').read_text(encoding='utf-8')
-  return tuple(line for line in text.splitlines()
-               if line and not line.startswith('#'))
-
-
-def class_names(config, num_classes: int) -> tuple:
-  """Human-readable names for a workdir's classes, in label order.
-
-  CIFAR-10's; ImageNet's for 1000-class ImageNet data (converted weights,
-  an ImageNet folder tree); Imagenette's ten; an image folder's class folders;
-  else 'class K'.
-  """
-  if config.dataset == 'cifar10' and num_classes == 10:
-    return input_pipeline.CIFAR10_CLASSES
-  if config.dataset in ('imagenet2012', 'image_folder') and num_classes == 1000:
-    return imagenet_classes()
-  if config.dataset == 'imagenette' and num_classes == 10:
-    names = imagenet_classes()
-    return tuple(names[i] for i in _IMAGENETTE_IN_IMAGENET)
-  if config.dataset == 'image_folder' and config.data_dir:
-    root = os.path.join(config.data_dir, 'train')
-    if os.path.isdir(root):
-      folders = sorted(e.name for e in os.scandir(root) if e.is_dir())
-      if len(folders) == num_classes:
-        return tuple(folders)
-  return tuple(f'class {k}' for k in range(num_classes))

@@ -1,0 +1,100 @@
+"""Host-side image work with PIL: decode, resize and crop, as the paper
+stored and cropped ImageNet (Sec. 2) and as torchvision's transforms do.
+
+Run by the streaming pipeline's worker processes (`streaming.py`) and by
+inference (`task/workdir.py`), so both see the same pixels.
+"""
+
+import io
+
+import numpy as np
+
+
+def decode(image, min_side: int = 0):
+  """Encoded bytes or a uint8 array -> an RGB PIL image.
+
+  JPEGs much larger than needed are decoded at a reduced scale (libjpeg's
+  DCT scaling, via PIL's `draft`), never below `min_side` on the short side.
+  """
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  if isinstance(image, np.ndarray):
+    return Image.fromarray(image).convert('RGB')
+  img = Image.open(io.BytesIO(image))
+  if min_side and img.format == 'JPEG':
+    w, h = img.size
+    scale = min(w, h) / min_side
+    if scale >= 2:
+      img.draft('RGB', (int(w / scale) + 1, int(h / scale) + 1))
+  return img.convert('RGB')
+
+
+def _shorter_to(w: int, h: int, size: int) -> tuple:
+  """(width, height) with the shorter side `size`, as torchvision's Resize."""
+  return (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+
+
+def resize_shorter(img, size: int):
+  """Shorter side to `size` (bilinear, antialiased), as torchvision's Resize."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  new = _shorter_to(*img.size, size)
+  return img if new == img.size else img.resize(new, Image.BILINEAR)
+
+
+def _centered(length: int, size: int) -> int:
+  """Where a central window of `size` starts (halves round to even)."""
+  return int(round((length - size) / 2.))
+
+
+def center_square(img, size: int) -> np.ndarray:
+  """The central size x size window as uint8 [size, size, 3]."""
+  w, h = img.size
+  left, top = _centered(w, size), _centered(h, size)
+  return np.asarray(img.crop((left, top, left + size, top + size)), np.uint8)
+
+
+def resized_window(img, resize_size: int, top: int, left: int,
+                   size: int) -> np.ndarray:
+  """center_square(resize_shorter(img, resize_size), resize_size)
+  [top:top + size, left:left + size], computing only that window: PIL
+  resamples just the window's box of the original on the same sampling grid
+  (equal up to a level's rounding), instead of resizing the whole image and
+  throwing most of it away."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  w, h = img.size
+  new_w, new_h = _shorter_to(w, h, resize_size)
+  x = _centered(new_w, resize_size) + left
+  y = _centered(new_h, resize_size) + top
+  if (new_w, new_h) == (w, h):
+    return np.asarray(img.crop((x, y, x + size, y + size)), np.uint8)
+  sx, sy = w / new_w, h / new_h
+  box = (x * sx, y * sy, (x + size) * sx, (y + size) * sy)
+  return np.asarray(img.resize((size, size), Image.BILINEAR, box=box),
+                    np.uint8)
+
+
+def random_resized_crop(img, size: int, rng: np.random.Generator,
+                        scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+  """torchvision's RandomResizedCrop (Inception-style), on a PIL image."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  w, h = img.size
+  area = w * h
+  for _ in range(10):
+    target = area * rng.uniform(*scale)
+    aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
+    cw = int(round(np.sqrt(target * aspect)))
+    ch = int(round(np.sqrt(target / aspect)))
+    if 0 < cw <= w and 0 < ch <= h:
+      left = int(rng.integers(0, w - cw + 1))
+      top = int(rng.integers(0, h - ch + 1))
+      break
+  else:  # Fall back to the central crop at the nearest allowed aspect.
+    aspect = w / h
+    if aspect < ratio[0]:
+      cw, ch = w, int(round(w / ratio[0]))
+    elif aspect > ratio[1]:
+      cw, ch = int(round(h * ratio[1])), h
+    else:
+      cw, ch = w, h
+    left, top = (w - cw) // 2, (h - ch) // 2
+  crop = img.crop((left, top, left + cw, top + ch))
+  return np.asarray(crop.resize((size, size), Image.BILINEAR), np.uint8)

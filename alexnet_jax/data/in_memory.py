@@ -1,0 +1,156 @@
+"""Datasets held in memory: host arrays loaded once, batched on the device.
+
+Loading (host, once): `load_dataset(config)` gives uint8 NHWC images and int32
+labels for train / val / test: CIFAR-10 from a local archive (`cifar.py`) or
+through TFDS (`tfds.py`), or `fake` random images of any size. Validation is
+held out of train by the registry's rule (`registry.hold_out`).
+
+Batching (device, every step; `InMemoryFeed`): each split lives on the device
+as uint8; batch k is a gather by indices from a per-epoch permutation that is
+a pure function of (seed, epoch). Augmentation follows in the jitted train
+step (`augment.py`). Nothing but two integers crosses from host to device per
+step, and a resumed run sees exactly the batches it would have seen.
+"""
+
+import dataclasses
+from typing import Iterator, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from alexnet_jax.data import cifar
+from alexnet_jax.data import registry
+from alexnet_jax.data.registry import Split
+from alexnet_jax.runtime import mesh as mesh_lib
+
+
+@dataclasses.dataclass
+class Dataset:
+  train: Split
+  val: Optional[Split]  # None without a validation split.
+  test: Split
+  num_classes: int
+
+
+def load_fake(num_train: int, num_test: int, image_size: int, num_classes: int,
+              seed: int = 0):
+  """Random uint8 images and labels of the right shapes; no download."""
+  rng = np.random.default_rng(seed)
+
+  def split(n):
+    return Split(
+        rng.integers(0, 256, (n, image_size, image_size, 3), dtype=np.uint8),
+        rng.integers(0, num_classes, (n,), dtype=np.int32))
+
+  return split(num_train), split(num_test)
+
+
+def load_dataset(config) -> Dataset:
+  """Host-side train/val/test arrays for an in-memory `config.dataset`."""
+  spec = registry.get(config.dataset)
+  if spec.name == 'cifar10' and config.data_dir:
+    train, test = cifar.load_cifar10_archive(config.data_dir)
+  elif spec.name == 'cifar10':
+    from alexnet_jax.data import tfds  # pylint: disable=g-import-not-at-top
+    train, test = tfds.load_cifar10(config.tfds_data_dir or None)
+  else:
+    train, test = load_fake(config.fake_num_train, config.fake_num_test,
+                            config.fake_image_size, spec.classes(config))
+  train_idx, val_idx = registry.hold_out(
+      len(train), registry.validation_count(config, len(train)))
+  val = None
+  if val_idx is not None:
+    train, val = (Split(train.images[train_idx], train.labels[train_idx]),
+                  Split(train.images[val_idx], train.labels[val_idx]))
+  return Dataset(train, val, test, spec.classes(config))
+
+
+# --- Data shards -----------------------------------------------------------------
+#
+# The training set is cut into `num_shards` equal, contiguous shards (the
+# remainder is dropped); the global batch takes batch_size / num_shards
+# examples from each shard, in shard order, each shard shuffled on its own.
+# Process p of P keeps only shards [p*S/P, (p+1)*S/P): the rows of the batch
+# its devices hold. Because the batch is defined by the shards and not by the
+# processes, any process count that divides num_shards sees the same batches.
+
+def process_share(train: Split, num_shards: int, process_index: int,
+                  process_count: int):
+  """(this process's contiguous shards, examples per shard)."""
+  per_shard = len(train) // num_shards
+  per_process = num_shards // process_count
+  lo = process_index * per_process * per_shard
+  hi = lo + per_process * per_shard
+  return Split(train.images[lo:hi], train.labels[lo:hi]), per_shard
+
+
+def epoch_permutations(seed_key, epoch, num_shards: int, per_shard: int):
+  """[num_shards, per_shard]: each shard's order in `epoch`, a pure function."""
+  epoch_key = jax.random.fold_in(seed_key, epoch)
+  return jax.vmap(lambda s: jax.random.permutation(
+      jax.random.fold_in(epoch_key, s), per_shard))(jnp.arange(num_shards))
+
+
+def batch_indices(perms, step_in_epoch, batch_size: int, process_count: int):
+  """[batch_size] indices into the owning process's share, shard-major.
+
+  Row r of the batch is example perms[v, step * b + j] of shard v = r // b
+  (b = batch_size / num_shards), found at (v mod shards-per-process) *
+  per_shard + that in its process's share.
+  """
+  num_shards, per_shard = perms.shape
+  b = batch_size // num_shards
+  rows = jax.lax.dynamic_slice_in_dim(perms, step_in_epoch * b, b, axis=1)
+  offset = (jnp.arange(num_shards) % (num_shards // process_count)) * per_shard
+  return (rows + offset[:, None]).reshape(batch_size)
+
+
+class InMemoryFeed:
+  """The splits on the device; each training batch gathered there."""
+
+  def __init__(self, config, data: Dataset, mesh):
+    self.config, self.mesh = config, mesh
+    self.spec = registry.get(config.dataset)
+    self.num_classes = data.num_classes
+    self.sizes = {'train': len(data.train),
+                  'val': len(data.val) if data.val else 0,
+                  'test': len(data.test)}
+    self.image_shape = data.train.images.shape[1:]
+    self.shards = self.spec.data_shards(config, jax.process_count())
+    share, self.per_shard = process_share(
+        data.train, self.shards, jax.process_index(), jax.process_count())
+    self.train_arrays = (mesh_lib.put_process_share(share.images, mesh),
+                         mesh_lib.put_process_share(share.labels, mesh))
+    self.eval_arrays = {name: (mesh_lib.put_replicated(s.images, mesh),
+                               mesh_lib.put_replicated(s.labels, mesh))
+                        for name, s in (('val', data.val), ('test', data.test))
+                        if s}
+    self.data_key = jax.random.fold_in(jax.random.key(config.seed), 0x5eed)
+    self.permutations = jax.jit(epoch_permutations, static_argnums=(2, 3),
+                                out_shardings=mesh_lib.replicated(mesh))
+    self.gather = jax.jit(self._gather, static_argnums=(4,))
+
+  def _gather(self, images, labels, perms, step_in_epoch, batch):
+    n_devices = self.mesh.size
+    batch_sharding = mesh_lib.batch(self.mesh)
+    idx = batch_indices(perms, step_in_epoch, batch, jax.process_count())
+    idx = jax.lax.with_sharding_constraint(
+        idx.reshape(n_devices, batch // n_devices), batch_sharding)
+    take = jax.vmap(lambda rows, i: rows[i])
+    x = take(images, idx).reshape((batch,) + images.shape[2:])
+    y = take(labels, idx).reshape(batch)
+    return (jax.lax.with_sharding_constraint(x, batch_sharding),
+            jax.lax.with_sharding_constraint(y, batch_sharding))
+
+  def train(self, start_step: int, steps_per_epoch: int,
+            total_steps: int) -> Iterator:
+    """(images, labels) of batches start_step .. total_steps - 1."""
+    perm_epoch, perms = None, None
+    for step in range(start_step, total_steps):
+      epoch, index = divmod(step, steps_per_epoch)
+      if epoch != perm_epoch:
+        perm_epoch, perms = epoch, self.permutations(
+            self.data_key, epoch, self.shards, self.per_shard)
+      yield self.gather(*self.train_arrays, perms, np.int32(index),
+                        self.config.batch_size)

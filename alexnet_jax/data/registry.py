@@ -1,0 +1,142 @@
+"""What each dataset is, in one record per dataset.
+
+How it is read (held in device memory, or streamed from files by Grain), its
+TFDS name and splits, its classes and their names, the side of its stored
+images, its per-channel mean and std, and the rule that holds validation
+examples out of its training split. Config checks, the feeds, inference,
+`prepare` and the benchmark all read it here, nowhere else.
+"""
+
+import dataclasses
+import importlib.resources
+import os
+from typing import Optional
+
+import numpy as np
+
+from alexnet_jax.errors import DataError
+
+CIFAR10_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog',
+                   'frog', 'horse', 'ship', 'truck')
+# Per-channel statistics of the full training sets (0..1 pixel scale).
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# Imagenette's 10 synsets are these ImageNet classes, in sorted-synset order.
+_IMAGENETTE_IN_IMAGENET = (0, 217, 482, 491, 497, 566, 569, 571, 574, 701)
+
+
+@dataclasses.dataclass
+class Split:
+  """One split held on the host: uint8 [N, H, W, C] images, int32 [N] labels."""
+  images: np.ndarray
+  labels: np.ndarray
+
+  def __len__(self):
+    return len(self.labels)
+
+
+def imagenet_classes() -> tuple:
+  """ImageNet's 1000 class names, torchvision's order (imagenet_classes.txt)."""
+  text = (importlib.resources.files('alexnet_jax.data') /
+          'imagenet_classes.txt').read_text(encoding='utf-8')
+  return tuple(line for line in text.splitlines()
+               if line and not line.startswith('#'))
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """One dataset.
+
+  Attributes:
+    name: the `--config.dataset` value.
+    streamed: read from files by Grain workers (image datasets), or held in
+      device memory whole (CIFAR-10, fake).
+    num_classes: None where the data decides (an image folder's class
+      folders) or the config does (`fake`: config.num_classes).
+    mean, std: per-channel, 0..1 pixel scale.
+    tfds_name, tfds_splits: the TFDS dataset and its (train, test) splits;
+      ImageNet's official validation set is the test split.
+  """
+  name: str
+  streamed: bool
+  num_classes: Optional[int]
+  mean: tuple
+  std: tuple
+  tfds_name: Optional[str] = None
+  tfds_splits: tuple = ('train', 'test')
+
+  def classes(self, config) -> Optional[int]:
+    if self.name == 'fake':
+      return config.num_classes
+    return self.num_classes
+
+  def stored_side(self, config) -> int:
+    """The side of the images as stored: what crops and resizes start from."""
+    if self.streamed:
+      return config.resize_size  # The paper's 256x256 (Sec. 2).
+    return config.fake_image_size if self.name == 'fake' else 32
+
+  def data_shards(self, config, process_count: int) -> int:
+    """Shards of the training set (`in_memory.process_share`); a stream's
+    batches are positions in one shuffled sequence: one shard."""
+    if self.streamed:
+      return 1
+    return config.data_shards or process_count
+
+  def class_names(self, config, num_classes: int) -> tuple:
+    """Human-readable names in label order; 'class K' where none are known."""
+    if self.name == 'cifar10' and num_classes == 10:
+      return CIFAR10_CLASSES
+    if self.name in ('imagenet2012', 'image_folder') and num_classes == 1000:
+      return imagenet_classes()
+    if self.name == 'imagenette' and num_classes == 10:
+      names = imagenet_classes()
+      return tuple(names[i] for i in _IMAGENETTE_IN_IMAGENET)
+    if self.name == 'image_folder' and config.data_dir:
+      root = os.path.join(config.data_dir, 'train')
+      if os.path.isdir(root):
+        folders = sorted(e.name for e in os.scandir(root) if e.is_dir())
+        if len(folders) == num_classes:
+          return tuple(folders)
+    return tuple(f'class {k}' for k in range(num_classes))
+
+
+DATASETS = {spec.name: spec for spec in (
+    DatasetSpec('cifar10', False, 10, CIFAR10_MEAN, CIFAR10_STD,
+                tfds_name='cifar10'),
+    DatasetSpec('fake', False, None, CIFAR10_MEAN, CIFAR10_STD),
+    DatasetSpec('image_folder', True, None, IMAGENET_MEAN, IMAGENET_STD),
+    DatasetSpec('imagenet2012', True, 1000, IMAGENET_MEAN, IMAGENET_STD,
+                tfds_name='imagenet2012', tfds_splits=('train', 'validation')),
+    DatasetSpec('imagenette', True, 10, IMAGENET_MEAN, IMAGENET_STD,
+                tfds_name='imagenette', tfds_splits=('train', 'validation')),
+)}
+
+
+def get(name: str) -> DatasetSpec:
+  if name not in DATASETS:
+    raise DataError(f'unknown dataset {name!r}; valid: {", ".join(DATASETS)}')
+  return DATASETS[name]
+
+
+# --- The hold-out rule -----------------------------------------------------------
+
+def validation_count(config, num_train: int) -> int:
+  """How many training examples become validation: val_examples, else the
+  val_fraction share (0: no validation split)."""
+  if config.val_examples > 0:
+    return config.val_examples
+  return int(round(config.val_fraction * num_train))
+
+
+def hold_out(num_train: int, count: int, seed: int = 0):
+  """(train indices, val indices or None), both sorted: `count` examples
+  drawn with a fixed seed, the same whatever the training seed."""
+  if count <= 0:
+    return np.arange(num_train), None
+  if count >= num_train:
+    raise DataError(f'cannot hold out {count} validation examples from a '
+                    f'training split of {num_train}; lower '
+                    '--config.val_examples or --config.val_fraction')
+  order = np.random.default_rng(seed).permutation(num_train)
+  return np.sort(order[count:]), np.sort(order[:count])

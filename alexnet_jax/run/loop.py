@@ -1,0 +1,271 @@
+"""The training run: data, steps, evaluation, checkpoints, signals, reporting.
+
+Read top to bottom: `train_and_evaluate` builds everything (failing on bad
+input before the workdir is touched), then `_Run` trains, logs, evaluates,
+saves, stops on a signal and finishes. The step itself is
+`task/steps.py`; evaluation is `task/evaluation.py`.
+"""
+
+import contextlib
+import json
+from typing import Optional
+
+import jax
+import ml_collections
+from etils import epath
+
+from alexnet_jax.data import feeds
+from alexnet_jax.errors import Interrupted
+from alexnet_jax.errors import TrainingError
+from alexnet_jax.runtime import checkpoints
+from alexnet_jax.runtime import distributed
+from alexnet_jax.runtime import mesh as mesh_lib
+from alexnet_jax.runtime import preemption
+from alexnet_jax.runtime import reporting
+from alexnet_jax.task import config as config_lib
+from alexnet_jax.task import evaluation
+from alexnet_jax.task import finetune
+from alexnet_jax.task import optim
+from alexnet_jax.task import state as state_lib
+from alexnet_jax.task import steps
+
+
+# --- Set-up --------------------------------------------------------------------
+
+def finished_run(workdir: str, total_steps: int) -> Optional[dict]:
+  """The final metrics of a run in `workdir` that already reached total_steps."""
+  path = epath.Path(workdir) / 'final_metrics.json'
+  if not path.exists():
+    return None
+  try:
+    final = json.loads(path.read_text())
+  except ValueError:  # Torn by a kill: redo the final evaluation.
+    return None
+  if (final.get('step') != total_steps or
+      checkpoints.latest_step_on_disk(workdir) != total_steps):
+    return None
+  return final
+
+
+def _say_finished(workdir: str, done: dict):
+  if jax.process_index() == 0:
+    print(f'the run in {workdir} already finished at step {done["step"]} '
+          f'(test top-1 {100 * done["test"]["top1"]:.2f}%, see '
+          'final_metrics.json); nothing to do. To train longer raise '
+          '--config.num_epochs (or num_steps); to start over use a new '
+          '--workdir', flush=True)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains, evaluating on val as it goes and on test at the end; resumes.
+
+  Returns the final metrics (also written to WORKDIR/final_metrics.json).
+  Raises a `UserError` on bad input, and `Interrupted` once a SIGTERM or
+  SIGINT has been answered by saving the current step.
+  """
+  config_lib.validate_config(config)
+  mesh = mesh_lib.make_mesh(config.model_parallelism)
+  side = config_lib.input_side(config)
+  feed = feeds.make_feed(config, mesh, side)
+  durations = config_lib.Durations.from_config(config, feed.sizes['train'],
+                                               feed.shards)
+  model = state_lib.make_model(config, feed.num_classes)
+  config_lib.check_input_side(config, model, side)
+  tx, lr_schedule = optim.make_optimizer(config, durations)
+  state, abstract_state = state_lib.create_train_state(
+      model, tx, (side, side, 3), config.seed, mesh)
+  state = finetune.init_from(config, workdir, state)
+  distributed.check_shared_workdir(workdir)
+  done = finished_run(workdir, durations.total_steps)
+  if done is not None:  # Change nothing; say so.
+    _say_finished(workdir, done)
+    return done
+
+  # Only now, with config, data and model known good, touch the workdir.
+  reporting.prepare_workdir(workdir)
+  with contextlib.ExitStack() as stack:
+    ckpt = checkpoints.Checkpointer(
+        workdir, config.keep_checkpoints,
+        save_every=(durations.checkpoint_every, durations.steps_per_eval),
+        save_on=(durations.total_steps,))
+    stack.callback(ckpt.close)
+    start_step, restored = ckpt.restore_latest(abstract_state)
+    state = state if restored is None else restored
+    reporter = reporting.Reporter(workdir, durations.total_steps,
+                                  start_step or 0, config.log_every_steps,
+                                  config.profile_steps)
+    stack.callback(reporter.close)
+    stop = stack.enter_context(preemption.StopRequest(ckpt.reached_preemption))
+    reporter.write_json('config.json', state_lib.resolved_config(
+        config, model, feed.num_classes, side))
+    run = _Run(config, feed, durations, mesh, model, side, lr_schedule, ckpt,
+               reporter, stop)
+    run.log_header(state, start_step)
+    state, step = run.train(state, start_step or 0)
+    return run.finish(state, step, abstract_state)
+
+
+# --- The run -------------------------------------------------------------------
+
+class _Run:
+  """One run's loop and its pieces: train, log, evaluate, save, stop, finish."""
+
+  def __init__(self, config, feed, durations, mesh, model, side, lr_schedule,
+               ckpt, reporter, stop):
+    self.config, self.feed, self.durations, self.mesh = (config, feed,
+                                                         durations, mesh)
+    self.lr_schedule, self.ckpt, self.reporter, self.stop = (lr_schedule, ckpt,
+                                                             reporter, stop)
+    self.train_step = steps.make_train_step(
+        config, model, feed.num_classes, feed.spec.mean, feed.spec.std, side)
+    self.evaluator = evaluation.make_evaluator(
+        config, feed, evaluation.make_logits_fn(
+            config, model, feed.spec.mean, feed.spec.std, side), mesh)
+    self.val_metrics = None
+
+  def log_header(self, state, start_step):
+    c, d, sizes = self.config, self.durations, self.feed.sizes
+    n_params = sum(x.size for x in jax.tree.leaves(state.params))
+    self.reporter.log(
+        f'{c.model}: {n_params:,} parameters | {c.dataset}: '
+        f'{sizes["train"]} train / {sizes["val"]} val / '
+        f'{sizes["test"]} test | global batch {c.batch_size} = '
+        f'{c.batch_size // jax.device_count()} per device x '
+        f'{jax.device_count()} devices ({jax.process_count()} processes, mesh '
+        f'{dict(self.mesh.shape)}) | {d.total_steps} steps '
+        f'({d.steps_per_epoch}/epoch)')
+    if c.model_parallelism > 1:
+      self.reporter.log(
+          f"FC layers split over 'model' ({c.model_parallelism} ways): fc6 "
+          f"kernel sharded {tuple(state.params['fc6']['kernel'].sharding.spec)}")
+    if start_step is not None:  # Step 0 too: weights from alexnet_jax.convert.
+      self.reporter.log(f'resuming from {self.ckpt.directory} at step '
+                        f'{start_step}')
+
+  def train(self, state, start_step: int):
+    d, step = self.durations, start_step
+    batches = self.feed.train(start_step, d.steps_per_epoch, d.total_steps)
+    for images, labels in batches:
+      state = self.train_step(state, images, labels)
+      step += 1
+      log_now = step % self.config.log_every_steps == 0 or (
+          step == d.total_steps)
+      # Wait for the step where it is timed: after compilation, and when
+      # its metrics are logged.
+      sums = jax.device_get(state.sums) if (
+          log_now or step == start_step + 1) else None
+      steps_per_sec = self.reporter.after_step(step)
+      eval_now = d.evaluates_at(step) and self.feed.sizes['val'] > 0
+      stop_now = self.stop.should_stop(step)
+      save_now = eval_now or stop_now or self.ckpt.should_save(step)
+      if log_now:
+        self.log_train(state, sums, step, steps_per_sec)
+      if save_now:
+        jax.block_until_ready(state.step)  # The step's time is training's.
+        with self.reporter.paused():  # Off the clock of img/s and the ETA.
+          state = (self.validate(state, step) if eval_now
+                   else self.save(state, step))
+      self.reporter.flush(force=save_now)
+      if stop_now:
+        self.interrupted(step)
+    return state, step
+
+  def learning_rate(self, state, step: int) -> float:
+    """The rate the step that produced `step` used (its schedule index is step-1)."""
+    return (float(self.lr_schedule(step - 1)) *
+            float(optim.plateau_scale(state.opt_state)))
+
+  def check_finite(self, sums):
+    bad = int(sums['first_nonfinite_step'])
+    if bad >= 0:
+      raise self.nonfinite('the training loss', bad)
+
+  def log_train(self, state, m: dict, step: int,
+                steps_per_sec: Optional[float]):
+    """One record of the train metrics `m` summed since the last logged step."""
+    self.check_finite(m)
+    count = max(float(m['count']), 1.)
+    loss, top1, top5 = (float(m[k]) / count for k in ('loss', 'top1', 'top5'))
+    images_per_sec = (self.config.batch_size * steps_per_sec
+                      if steps_per_sec else None)
+    lr = self.learning_rate(state, step)
+    epoch = self.durations.epoch(step)
+    self.reporter.write(step, 'train', epoch=epoch, loss=loss, top1=top1,
+                        top5=top5, lr=lr, images_per_sec=images_per_sec)
+    self.reporter.progress(step, epoch, loss, top1, lr, images_per_sec)
+
+  def nonfinite(self, what: str, step: int) -> TrainingError:
+    latest = self.ckpt.latest_step()
+    where = (f'The last good checkpoint, step {latest} in '
+             f'{self.ckpt.directory}, is kept: lower --config.learning_rate '
+             '(or check the data) and rerun the same command to resume from it'
+             if latest is not None else
+             'No checkpoint was saved before it: lower --config.learning_rate '
+             '(or check the data) and rerun')
+    return TrainingError(f'{what} became non-finite at step {step}; stopped '
+                         f'without saving anything from that step on. {where}')
+
+  def save(self, state, step: int, metrics: Optional[dict] = None):
+    """A checkpoint, never of a state that has seen a non-finite loss."""
+    self.check_finite(jax.device_get(state.sums))
+    if not bool(steps.all_finite(state.params)):
+      raise self.nonfinite('the parameters', step)
+    self.ckpt.save(step, state, metrics)
+    return state
+
+  def evaluate_split(self, name: str, params, step: int, record: bool = True):
+    """{'loss', 'top1', 'top5'} of a split (logged, and recorded), and the
+    on-device sums they came from."""
+    sums = self.evaluator(params, name)
+    metrics = evaluation.split_metrics(sums)
+    if record:
+      self.reporter.write(step, name, epoch=self.durations.epoch(step),
+                          **metrics)
+    self.reporter.log(f'{name:>5} @ step {step}: loss {metrics["loss"]:.4f} | '
+                      f'top1 {100 * metrics["top1"]:.2f}% | top5 '
+                      f'{100 * metrics["top5"]:.2f}%')
+    return metrics, sums
+
+  def validate(self, state, step: int):
+    """Val metrics, the plateau schedule's input, a ranked checkpoint, curves."""
+    self.val_metrics, sums = self.evaluate_split('val', state.params, step)
+    state = state.replace(
+        plateau_value=1. - sums.top1.total / sums.top1.count)
+    self.save(state, step, {checkpoints.BEST_METRIC: self.val_metrics['top1']})
+    self.reporter.write_curves()
+    return state
+
+  def interrupted(self, step: int):
+    self.ckpt.wait()
+    self.reporter.flush(force=True)
+    name = preemption.signal_name(self.stop.signum)
+    message = (f'stopped by {name} at step {step}/{self.durations.total_steps}'
+               f': checkpoint saved in {self.ckpt.directory}; rerun the same '
+               'command to resume')
+    self.reporter.log(message)
+    raise Interrupted(message, self.stop.signum, step)
+
+  def finish(self, state, step: int, abstract_state) -> dict:
+    """Val (if not just done) and test; the best-val checkpoint's test too."""
+    if self.val_metrics is None and self.feed.sizes['val']:
+      self.val_metrics, _ = self.evaluate_split('val', state.params, step)
+    test_metrics, _ = self.evaluate_split('test', state.params, step)
+    self.ckpt.wait()
+    best = self.ckpt.best_step()
+    best_test = None
+    if best == step:
+      best_test = test_metrics
+    elif best is not None:
+      params = self.ckpt.restore(best, abstract_state).params
+      self.reporter.log(f'best val checkpoint, step {best}:')
+      best_test, _ = self.evaluate_split('test', params, best, record=False)
+    final = {'step': step, 'val': self.val_metrics, 'test': test_metrics,
+             'best_val_step': best, 'best_val_test': best_test}
+    self.reporter.write_json('final_metrics.json', final)
+    self.reporter.write_curves()
+    self.reporter.log(
+        f'done: step {step} | test top1 {100 * test_metrics["top1"]:.2f}% | '
+        + (f'best val checkpoint: step {best}, test top1 '
+           f'{100 * best_test["top1"]:.2f}%' if best is not None else
+           'no validation split'))
+    return final

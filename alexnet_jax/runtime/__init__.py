@@ -1,0 +1,4 @@
+"""Where and how a run executes: the device mesh and shardings (`mesh.py`),
+the multi-process start (`distributed.py`), checkpoints (`checkpoints.py`),
+signals (`preemption.py`), and what a run writes for people (`reporting.py`,
+`curves.py`)."""

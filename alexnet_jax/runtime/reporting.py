@@ -1,0 +1,211 @@
+"""What a run tells people: the console, metrics.jsonl, TensorBoard, curves.png.
+
+The libraries keep the books: clu's `create_default_writer` writes the
+TensorBoard scalars on process 0 (the others only log), clu's
+`ReportProgress` measures steps/s and the ETA, and clu's `Profile` writes an
+XLA trace of a few steps into the workdir when asked (`profile_steps`).
+What is ours: the console line, and `metrics.jsonl`, one JSON record per
+(step, split), rewritten whole (temporary file, then rename) since object
+stores cannot append; on resume the records after the restored step are
+dropped, so the log never holds what the restored state did not do. Every
+path goes through `etils.epath`, so the workdir may be `gs://...`.
+"""
+
+import contextlib
+import json
+import math
+import time
+from typing import Optional
+
+import jax
+from etils import epath
+
+from alexnet_jax.errors import WorkdirError
+from alexnet_jax.runtime import curves
+
+# metrics.jsonl is rewritten at most this often between forced flushes
+# (evaluations, checkpoints, the end of the run).
+_FLUSH_SECONDS = 30.
+
+
+def _format_duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f'{h}h{m:02d}m{s:02d}s' if h else f'{m}m{s:02d}s'
+
+
+def write_text_atomically(path: epath.Path, text: str):
+  """Readers see the old file or the new one, never half of it."""
+  tmp = path.parent / f'.{path.name}.tmp'
+  tmp.write_text(text)
+  tmp.replace(path)
+
+
+def _workdir_error(workdir, what: str, e: Exception) -> WorkdirError:
+  return WorkdirError(
+      f'cannot {what} in workdir {workdir} ({type(e).__name__}: {e}); free '
+      'space or fix permissions, then rerun the same command to resume from '
+      'the last checkpoint')
+
+
+def prepare_workdir(workdir: str):
+  """Creates the workdir and proves it writable, before anything depends on it.
+
+  Process 0 writes and removes a probe file, so a read-only or full disk is
+  one clear line now rather than a library's error later.
+  """
+  if jax.process_index() != 0:
+    return
+  path = epath.Path(workdir)
+  if path.exists() and not path.is_dir():
+    raise WorkdirError(f'workdir {workdir} is a file, not a directory; pass '
+                       'a directory (new, or one a run wrote) as --workdir')
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    probe = path / '.write_probe'
+    probe.write_text('')
+    probe.unlink()
+  except OSError as e:
+    raise _workdir_error(path, 'write', e) from None
+
+
+def _progress_action(total_steps: int, every_steps: int, writer):
+  """clu's ReportProgress (steps/s and uptime to TensorBoard, the ETA in its
+  notes), keeping the rate it measured for the console line: clu computes it
+  in `_apply` and does not hand it out."""
+  from clu import periodic_actions  # pylint: disable=g-import-not-at-top
+
+  class Progress(periodic_actions.ReportProgress):
+    steps_per_sec = None
+
+    def _apply(self, step, t):
+      self.steps_per_sec = (step - self._previous_step) / (
+          t - self._previous_time)
+      super()._apply(step, t)
+
+  return Progress(num_train_steps=total_steps, writer=writer,
+                  every_steps=every_steps, every_secs=None)
+
+
+class Reporter:
+  """The run's console, metrics.jsonl, TensorBoard, curves.png and profile."""
+
+  def __init__(self, workdir: str, total_steps: int, resume_step: int = 0,
+               log_every: int = 1, profile_steps: int = 0):
+    self.enabled = jax.process_index() == 0
+    self.total_steps = total_steps
+    self.workdir = epath.Path(workdir)
+    self.jsonl_path = self.workdir / 'metrics.jsonl'
+    self._dirty = False
+    self._last_flush = time.monotonic()
+    self._paused_s = 0.  # Evaluations and saves, kept off the step clock.
+    self._records = []
+    if self.enabled:  # On resume, drop what came after the checkpoint.
+      old = curves.read_records(self.workdir, missing_ok=True)
+      self._records = [r for r in old if r.get('step', 0) <= resume_step]
+      self._dirty = len(self._records) != len(old)
+    from alexnet_jax.runtime import tf_cpu  # pylint: disable=g-import-not-at-top
+    tf_cpu.tensorflow()  # Before clu pulls TensorFlow in: CPU only.
+    from clu import metric_writers  # pylint: disable=g-import-not-at-top
+    self._writer = metric_writers.create_default_writer(
+        str(self.workdir), just_logging=not self.enabled, asynchronous=True)
+    self._progress = _progress_action(total_steps, log_every, self._writer)
+    self._profile = None
+    if profile_steps and self.enabled:
+      from clu import periodic_actions  # pylint: disable=g-import-not-at-top
+      self._profile = periodic_actions.Profile(
+          logdir=str(self.workdir), num_profile_steps=profile_steps,
+          profile_duration_ms=None, first_profile=resume_step + 5,
+          every_secs=None)
+
+  def _guard(self, fn, what: str):
+    """OS errors on the workdir (full disk, permissions) as one clear line."""
+    try:
+      return fn()
+    except OSError as e:
+      raise _workdir_error(self.workdir, what, e) from None
+
+  def log(self, message: str):
+    if self.enabled:
+      print(message, flush=True)
+
+  def after_step(self, step: int) -> Optional[float]:
+    """The periodic actions, after every step from the first one after
+    compilation on; the steps/s measured over the window just closed, on the
+    steps where clu measured one (every `log_every`, and the last)."""
+    if self._profile is not None:
+      self._profile(step)
+    clock = time.monotonic() - self._paused_s
+    return self._progress.steps_per_sec if self._progress(step, clock) else None
+
+  @contextlib.contextmanager
+  def paused(self):
+    """Time spent inside is left out of steps/s and the ETA: they measure
+    training, as evaluations and checkpoints come at their own cadence."""
+    start = time.monotonic()
+    try:
+      yield
+    finally:
+      self._paused_s += time.monotonic() - start
+
+  def write(self, step: int, split: str, **metrics):
+    """One metrics.jsonl record (replacing one of the same step and split)
+    and TensorBoard scalars `split/name`."""
+    self._writer.write_scalars(step, {
+        f'{split}/{k}': float(v) for k, v in metrics.items()
+        if k != 'epoch' and v is not None and math.isfinite(float(v))})
+    if not self.enabled:
+      return
+    record = {'step': step, 'split': split}
+    record.update({k: (float(v) if v is not None else None)
+                   for k, v in metrics.items()})
+    self._records = [r for r in self._records
+                     if (r.get('step'), r.get('split')) != (step, split)]
+    self._records.append(record)
+    self._dirty = True
+
+  def flush(self, force: bool = False):
+    """Writes what was added: always when forced, else at most every 30 s."""
+    if not (self.enabled and self._dirty):
+      return
+    if not force and time.monotonic() - self._last_flush < _FLUSH_SECONDS:
+      return
+    text = ''.join(json.dumps(r) + '\n' for r in self._records)
+    self._guard(lambda: write_text_atomically(self.jsonl_path, text),
+                f'write {self.jsonl_path.name}')
+    self._guard(self._writer.flush, 'write TensorBoard events')
+    self._dirty = False
+    self._last_flush = time.monotonic()
+
+  def write_curves(self):
+    """WORKDIR/curves.png from metrics.jsonl (after a forced flush)."""
+    if self.enabled:
+      self.flush(force=True)
+      self._guard(lambda: curves.write_run_curves(str(self.workdir)),
+                  'write curves.png')
+
+  def write_json(self, name: str, value):
+    if self.enabled:
+      self._guard(lambda: write_text_atomically(
+          self.workdir / name, json.dumps(value, indent=2) + '\n'),
+                  f'write {name}')
+
+  def progress(self, step: int, epoch: float, loss: float, top1: float,
+               lr: float, images_per_sec: Optional[float]):
+    """The console line; the ETA at the pace clu just measured."""
+    speed = ('      - img/s' if images_per_sec is None
+             else f'{images_per_sec:7.1f} img/s')
+    rate = self._progress.steps_per_sec
+    eta = '-' if not rate else _format_duration(
+        (self.total_steps - step) / rate)
+    width = len(str(self.total_steps))
+    self.log(f'step {step:>{width}}/{self.total_steps} | epoch {epoch:6.2f} | '
+             f'loss {loss:.4f} | top1 {100 * top1:5.1f}% | lr {lr:.4g} | '
+             f'{speed} | ETA {eta}')
+
+  def close(self):
+    try:
+      self.flush(force=True)
+    finally:
+      self._writer.close()

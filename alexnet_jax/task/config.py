@@ -1,0 +1,203 @@
+"""Config checks, the model's input side, and every duration in steps.
+
+`validate_config` runs before any data is read or any file written, so bad
+input stops a run with one line and nothing touched. `Durations` is the one
+place where epochs become steps: the run's length, evaluations, checkpoints,
+warmup and the learning-rate boundaries of the schedules.
+"""
+
+import dataclasses
+import math
+
+import jax
+import ml_collections
+
+from alexnet_jax.data import registry
+from alexnet_jax.errors import ConfigError
+from alexnet_jax.model import alexnet
+from alexnet_jax.task import optim
+
+# How images become model input: 'standardize' ((x - mean) / std on 0..1
+# pixels) or 'paper' (the centred raw 0..255 RGB values the paper fed its
+# net, Sec. 2: x * 255 - mean * 255).
+INPUT_SCALINGS = ('standardize', 'paper')
+
+
+def _finite(v):
+  return isinstance(v, (int, float)) and not isinstance(v, bool) and \
+      math.isfinite(v)
+
+
+def _integer(v):
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+# field: (valid?, what it must be). Checked in this order.
+_RANGES = {
+    'batch_size': (lambda v: _integer(v) and v > 0, 'a positive integer'),
+    'eval_batch_size': (lambda v: _integer(v) and v > 0, 'a positive integer'),
+    'learning_rate': (lambda v: _finite(v) and v > 0,
+                      'a positive finite number'),
+    'momentum': (lambda v: _finite(v) and 0 <= v < 1, 'in [0, 1)'),
+    'weight_decay': (lambda v: _finite(v) and v >= 0, 'a finite number >= 0'),
+    'dropout_rate': (lambda v: _finite(v) and 0 <= v < 1, 'in [0, 1)'),
+    'label_smoothing': (lambda v: _finite(v) and 0 <= v < 1, 'in [0, 1)'),
+    'num_epochs': (_finite, 'a finite number'),
+    'num_steps': (_integer, 'an integer'),
+    'eval_every_epochs': (lambda v: _finite(v) and v >= 0,
+                          'a finite number >= 0 (0: only at the end)'),
+    'warmup_epochs': (lambda v: _finite(v) and v >= 0, 'a finite number >= 0'),
+    'log_every_steps': (lambda v: _integer(v) and v > 0, 'a positive integer'),
+    'checkpoint_every_steps': (
+        lambda v: _integer(v) and v >= 0,
+        'an integer >= 0 (0: only after evaluations and at the end)'),
+    'keep_checkpoints': (lambda v: _integer(v) and v > 0,
+                         'a positive integer'),
+    'plateau_patience': (lambda v: _integer(v) and v > 0, 'a positive integer'),
+    'plateau_reductions': (lambda v: _integer(v) and v >= 0,
+                           'an integer >= 0'),
+    'image_size': (lambda v: _integer(v) and v >= 0,
+                   "an integer >= 0 (0: the images' own size)"),
+    'crop_padding': (lambda v: _integer(v) and v >= 0, 'an integer >= 0'),
+    'val_fraction': (lambda v: _finite(v) and 0 <= v < 1, 'in [0, 1)'),
+    'val_examples': (lambda v: _integer(v) and v >= 0,
+                     'an integer >= 0 (0: use val_fraction)'),
+    'resize_size': (lambda v: _integer(v) and v > 0, 'a positive integer'),
+    'data_workers': (lambda v: _integer(v) and v >= 0,
+                     'an integer >= 0 (0: decode in this process)'),
+    'pca_lighting': (lambda v: _finite(v) and v >= 0,
+                     'a finite number >= 0 (0: off; the paper: 0.1)'),
+    'lr_step_epochs': (lambda v: isinstance(v, (tuple, list)) and all(
+        _finite(e) and e > 0 for e in v), 'a list of positive epoch numbers'),
+    'profile_steps': (lambda v: _integer(v) and v >= 0,
+                      'an integer >= 0 (0: no profile)'),
+}
+
+
+def _choice(config, field, valid, note=''):
+  if config[field] not in valid:
+    raise ConfigError(f'unknown {field} {config[field]!r}; valid: '
+                      f'{", ".join(v for v in valid if v)}{note}')
+
+
+def _check_parallelism(config):
+  n = jax.device_count()
+  if config.batch_size % n:
+    raise ConfigError(f'batch_size {config.batch_size} is not divisible by the '
+                      f'device count {n}; use a multiple of {n}')
+  mp = config.model_parallelism
+  if not _integer(mp) or mp < 1 or n % mp:
+    raise ConfigError(f'model_parallelism {mp!r} must be a positive divisor of '
+                      f'the device count {n}')
+  shards = config.data_shards or jax.process_count()
+  if shards < 1 or shards % jax.process_count():
+    raise ConfigError(f'data_shards {config.data_shards} must be a positive '
+                      f'multiple of the process count {jax.process_count()} '
+                      '(0: one shard per process)')
+  if config.batch_size % shards:
+    raise ConfigError(f'batch_size {config.batch_size} is not divisible by '
+                      f'data_shards {shards}')
+
+
+def _check_dataset_fields(config):
+  if (config.schedule == 'plateau' and config.val_fraction == 0 and
+      config.val_examples == 0):
+    raise ConfigError("schedule 'plateau' needs a validation split; set "
+                      'val_fraction > 0 or choose step, cosine or constant')
+  streamed = registry.get(config.dataset).streamed
+  image_datasets = ', '.join(n for n, s in registry.DATASETS.items()
+                             if s.streamed)
+  for field in ('ten_crop', 'random_resized_crop'):
+    if config[field] and not streamed:
+      raise ConfigError(f'{field} needs an image dataset ({image_datasets}), '
+                        f'not {config.dataset!r}')
+  if streamed and config.crop_padding:
+    raise ConfigError(
+        f'crop_padding {config.crop_padding} is for CIFAR-sized images; image '
+        f'datasets are cropped from resize_size (set crop_padding=0)')
+
+
+def validate_config(config: ml_collections.ConfigDict):
+  """Cheap checks, before any data is read or any file written."""
+  _choice(config, 'model', tuple(alexnet.MODELS))
+  _choice(config, 'dataset', tuple(registry.DATASETS))
+  _choice(config, 'input_scaling', INPUT_SCALINGS)
+  _choice(config, 'schedule', optim.SCHEDULES)
+  _choice(config, 'init', ('',) + alexnet.INIT_SCHEMES,
+          " ('' keeps the preset's own)")
+  for field, (valid, what) in _RANGES.items():
+    if not valid(config[field]):
+      raise ConfigError(f'{field} {config[field]!r} must be {what}')
+  if config.num_steps <= 0 and config.num_epochs <= 0:
+    raise ConfigError(f'num_epochs {config.num_epochs} must be positive (or '
+                      f'set num_steps > 0; it is {config.num_steps})')
+  _check_parallelism(config)
+  _check_dataset_fields(config)
+
+
+def input_transform(config, mean, std):
+  """(mean, std, scale) for augment.normalize under config.input_scaling."""
+  if config.input_scaling == 'paper':
+    return mean, (1., 1., 1.), 255.
+  return mean, std, 1.
+
+
+def input_side(config) -> int:
+  """The side of the model's input: `image_size`, else the preset's own for
+  image datasets (227 paper, 224 torchvision), else the stored images' side
+  (32 for CIFAR-10)."""
+  if config.image_size:
+    return config.image_size
+  spec = registry.get(config.dataset)
+  if spec.streamed:
+    return alexnet.NATIVE_INPUT_SIZE[config.model]
+  return spec.stored_side(config)
+
+
+def check_input_side(config, model, side: int):
+  """The net must leave every feature map non-empty at this input side."""
+  smallest = model.min_input_size()
+  if side < smallest:
+    raise ConfigError(
+        f'{config.model} cannot take {side}x{side} input (it needs at least '
+        f'{smallest}x{smallest}); set --config.image_size, e.g. 227 for '
+        'alexnet_paper, 224 for alexnet_torchvision')
+
+
+@dataclasses.dataclass(frozen=True)
+class Durations:
+  """Every duration in steps; the one place epochs become steps."""
+  steps_per_epoch: int
+  total_steps: int
+  steps_per_eval: int  # 0: evaluate only at the end.
+  checkpoint_every: int  # 0: only after evaluations and at the end.
+  warmup_steps: int
+  lr_step_boundaries: tuple  # The 'step' schedule's drops, in steps.
+
+  @classmethod
+  def from_config(cls, config, num_train: int, shards: int = 1):
+    """`shards`: the training set is cut into that many equal shards and
+    each batch takes batch_size / shards examples of each
+    (`in_memory.process_share`); a stream is one shard."""
+    per_epoch = (num_train // shards) // (config.batch_size // shards)
+    if per_epoch == 0:
+      raise ConfigError(f'batch_size {config.batch_size} is larger than the '
+                        f'{num_train} training images')
+    return cls.from_steps_per_epoch(config, per_epoch)
+
+  @classmethod
+  def from_steps_per_epoch(cls, config, per_epoch: int):
+    steps = lambda epochs: int(round(epochs * per_epoch))
+    total = (config.num_steps if config.num_steps > 0
+             else max(1, steps(config.num_epochs)))
+    return cls(per_epoch, total, max(steps(config.eval_every_epochs), 0),
+               max(config.checkpoint_every_steps, 0),
+               steps(config.warmup_epochs),
+               tuple(int(e * per_epoch) for e in config.lr_step_epochs))
+
+  def epoch(self, step: int) -> float:
+    return step / self.steps_per_epoch
+
+  def evaluates_at(self, step: int) -> bool:
+    return bool(self.steps_per_eval and step % self.steps_per_eval == 0) or (
+        step == self.total_steps)

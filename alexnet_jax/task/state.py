@@ -1,0 +1,65 @@
+"""The train state and how it comes to be: the model from a config, shapes
+first (`jax.eval_shape`), then init straight into the target shardings."""
+
+import jax
+import jax.numpy as jnp
+from flax.training import train_state
+
+from alexnet_jax.model import alexnet
+from alexnet_jax.runtime import checkpoints
+from alexnet_jax.runtime import mesh as mesh_lib
+
+# The train metrics summed on the device between two logged steps.
+SUM_KEYS = ('loss', 'top1', 'top5', 'count')
+
+
+def zero_sums() -> dict:
+  """Train metric sums, and the first step whose loss was not finite (-1)."""
+  sums = {k: jnp.zeros((), jnp.float32) for k in SUM_KEYS}
+  sums['first_nonfinite_step'] = jnp.full((), -1, jnp.int32)
+  return sums
+
+
+class TrainState(train_state.TrainState):
+  """flax's train state, plus what an exact resume needs besides.
+
+  rng: raw key data; dropout and augmentation keys fold in the step.
+  plateau_value: the last validation top-1 error (the plateau schedule).
+  sums: train metrics summed since the last logged step, so a run resumed
+    between two logs writes the same records as one never stopped.
+  """
+  rng: jax.Array
+  plateau_value: jax.Array
+  sums: dict
+
+
+def make_model(config, num_classes: int) -> alexnet.AlexNet:
+  kwargs = dict(num_classes=num_classes, dropout_rate=config.dropout_rate,
+                dtype=jnp.bfloat16 if config.half_precision else jnp.float32)
+  if config.init:
+    kwargs['init_scheme'] = config.init
+  return alexnet.create_model(config.model, **kwargs)
+
+
+def create_train_state(model, tx, image_shape, seed: int, mesh):
+  """(state, its abstract twin carrying the shardings, for restores)."""
+  def init(key):
+    params_key, train_key = jax.random.split(key)
+    x = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
+    params = model.init({'params': params_key}, x, train=False)['params']
+    return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
+                             rng=jax.random.key_data(train_key),
+                             plateau_value=jnp.float32(1.), sums=zero_sums())
+
+  key = jax.random.key(seed)
+  abstract = jax.eval_shape(init, key)
+  shardings = mesh_lib.state_shardings(abstract, mesh)
+  state = jax.jit(init, out_shardings=shardings)(key)
+  return state, checkpoints.abstract_with_shardings(abstract, shardings)
+
+
+def resolved_config(config, model, num_classes: int, side: int) -> dict:
+  """The config with the values the run actually used (for config.json)."""
+  used = config.to_dict()
+  used.update(num_classes=num_classes, init=model.init_scheme, image_size=side)
+  return used

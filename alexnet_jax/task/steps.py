@@ -1,0 +1,102 @@
+"""The train step: one uint8 batch in, augmented, forward, loss, backward,
+the paper's update; and the per-example quantities evaluation shares."""
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from alexnet_jax.data import augment
+from alexnet_jax.task import config as config_lib
+from alexnet_jax.task import state as state_lib
+
+
+def correct(logits, labels, k):
+  """1.0 where the label is among the k highest logits, per example."""
+  top = jax.lax.top_k(logits, k)[1]
+  return (top == labels[:, None]).any(axis=-1).astype(jnp.float32)
+
+
+def cross_entropy(logits, labels, num_classes, label_smoothing=0.):
+  targets = jax.nn.one_hot(labels, num_classes)
+  if label_smoothing:
+    targets = optax.smooth_labels(targets, label_smoothing)
+  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+
+
+def augment_batch(config, key, images, side, dtype, mean, std):
+  """The training view of a uint8 batch: CIFAR's pad-crop-flip, or a flip
+  (the host already cropped image datasets), the paper's PCA colour noise,
+  then normalization to the model's input side and dtype."""
+  mean, std, scale = config_lib.input_transform(config, mean, std)
+  x = images
+  if config.crop_padding:
+    x = augment.random_crop_flip(key, x, config.crop_padding,
+                                 config.random_flip)
+  elif config.random_flip:
+    x = augment.random_flip(key, x)
+  if config.pca_lighting:
+    x = augment.pca_lighting(jax.random.fold_in(key, 1), augment.to_unit(x),
+                             config.pca_lighting)
+  return augment.normalize(x, mean, std, side, dtype, scale)
+
+
+def _add_sums(sums, step, log_every, loss, logits, labels, num_classes):
+  """Train metric sums since the last logged step (a multiple of
+  `log_every`), and the first step whose loss was not finite."""
+  sums = jax.tree.map(lambda zero, s: jnp.where((step - 1) % log_every == 0,
+                                                zero, s),
+                      state_lib.zero_sums(), sums)
+  batch = labels.shape[0]
+  first_bad = sums['first_nonfinite_step']
+  return {
+      'loss': sums['loss'] + loss * batch,
+      'top1': sums['top1'] + correct(logits, labels, 1).sum(),
+      'top5': sums['top5'] + correct(logits, labels, min(5, num_classes)).sum(),
+      'count': sums['count'] + batch,
+      'first_nonfinite_step': jnp.where(
+          (first_bad < 0) & ~jnp.isfinite(loss), step, first_bad),
+  }
+
+
+def make_train_step(config, model, num_classes, mean, std, side):
+  """jit(step)(state, images, labels) -> state, the state donated.
+
+  One uint8 batch in, from either feed, sharded over the batch axes. It is
+  augmented with keys folded from (state.rng, state.step), so batch k's
+  augmentation is the same on any device count and after any resume.
+  `state.sums` accumulates the train metrics on the device until they are
+  logged at the next multiple of `config.log_every_steps`.
+  """
+  plateau = config.schedule == 'plateau'
+
+  def step_fn(state, images, labels):
+    aug_key, dropout_key = jax.random.split(
+        jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step))
+    x = augment_batch(config, aug_key, images, side, model.dtype, mean, std)
+
+    def loss_fn(params):
+      logits = state.apply_fn({'params': params}, x, train=True,
+                              rngs={'dropout': dropout_key})
+      loss = cross_entropy(logits, labels, num_classes, config.label_smoothing)
+      return loss.mean(), logits
+
+    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    extra = {'value': state.plateau_value} if plateau else {}
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params,
+                                         **extra)
+    step = state.step + 1
+    return state.replace(
+        step=step, params=optax.apply_updates(state.params, updates),
+        opt_state=opt_state,
+        sums=_add_sums(state.sums, step, config.log_every_steps, loss, logits,
+                       labels, num_classes))
+
+  return jax.jit(step_fn, donate_argnums=(0,))
+
+
+@jax.jit
+def all_finite(tree) -> jax.Array:
+  """Whether every parameter is finite (checked before each save)."""
+  return jnp.all(jnp.stack([jnp.isfinite(x).all()
+                            for x in jax.tree.leaves(tree)]))
