@@ -159,10 +159,17 @@ def test_the_parser_joins_continuations_and_stops_at_separators():
           '    --config.seed=1 # a comment --not_a_flag\n'
           'python -m benchmarks.cifar_feed --batch_size 8 && echo --nope\n'
           '```\n'
+          '- a list item:\n'
+          '  ```bash\n'
+          '  python -m alexnet_jax.prepare --dataset=imagenette\n'
+          '  python -m alexnet_jax.main --workdir=W\n'
+          '  ```\n'
           'Prose with `python -m alexnet_jax.plot A\n  --out b.png` in it.\n')
   assert page_commands(text) == [
       ('alexnet_jax.main', ['--config=configs/cifar10.py', '--config.seed=1']),
       ('benchmarks.cifar_feed', ['--batch_size', '8']),
+      ('alexnet_jax.prepare', ['--dataset=imagenette']),
+      ('alexnet_jax.main', ['--workdir=W']),
       ('alexnet_jax.plot', ['A', '--out', 'b.png']),
   ]
 
@@ -174,6 +181,7 @@ def test_flag_sources_are_read():
   assert 'torch_weights' in defined_flags('alexnet_jax.convert')
   assert 'out' in defined_flags('alexnet_jax.plot')
   assert 'vs_tfdata' in defined_flags('benchmarks.image_pipeline')
+  assert 'config' not in defined_flags('alexnet_jax.predict')
 
 
 def test_pages_have_commands():
