@@ -107,12 +107,13 @@ def jax_step(args, with_compiled=False):
       0, config.num_classes, (args.batch_size,), dtype=np.int32),
       batch_sharding)
   start = time.perf_counter()
-  compiled = step.lower(state, images, labels).compile()
+  batch = {'images': images, 'labels': labels}
+  compiled = step.lower(state, batch).compile()
   compile_s = time.perf_counter() - start
   holder = {'state': state}
 
   def one():
-    holder['state'] = compiled(holder['state'], images, labels)
+    holder['state'] = compiled(holder['state'], batch)
     jax.block_until_ready(holder['state'])
 
   if with_compiled:

@@ -1,20 +1,28 @@
-"""How fast the streaming pipeline turns ImageNet-sized JPEGs into crops.
+"""How many training images per second the host turns out, per input path.
 
 Writes `--images` JPEGs of ImageNet's typical size (500x375, quality 90;
-views of scikit-image's photos) into a temporary image_folder, then times
-`streaming.train_batches` (decode at reduced size, shorter side to 256,
-central 256x256, random 227 crop) on one core (in this process, one reader
-thread) and with `--workers` Grain worker processes, in steady state (from
-the first batch on, over `--epochs` epochs). `--vs_tfdata` also times the
-same augmentation written with tf.data (benchmarks/tfdata_pipeline.py) on
-one thread and on `--workers` threads. The setups run interleaved, one
-stream each per repeat; prints images/s, medians of `--repeats` streams.
+views of scikit-image's photos) into a temporary image folder, and the
+paper's store of them (`python -m alexnet_jax.prepare --store`: JPEG at
+quality 95, and raw), then times, in steady state (from the first batch on,
+over `--epochs` epochs), on one core (in this process, one reader thread)
+and with `--workers` Grain worker processes:
+  * folder: `streaming.train_batches` on the folder (decode, shorter side to
+    256, central 256x256, random 227 crop: all on the host);
+  * store (jpeg) / store (raw): the store's records (decode a 256x256 JPEG,
+    or nothing); the crop runs on the device, not timed here;
+  * DALI CPU (`--dali`, if installed): the store decoded by DALI's CPU
+    operators on one thread and on `--workers` threads;
+  * tf.data (`--vs_tfdata`): the folder path's work in tf.data.
+The setups run interleaved, one stream each per repeat; prints images/s,
+medians of `--repeats` streams, and each one's factor over the folder path
+on the same number of cores.
 
   python -m benchmarks.image_pipeline [--images 512] [--workers 2] \\
-      [--vs_tfdata] [--json]
+      [--dali] [--vs_tfdata] [--json]
 """
 
 import argparse
+import functools
 import itertools
 import json
 import os
@@ -25,6 +33,8 @@ from absl import flags
 import numpy as np
 from PIL import Image
 
+from alexnet_jax.data import store
+from alexnet_jax.data import store_writer
 from alexnet_jax.data import streaming
 
 
@@ -54,12 +64,28 @@ def _steady_rate(stream, batch: int, steps: int) -> float:
   return count * batch / (time.perf_counter() - start)
 
 
-def grain_stream(source, workers: int, batch: int, steps: int, seed: int):
+def grain_stream(source, workers: int, batch: int, steps: int, seed: int,
+                 crop_size: int = 227):
   """alexnet_jax's pipeline: `workers` Grain processes (0: this process,
-  one reader thread)."""
+  one reader thread); crop_size 0 hands out the stored squares whole."""
   return iter(streaming.train_batches(
       source, seed=seed, global_batch=batch, start_step=0, total_steps=steps,
-      resize_size=256, crop_size=227, workers=workers, threads=1))
+      resize_size=256, crop_size=crop_size, workers=workers, threads=1))
+
+
+def dali_stream(root: str, threads: int, batch: int, steps: int, seed: int):
+  """The store's JPEGs decoded by DALI's CPU operators, in the project's
+  order (the records come from the same shuffle as the Grain path)."""
+  from alexnet_jax.data import dali  # pylint: disable=g-import-not-at-top
+  source = store.StoreSource(root, 'train')
+  pipe = dali._pipeline(batch, None, threads, resize=False)  # pylint: disable=protected-access
+  pick = streaming.TrainExample(streaming.shuffled(source, seed), source,
+                                seed, 256, 0, False)
+  for step in range(steps):
+    encoded = [np.frombuffer(pick.record(step * batch + j)[0]['image'],
+                             np.uint8) for j in range(batch)]
+    pipe.feed_input('encoded', encoded)
+    yield np.asarray(pipe.run()[0].as_tensor())
 
 
 def tfdata_stream(source, threads: int, batch: int, seed: int):
@@ -70,25 +96,46 @@ def tfdata_stream(source, threads: int, batch: int, seed: int):
   return ds.as_numpy_iterator()
 
 
-def measure(source, args) -> dict:
+def setups(sources: dict, roots: dict, args, steps: int) -> dict:
+  """{name: make_stream(repeat)}, one core first, then `workers` cores."""
+  out = {}
+  for cores in ((1, args.workers) if args.workers else (1,)):
+    workers = 0 if cores == 1 else cores
+    tag = '1 core' if cores == 1 else f'{cores} workers'
+    out[f'folder, {tag}'] = functools.partial(
+        grain_stream, sources['folder'], workers, args.batch, steps)
+    for kind in ('jpeg', 'raw'):
+      out[f'store ({kind}), {tag}'] = functools.partial(
+          grain_stream, sources[kind], workers, args.batch, steps,
+          crop_size=0)
+    if args.dali:
+      out[f'DALI CPU, {tag}'] = functools.partial(
+          dali_stream, roots['jpeg'], cores, args.batch, steps)
+    if args.vs_tfdata:
+      out[f'tf.data, {tag}'] = functools.partial(
+          tfdata_stream, sources['folder'], cores, args.batch)
+  return out
+
+
+def measure(sources: dict, roots: dict, args) -> dict:
   """{setup: median images/s}, the setups interleaved repeat by repeat."""
-  steps = args.epochs * (len(source) // args.batch)
-  setups = {'grain, 1 core (in-process, 1 thread)':
-                lambda r: grain_stream(source, 0, args.batch, steps, r)}
-  if args.workers:
-    setups[f'grain, {args.workers} worker processes'] = (
-        lambda r: grain_stream(source, args.workers, args.batch, steps, r))
-  if args.vs_tfdata:
-    setups['tf.data, 1 thread'] = (
-        lambda r: tfdata_stream(source, 1, args.batch, r))
-    if args.workers:
-      setups[f'tf.data, {args.workers} threads'] = (
-          lambda r: tfdata_stream(source, args.workers, args.batch, r))
-  rates = {name: [] for name in setups}
+  steps = args.epochs * (len(sources['folder']) // args.batch)
+  makers = setups(sources, roots, args, steps)
+  rates = {name: [] for name in makers}
   for r in range(args.repeats):
-    for name, make in setups.items():
-      rates[name].append(_steady_rate(make(r), args.batch, steps))
+    for name, make in makers.items():
+      rates[name].append(_steady_rate(make(seed=r), args.batch, steps))
   return {name: float(np.median(v)) for name, v in rates.items()}
+
+
+def write_stores(root: str, source) -> dict:
+  """The paper's store of `source`, as JPEG and raw: {kind: directory}."""
+  roots = {}
+  for kind in ('jpeg', 'raw'):
+    roots[kind] = os.path.join(root, f'store_{kind}')
+    store_writer.write_store({'train': source}, roots[kind], source.classes,
+                             encoding=kind, log=lambda m: None)
+  return roots
 
 
 def main(argv=None):
@@ -100,6 +147,8 @@ def main(argv=None):
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--vs_tfdata', action='store_true',
                       help='also time the same augmentation in tf.data')
+  parser.add_argument('--dali', action='store_true',
+                      help='also time DALI\'s CPU decoder on the store')
   parser.add_argument('--json', action='store_true')
   args = parser.parse_args(argv)
   for name in ('batch', 'epochs', 'repeats'):
@@ -111,17 +160,36 @@ def main(argv=None):
     parser.error(f'--images {args.images} must be at least twice --batch '
                  f'{args.batch}')
   flags.FLAGS.mark_as_parsed()
+  if args.dali:
+    try:
+      import nvidia.dali  # pylint: disable=g-import-not-at-top,unused-import
+    except ImportError:
+      parser.error('--dali needs NVIDIA DALI: pip install -r '
+                   'requirements-dali.txt')
   with tempfile.TemporaryDirectory() as root:
-    write_jpegs(root, args.images)
-    source = streaming.ImageFolderSource.scan(root)
-    rates = measure(source, args)
-  first = next(iter(rates.values()))
+    folder = os.path.join(root, 'folder')
+    write_jpegs(folder, args.images)
+    source = streaming.ImageFolderSource.scan(folder)
+    roots = write_stores(root, source)
+    sources = {'folder': source,
+               **{k: store.StoreSource(v, 'train') for k, v in roots.items()}}
+    rates = measure(sources, roots, args)
+  report(rates, args)
+
+
+def report(rates: dict, args):
+  """Each setup's rate, and its factor over the folder path on as many
+  cores."""
   for name, rate in rates.items():
-    print(f'{name:40s} {rate:7.1f} images/s ({rate / first:.2f}x)')
+    tag = name.split(', ')[-1]
+    base = rates[f'folder, {tag}']
+    print(f'{name:32s} {rate:8.1f} images/s ({rate / base:.2f}x the folder '
+          f'path on {tag})')
   print(f'cores: {os.cpu_count()}')
   if args.json:
     print(json.dumps({'images_per_sec': rates, 'cores': os.cpu_count(),
-                      'images': args.images, 'batch': args.batch}))
+                      'images': args.images, 'batch': args.batch,
+                      'workers': args.workers}))
 
 
 if __name__ == '__main__':

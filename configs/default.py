@@ -34,10 +34,13 @@ def get_config():
   # --- Data --------------------------------------------------------------
   # Held in memory: 'cifar10', 'fake'. Streamed from files by Grain:
   # 'image_folder' (data_dir/train/<class>/*, data_dir/val/<class>/*),
-  # 'imagenet2012' and 'imagenette' (TFDS, prepared as ArrayRecord).
+  # 'imagenet2012' and 'imagenette' (TFDS, prepared as ArrayRecord), and
+  # 'store' (data_dir: the paper's 256x256 store, written once by
+  # `python -m alexnet_jax.prepare --store=DIR`).
   c.dataset = 'cifar10'
   # cifar10: a local copy (cifar-10-python.tar.gz or cifar-10-batches-py/);
   # empty loads it through TFDS. image_folder: the folder tree's root.
+  # store: the store's directory (local or gs://).
   c.data_dir = ''
   c.tfds_data_dir = ''  # Empty: TFDS's default (~/tensorflow_datasets).
   # Fraction of the training images held out for validation (model selection,
@@ -53,6 +56,16 @@ def get_config():
   c.resize_size = 256
   c.random_resized_crop = False
   c.data_workers = 4
+  # Image datasets: who decodes. 'grain' (PIL in data_workers processes) or
+  # 'dali' (NVIDIA DALI: pip install -r requirements-dali.txt) on the
+  # dali_device, 'gpu' (nvJPEG) or 'cpu'. DALI reads the store (JPEG) and
+  # image folders.
+  c.input_pipeline = 'grain'
+  c.dali_device = 'gpu'
+  # An image that cannot be decoded is replaced (training) or left out
+  # (evaluation), named once in the log; above this share of a split, the
+  # run stops with one line instead.
+  c.max_bad_fraction = 0.01
   # The paper's colour noise: std of the PCA lighting coefficients (0: off;
   # the paper: 0.1).
   c.pca_lighting = 0.0

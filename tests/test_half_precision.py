@@ -46,8 +46,8 @@ def one_step(images, labels, half_precision):
   batch = mesh_lib.batch(mesh)
   for i in range(2):
     rows = slice(i * BATCH, (i + 1) * BATCH)
-    state = step(state, jax.device_put(images[rows], batch),
-                 jax.device_put(labels[rows], batch))
+    state = step(state, {'images': jax.device_put(images[rows], batch),
+                         'labels': jax.device_put(labels[rows], batch)})
   loss = float(state.sums['loss'] / state.sums['count'])
   updates = jax.tree.map(lambda new, old: np.asarray(new, np.float64) - old,
                          state.params, before)

@@ -75,7 +75,7 @@ def test_train_step_trains_on_the_lit_batch_and_not_without_it():
     config = tiny_config(pca_lighting=pca, dropout_rate=0.)
     model, state = fresh_state(config)
     step = steps.make_train_step(config, model, 10, MEAN, STD, 32)
-    after = step(state, images, labels)
+    after = step(state, {'images': images, 'labels': labels})
     updates[pca] = jax.tree.leaves(jax.device_get(after.params))
   assert any(not np.array_equal(a, b)
              for a, b in zip(updates[0.], updates[0.1]))
@@ -95,7 +95,8 @@ def test_metric_sums_cover_the_steps_since_the_last_logged_one():
   step = steps.make_train_step(config, model, 10, MEAN, STD, 32)
   counts = []
   for i in range(5):
-    state = step(state, *batch(seed=i))
+    images, labels = batch(seed=i)
+    state = step(state, {'images': images, 'labels': labels})
     counts.append(int(state.sums['count']))
   assert counts == [8, 16, 24, 8, 16]
   assert int(state.sums['first_nonfinite_step']) == -1

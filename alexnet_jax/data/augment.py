@@ -44,6 +44,52 @@ def random_crop_flip(key, images, pad: int = 4, flip: bool = True):
   return jax.vmap(one)(padded, offsets, flips)
 
 
+def random_crop(key, images, size: int):
+  """A random size x size window of each image (the paper's 227 of 256)."""
+  n, h, w, c = images.shape
+  tops = jax.random.randint(jax.random.fold_in(key, 0), (n,), 0, h - size + 1)
+  lefts = jax.random.randint(jax.random.fold_in(key, 1), (n,), 0, w - size + 1)
+  return jax.vmap(lambda img, t, l: jax.lax.dynamic_slice(
+      img, (t, l, 0), (size, size, c)))(images, tops, lefts)
+
+
+def _rrc_box(key, h: int, w: int, scale, ratio, tries: int = 10):
+  """torchvision's RandomResizedCrop box (top, left, height, width): up to
+  `tries` draws, the first that fits, else the whole image."""
+  k_area, k_ratio, k_top, k_left = jax.random.split(key, 4)
+  area = h * w * jax.random.uniform(k_area, (tries,), minval=scale[0],
+                                    maxval=scale[1])
+  log_ratio = jax.random.uniform(k_ratio, (tries,), minval=jnp.log(ratio[0]),
+                                 maxval=jnp.log(ratio[1]))
+  cw = jnp.round(jnp.sqrt(area * jnp.exp(log_ratio)))
+  ch = jnp.round(jnp.sqrt(area / jnp.exp(log_ratio)))
+  fits = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
+  first = jnp.argmax(fits)
+  cw = jnp.where(fits.any(), cw[first], w)
+  ch = jnp.where(fits.any(), ch[first], h)
+  top = jnp.floor(jax.random.uniform(k_top) * (h - ch + 1))
+  left = jnp.floor(jax.random.uniform(k_left) * (w - cw + 1))
+  return top, left, ch, cw
+
+
+def random_resized_crop(key, images, size: int, scale=(0.08, 1.0),
+                        ratio=(3 / 4, 4 / 3)):
+  """torchvision's RandomResizedCrop on the device: a random box of each
+  (stored 256x256) image, resampled to size x size (bilinear, antialiased
+  when shrinking). Returns float32 in 0..1."""
+  n, h, w, c = images.shape
+
+  def one(key, img):
+    top, left, ch, cw = _rrc_box(key, h, w, scale, ratio)
+    sy, sx = size / ch, size / cw
+    return jax.image.scale_and_translate(
+        to_unit(img), (size, size, c), (0, 1),
+        jnp.stack([sy, sx]), jnp.stack([-top * sy, -left * sx]),
+        method='linear', antialias=True)
+
+  return jax.vmap(one)(jax.random.split(key, n), images)
+
+
 def random_flip(key, images):
   """Each image mirrored left-right with probability 1/2."""
   flips = jax.random.bernoulli(key, 0.5, (images.shape[0],))
@@ -66,8 +112,10 @@ def pca_lighting(key, images, std: float = 0.1,
 
 
 def to_unit(images):
-  """uint8 -> float32 in 0..1."""
-  return images.astype(jnp.float32) / 255.
+  """uint8 -> float32 in 0..1; floats are taken to be in 0..1 already."""
+  if images.dtype == jnp.uint8:
+    return images.astype(jnp.float32) / 255.
+  return images
 
 
 def normalize(images, mean, std, image_size: Optional[int] = None,
@@ -78,7 +126,7 @@ def normalize(images, mean, std, image_size: Optional[int] = None,
   CIFAR's 32 into the 227 net. `scale` 255 with std 1 gives the paper's
   centred raw RGB values (its Sec. 2).
   """
-  x = to_unit(images) if images.dtype == jnp.uint8 else images
+  x = to_unit(images)
   if image_size and image_size != x.shape[1]:
     x = jax.image.resize(x, (x.shape[0], image_size, image_size, x.shape[3]),
                          method='bilinear')

@@ -4,11 +4,12 @@ Two feeds with one interface, so the train step and the loop do not care
 where images come from:
   * `in_memory.InMemoryFeed`: CIFAR-10 or fake data, held on the device as
     uint8, batches gathered there.
-  * `StreamingFeed`: image datasets read, decoded and cropped by Grain worker
-    processes (`streaming.py`). Each process reads its slice of batch k; the
-    slices become one global array (`jax.make_array_from_process_local_data`).
-Both yield (images uint8 [B, H, W, C], labels int32 [B]) sharded over the
-mesh's batch axes, and hold `num_classes`, `sizes` (examples per split) and
+  * `StreamingFeed`: image datasets (folders, TFDS, the paper's store) read
+    and decoded by Grain worker processes (`streaming.py`) or by DALI
+    (`dali.py`). Each process reads its slice of batch k; the slices become
+    one global array (`jax.make_array_from_process_local_data`).
+Both yield {'images': uint8 [B, H, W, C], 'labels': int32 [B], ...} sharded
+over the mesh's batch axes, and hold `num_classes`, `sizes` (examples per split) and
 `image_shape`. A feed's position is the step alone, so resuming at the
 checkpoint's step resumes the data exactly. Evaluation over a feed's splits
 is `task/evaluation.py`.
@@ -23,6 +24,7 @@ import numpy as np
 
 from alexnet_jax.data import in_memory
 from alexnet_jax.data import registry
+from alexnet_jax.data import store
 from alexnet_jax.data import streaming
 from alexnet_jax.errors import ConfigError
 from alexnet_jax.errors import DataError
@@ -40,10 +42,17 @@ def make_feed(config, mesh, crop_size: int):
 def _image_sources(config):
   """(train, test, number of classes) of a streamed dataset."""
   spec = registry.get(config.dataset)
+  if spec.name in ('image_folder', 'store') and not config.data_dir:
+    what = ('the store written by `python -m alexnet_jax.prepare --store=DIR`'
+            if spec.name == 'store' else
+            'DIR/train/<class>/* and DIR/val/<class>/*')
+    raise DataError(f'dataset {spec.name} needs --config.data_dir=DIR: {what}')
+  if spec.name == 'store':
+    manifest = store.read_manifest(config.data_dir)
+    return (store.StoreSource(config.data_dir, 'train', manifest),
+            store.StoreSource(config.data_dir, 'test', manifest),
+            len(manifest['classes']))
   if spec.name == 'image_folder':
-    if not config.data_dir:
-      raise DataError('dataset image_folder needs --config.data_dir=DIR '
-                      'holding DIR/train/<class>/* and DIR/val/<class>/*')
     train = streaming.ImageFolderSource.scan(
         os.path.join(config.data_dir, 'train'))
     test = streaming.ImageFolderSource.scan(
@@ -56,8 +65,50 @@ def _image_sources(config):
           spec.num_classes)
 
 
+class BadImages:
+  """Records that cannot be decoded: each named once in the log (with the
+  decoder's reason), counted, and the run stopped with one line once more
+  than `max_fraction` of a split has been found bad."""
+
+  def __init__(self, splits: dict, max_fraction: float, log=print):
+    self.splits, self.max_fraction, self.log = splits, max_fraction, log
+    self.seen = {name: set() for name in splits}
+
+  def note(self, split: str, indices: np.ndarray):
+    source = self.splits[split]
+    for index in sorted(set(int(i) for i in np.ravel(indices) if i >= 0) -
+                        self.seen[split]):
+      self.seen[split].add(index)
+      self.log(f'{split} image {source.describe(index)} cannot be decoded '
+               f'({_reason(source, index)}): '
+               + ('replaced by another image' if split == 'train' else
+                  'left out of the evaluation'))
+    found, total = len(self.seen[split]), max(len(source), 1)
+    if found > self.max_fraction * total:
+      raise DataError(
+          f'{found} of {total} {split} images cannot be decoded, more than '
+          f'max_bad_fraction {self.max_fraction} of the split; fix or remove '
+          'them (prepare a store: it leaves them out and lists them), or '
+          'raise --config.max_bad_fraction')
+
+
+def _reason(source, index: int) -> str:
+  from alexnet_jax.data import images  # pylint: disable=g-import-not-at-top
+  try:
+    images.decode(source[index]['image'])
+    return 'decodes here'
+  except Exception as e:  # pylint: disable=broad-except
+    return f'{type(e).__name__}: {e}'[:160]
+
+
 class StreamingFeed:
-  """Image datasets streamed by Grain workers (image_folder, TFDS)."""
+  """Image datasets streamed from files: image folders, TFDS, the store.
+
+  Grain workers read and decode (or DALI decodes, `dali.py`); the store's
+  256x256 squares are cropped on the device (`crops_on_device`), an image
+  folder's or a TFDS dataset's on the host. Evaluation images are decoded
+  once per run and kept on the host (this process's rows only).
+  """
 
   def __init__(self, config, mesh, crop_size: int):
     self.config, self.mesh = config, mesh
@@ -71,41 +122,76 @@ class StreamingFeed:
     if crop_size > config.resize_size:
       raise ConfigError(f'image_size {crop_size} is larger than resize_size '
                         f'{config.resize_size}, the side it is cropped from')
+    self.dali = config.input_pipeline == 'dali'
+    if self.dali:
+      from alexnet_jax.data import dali  # pylint: disable=g-import-not-at-top
+      dali.check(config, train)
+    # The store (and DALI's output) is the whole 256x256 square.
+    self.crops_on_device = self.spec.name == 'store' or self.dali
+    if self.crops_on_device and config.resize_size != store.SIDE:
+      raise ConfigError(f'resize_size {config.resize_size}: the store and '
+                        f'DALI keep {store.SIDE}x{store.SIDE} images')
     self.image_shape = (crop_size, crop_size, 3)
     self.shards = self.spec.data_shards(config, jax.process_count())
     self.batch_sharding = mesh_lib.batch(mesh)
+    self.bad = BadImages(
+        {k: v for k, v in self.splits.items() if v is not None},
+        config.max_bad_fraction,
+        lambda m: print(m if jax.process_count() == 1 else
+                        f'process {jax.process_index()}: {m}', flush=True))
+    self._eval_cache = {}
 
-  def _global(self, local: np.ndarray) -> jax.Array:
+  def to_global(self, local: np.ndarray) -> jax.Array:
     return jax.make_array_from_process_local_data(self.batch_sharding, local)
 
   def train(self, start_step: int, steps_per_epoch: int,
             total_steps: int) -> Iterator:
-    """(images, labels) of batches start_step .. total_steps - 1.
+    """{'images', 'labels', 'replaced'} of batches start_step ..
+    total_steps - 1; `replaced` marks the examples that stand in for an
+    unreadable record (counted in the train metrics)."""
+    del steps_per_epoch  # The stream is one endless shuffled sequence.
+    if self.dali:
+      from alexnet_jax.data import dali  # pylint: disable=g-import-not-at-top
+      batches = dali.train_batches(self, start_step, total_steps)
+    else:
+      batches = self._grain_train(start_step, total_steps)
+    for images, labels, replaced in batches:
+      self.bad.note('train', replaced)
+      yield {'images': images, 'labels': labels,
+             'replaced': self.to_global((replaced != -1).astype(np.int8))}
 
-    Grain's thread prefetch keeps the next batch decoded and its
+  def _grain_train(self, start_step: int, total_steps: int) -> Iterator:
+    """Grain's thread prefetch keeps the next batch decoded and its
     host-to-device copy issued while the loop waits on the device (logging,
     evaluation, a checkpoint). Order and content are unchanged, and the
-    feed's position stays the step, so resume is unaffected.
-    """
-    del steps_per_epoch  # The stream is one endless shuffled sequence.
+    feed's position stays the step, so resume is unaffected."""
     c = self.config
     ds = streaming.train_batches(
         self.splits['train'], seed=c.seed, global_batch=c.batch_size,
         start_step=start_step, total_steps=total_steps,
-        resize_size=c.resize_size, crop_size=self.image_shape[0],
+        resize_size=c.resize_size,
+        crop_size=0 if self.crops_on_device else self.image_shape[0],
         inception_crop=c.random_resized_crop, workers=c.data_workers,
         process_index=jax.process_index(), process_count=jax.process_count())
-    ds = ds.map(lambda batch: tuple(self._global(part) for part in batch))
+    ds = ds.map(lambda b: (self.to_global(b[0]), self.to_global(b[1]), b[2]))
     return iter(grain.experimental.ThreadPrefetchIterDataset(
         ds, prefetch_buffer_size=1))
 
   def eval_batches(self, name: str, global_batch: int) -> Iterator:
     """(images, labels, mask) global arrays covering split `name` once: the
-    stored 256x256 squares, the padding masked out."""
-    for images, labels, mask in streaming.eval_batches(
-        self.splits[name], global_batch=global_batch,
-        resize_size=self.config.resize_size,
-        workers=self.config.data_workers,
-        process_index=jax.process_index(),
-        process_count=jax.process_count()):
-      yield self._global(images), self._global(labels), self._global(mask)
+    stored 256x256 squares, the padding and unreadable records masked out.
+    Decoded at the first evaluation, then replayed from host memory."""
+    key = (name, global_batch)
+    if key not in self._eval_cache:
+      local = []
+      for images, labels, mask, bad in streaming.eval_batches(
+          self.splits[name], global_batch=global_batch,
+          resize_size=self.config.resize_size,
+          workers=self.config.data_workers,
+          process_index=jax.process_index(),
+          process_count=jax.process_count()):
+        self.bad.note(name, bad)
+        local.append((images, labels, mask))
+      self._eval_cache[key] = local
+    for images, labels, mask in self._eval_cache[key]:
+      yield self.to_global(images), self.to_global(labels), self.to_global(mask)

@@ -72,11 +72,8 @@ def resized_window(img, resize_size: int, top: int, left: int,
                     np.uint8)
 
 
-def random_resized_crop(img, size: int, rng: np.random.Generator,
-                        scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
-  """torchvision's RandomResizedCrop (Inception-style), on a PIL image."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  w, h = img.size
+def _rrc_box(w: int, h: int, rng: np.random.Generator, scale, ratio):
+  """torchvision's RandomResizedCrop box (left, top, width, height)."""
   area = w * h
   for _ in range(10):
     target = area * rng.uniform(*scale)
@@ -84,17 +81,41 @@ def random_resized_crop(img, size: int, rng: np.random.Generator,
     cw = int(round(np.sqrt(target * aspect)))
     ch = int(round(np.sqrt(target / aspect)))
     if 0 < cw <= w and 0 < ch <= h:
-      left = int(rng.integers(0, w - cw + 1))
-      top = int(rng.integers(0, h - ch + 1))
-      break
-  else:  # Fall back to the central crop at the nearest allowed aspect.
-    aspect = w / h
-    if aspect < ratio[0]:
-      cw, ch = w, int(round(w / ratio[0]))
-    elif aspect > ratio[1]:
-      cw, ch = int(round(h * ratio[1])), h
-    else:
-      cw, ch = w, h
-    left, top = (w - cw) // 2, (h - ch) // 2
-  crop = img.crop((left, top, left + cw, top + ch))
-  return np.asarray(crop.resize((size, size), Image.BILINEAR), np.uint8)
+      return (int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1)),
+              cw, ch)
+  aspect = w / h  # Fall back to the central crop at the nearest allowed aspect.
+  if aspect < ratio[0]:
+    cw, ch = w, int(round(w / ratio[0]))
+  elif aspect > ratio[1]:
+    cw, ch = int(round(h * ratio[1])), h
+  else:
+    cw, ch = w, h
+  return (w - cw) // 2, (h - ch) // 2, cw, ch
+
+
+def random_resized_crop(image, size: int, rng: np.random.Generator,
+                        scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+  """torchvision's RandomResizedCrop (Inception-style) of encoded bytes or
+  an array.
+
+  The box is drawn on the image's full size (read from its header), then the
+  JPEG is decoded at the most reduced DCT scale that still leaves the box at
+  least `size` pixels on each side: never an upsampled crop where the
+  original had the pixels, and no full-size decode of a 4-megapixel photo
+  for a 224-pixel crop.
+  """
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  if isinstance(image, np.ndarray):
+    img = Image.fromarray(image)
+  else:
+    img = Image.open(io.BytesIO(image))
+  w, h = img.size
+  left, top, cw, ch = _rrc_box(w, h, rng, scale, ratio)
+  shrink = min(cw, ch) / size
+  if img.format == 'JPEG' and shrink >= 2:
+    img.draft('RGB', (int(w / shrink) + 1, int(h / shrink) + 1))
+  img = img.convert('RGB')
+  sx, sy = img.size[0] / w, img.size[1] / h
+  box = (left * sx, top * sy, (left + cw) * sx, (top + ch) * sy)
+  return np.asarray(img.resize((size, size), Image.BILINEAR, box=box),
+                    np.uint8)

@@ -109,6 +109,8 @@ def batch_indices(perms, step_in_epoch, batch_size: int, process_count: int):
 class InMemoryFeed:
   """The splits on the device; each training batch gathered there."""
 
+  crops_on_device = False  # Augmentation crops CIFAR (crop_padding) itself.
+
   def __init__(self, config, data: Dataset, mesh):
     self.config, self.mesh = config, mesh
     self.spec = registry.get(config.dataset)
@@ -145,12 +147,13 @@ class InMemoryFeed:
 
   def train(self, start_step: int, steps_per_epoch: int,
             total_steps: int) -> Iterator:
-    """(images, labels) of batches start_step .. total_steps - 1."""
+    """{'images', 'labels'} of batches start_step .. total_steps - 1."""
     perm_epoch, perms = None, None
     for step in range(start_step, total_steps):
       epoch, index = divmod(step, steps_per_epoch)
       if epoch != perm_epoch:
         perm_epoch, perms = epoch, self.permutations(
             self.data_key, epoch, self.shards, self.per_shard)
-      yield self.gather(*self.train_arrays, perms, np.int32(index),
-                        self.config.batch_size)
+      images, labels = self.gather(*self.train_arrays, perms, np.int32(index),
+                                   self.config.batch_size)
+      yield {'images': images, 'labels': labels}

@@ -68,6 +68,9 @@ class DatasetSpec:
   def classes(self, config) -> Optional[int]:
     if self.name == 'fake':
       return config.num_classes
+    if self.name == 'store' and config.data_dir:
+      from alexnet_jax.data import store  # pylint: disable=g-import-not-at-top
+      return len(store.read_manifest(config.data_dir)['classes'])
     return self.num_classes
 
   def stored_side(self, config) -> int:
@@ -87,6 +90,13 @@ class DatasetSpec:
     """Human-readable names in label order; 'class K' where none are known."""
     if self.name == 'cifar10' and num_classes == 10:
       return CIFAR10_CLASSES
+    if self.name == 'store' and config.data_dir:
+      from alexnet_jax.data import store  # pylint: disable=g-import-not-at-top
+      names = tuple(store.read_manifest(config.data_dir)['classes'])
+      if len(names) == 1000 and names[0] == 'n01440764':
+        return imagenet_classes()  # ImageNet's synsets: torchvision's names.
+      if len(names) == num_classes:
+        return names
     if self.name in ('imagenet2012', 'image_folder') and num_classes == 1000:
       return imagenet_classes()
     if self.name == 'imagenette' and num_classes == 10:
@@ -110,6 +120,9 @@ DATASETS = {spec.name: spec for spec in (
                 tfds_name='imagenet2012', tfds_splits=('train', 'validation')),
     DatasetSpec('imagenette', True, 10, IMAGENET_MEAN, IMAGENET_STD,
                 tfds_name='imagenette', tfds_splits=('train', 'validation')),
+    # The paper's store (`store.py`): any of the above, written once at
+    # 256x256 by `python -m alexnet_jax.prepare --store=DIR`.
+    DatasetSpec('store', True, None, IMAGENET_MEAN, IMAGENET_STD),
 )}
 
 

@@ -28,6 +28,7 @@ training takes a random `crop_size` window of that (or, with
 import dataclasses
 import functools
 import os
+import signal
 import threading
 import time
 from typing import Optional, Sequence
@@ -86,7 +87,11 @@ class ImageFolderSource:
 
   def __getitem__(self, index):
     with open(self.paths[index], 'rb') as f:
-      return {'image': f.read(), 'label': self.labels[index]}
+      return {'image': f.read(), 'label': self.labels[index],
+              'index': int(index)}
+
+  def describe(self, index: int) -> str:
+    return self.paths[index]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +106,9 @@ class Subset:
   def __getitem__(self, index):
     return self.source[int(self.indices[index])]
 
+  def describe(self, index: int) -> str:
+    return self.source.describe(index)  # Records carry the source's index.
+
 
 def hold_out(source, count: int):
   """(train, val or None) records, by the registry's hold-out rule."""
@@ -110,74 +118,146 @@ def hold_out(source, count: int):
   return Subset(source, train_idx), Subset(source, val_idx)
 
 
+# What a record that cannot be read or decoded raises: PIL's own errors
+# (UnidentifiedImageError is an OSError; truncated files, bad headers), and
+# the file system's. Anything else is a bug and keeps its traceback.
+_UNREADABLE = (OSError, ValueError, SyntaxError, EOFError, IndexError,
+               TypeError)
+# Tries before a stream gives up on a position (a whole dataset unreadable).
+_ATTEMPTS = 16
+
+
+def _unreadable(source, index: int, why) -> DataError:
+  return DataError(f'{_ATTEMPTS} images in a row cannot be decoded (the last: '
+                   f'{source.describe(index)}: {why}); check the data')
+
+
+def _whole(image) -> np.ndarray:
+  """The stored square itself: a raw array, or a JPEG decoded."""
+  if isinstance(image, np.ndarray):
+    return image
+  return np.asarray(images.decode(image), np.uint8)
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainExample:
-  """(position, record) -> (uint8 crop, label); random by (seed, position)."""
+  """Global position -> (uint8 image, label, index of a replaced record or
+  -1); the crop random by (seed, position).
+
+  `records` is the endless shuffled order, indexed by position. A record
+  that cannot be read or decoded is replaced by the record at another
+  position drawn from (seed, position, attempt), so batch k stays a pure
+  function of (seed, k) and resume stays exact; its source index comes out
+  so the feed can name it and count it. `crop_size` 0: the stored square
+  whole (the store: cropped on the device).
+  """
+  records: object
+  source: object
   seed: int
   resize_size: int
   crop_size: int
   inception_crop: bool
 
-  def __call__(self, item):
-    position, record = item
-    rng = np.random.default_rng([self.seed, position])
+  def image(self, record, rng) -> np.ndarray:
+    if not self.crop_size:
+      return _whole(record['image'])
     if self.inception_crop:
-      img = images.decode(record['image'], self.crop_size)
-      image = images.random_resized_crop(img, self.crop_size, rng)
-    else:
-      img = images.decode(record['image'], self.resize_size)
-      top, left = rng.integers(0, self.resize_size - self.crop_size + 1, 2)
-      image = images.resized_window(img, self.resize_size, int(top),
-                                    int(left), self.crop_size)
-    return image, np.int32(record['label'])
+      return images.random_resized_crop(record['image'], self.crop_size, rng)
+    img = images.decode(record['image'], self.resize_size)
+    top, left = rng.integers(0, self.resize_size - self.crop_size + 1, 2)
+    return images.resized_window(img, self.resize_size, int(top), int(left),
+                                 self.crop_size)
+
+  def _first_good(self, position: int, use):
+    """(use(record), replaced) for the record at `position`, or, where it
+    cannot be read or used, the first good one of its replacements."""
+    replaced, why, index = -1, None, 0
+    for attempt in range(_ATTEMPTS):
+      where = position if attempt == 0 else int(np.random.default_rng(
+          [self.seed, position, attempt]).integers(0, 2 ** 40))
+      try:
+        record = self.records[where]
+      except _UNREADABLE as e:  # A file gone or unreadable: index unknown.
+        why, replaced = e, replaced if replaced != -1 else -2
+        continue
+      try:
+        return use(record), replaced
+      except _UNREADABLE as e:
+        why, index = e, record['index']
+        replaced = index if replaced == -1 else replaced
+    raise _unreadable(self.source, index, why)
+
+  def __call__(self, position):
+    rng = np.random.default_rng([self.seed, position])
+    (image, label), replaced = self._first_good(
+        position, lambda record: (self.image(record, rng), record['label']))
+    return image, np.int32(label), np.int64(replaced)
+
+  def record(self, position: int, check: bool = False):
+    """(record, replaced): the record the stream takes at `position`, its
+    bytes undecoded; with `check`, decoded once here to prove it decodes."""
+    def use(record):
+      if check:
+        images.decode(record['image'])
+      return record
+    return self._first_good(position, use)
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalExample:
-  """(position, record) -> (uint8 central square, label, mask)."""
+  """Global position -> (uint8 central square, label, mask, index of an
+  unreadable record or -1). Padding past the split's end repeats its last
+  record with mask 0; an unreadable record is masked out too, so it counts
+  nowhere."""
+  records: object
   resize_size: int
-  num_records: int
 
-  def __call__(self, item):
-    position, record = item
-    img = images.decode(record['image'], self.resize_size)
-    image = images.resized_window(img, self.resize_size, 0, 0,
-                                  self.resize_size)
-    mask = np.float32(position < self.num_records)
-    return image, np.int32(record['label']), mask
+  def __call__(self, position):
+    index = min(position, len(self.records) - 1)
+    try:
+      record = self.records[index]
+      img = images.decode(record['image'], self.resize_size)
+      image = images.resized_window(img, self.resize_size, 0, 0,
+                                    self.resize_size)
+      return (image, np.int32(record['label']),
+              np.float32(position < len(self.records)), np.int64(-1))
+    except _UNREADABLE:
+      side = self.resize_size
+      return (np.zeros((side, side, 3), np.uint8), np.int32(0), np.float32(0),
+              np.int64(index if position < len(self.records) else -1))
 
 
 @dataclasses.dataclass(frozen=True)
-class _Position:
-  """Local example i of process p -> (global position, record).
+class Positions:
+  """Local example i of process p -> its global position.
 
   Global batch k holds positions [k*B, (k+1)*B); process p reads its slice
-  [k*B + p*b, k*B + (p+1)*b). `records` is indexed by position: the endless
-  shuffled order in training; in evaluation the split itself, where the
-  padding past its end repeats the last record (`clamp`).
+  [k*B + p*b, k*B + (p+1)*b).
   """
-  records: object
   global_batch: int
   local_batch: int
   process_index: int
-  clamp: bool = False
 
   def __call__(self, i):
     k, j = divmod(int(i), self.local_batch)
-    position = k * self.global_batch + self.process_index * self.local_batch + j
-    index = min(position, len(self.records) - 1) if self.clamp else position
-    return position, self.records[index]
+    return k * self.global_batch + self.process_index * self.local_batch + j
 
 
-def _end_with_parent(parent: int, worker_index: int, worker_count: int):
-  """Run in each Grain worker: exit as soon as process `parent` is gone.
+def _worker_init(parent: int, worker_index: int, worker_count: int):
+  """Run in each Grain worker: leave signals to the trainer, and exit as soon
+  as process `parent` is gone.
 
-  Without it a trainer killed with SIGKILL (or a preempted host's) leaves its
-  decoding workers behind, each holding memory, for good. `parent` is taken
-  in the trainer before the workers start, since a worker may still be
-  starting when its parent dies.
+  A scheduler's SIGTERM (or a Ctrl-C) reaches the whole process group: the
+  trainer answers it by finishing its step and saving, which needs the
+  workers alive, so they ignore SIGTERM and SIGINT. They end with their
+  parent instead: without that a trainer killed with SIGKILL (or a
+  preempted host's) would leave them behind, each holding memory, for good.
+  `parent` is taken in the trainer before the workers start, since a worker
+  may still be starting when its parent dies.
   """
   del worker_index, worker_count
+  signal.signal(signal.SIGTERM, signal.SIG_IGN)
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
 
   def watch():
     while os.getppid() == parent:
@@ -201,9 +281,14 @@ def _loader(ds, local_batch: int, workers: int, threads: int = 2):
       # notebook, a test) they would be unparsed: take their defaults.
       flags.FLAGS.mark_as_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers),
-                        worker_init_fn=functools.partial(_end_with_parent,
+                        worker_init_fn=functools.partial(_worker_init,
                                                          os.getpid()))
   return ds
+
+
+def shuffled(source, seed: int):
+  """The endless sequence of training records: a fresh shuffle each epoch."""
+  return grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
 
 
 def train_batches(source, *, seed: int, global_batch: int, start_step: int,
@@ -211,29 +296,32 @@ def train_batches(source, *, seed: int, global_batch: int, start_step: int,
                   inception_crop: bool = False, workers: int = 0,
                   process_index: int = 0, process_count: int = 1,
                   threads: int = 2):
-  """A Grain dataset of this process's (images, labels) of batches
-  start_step .. total_steps - 1.
+  """A Grain dataset of this process's (images, labels, replaced) of batches
+  start_step .. total_steps - 1 (`replaced`: per example, the source index
+  of an unreadable record it stands in for, -2 where that index is unknown
+  (the file could not be read), or -1).
 
   `workers` Grain processes decode (0: this process), each with `threads`
-  reader threads (PIL releases the GIL while decoding).
+  reader threads (PIL releases the GIL while decoding). `crop_size` 0 hands
+  out the stored squares whole (the device crops them).
   """
   local = global_batch // process_count
-  order = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
+  order = shuffled(source, seed)
   ds = grain.MapDataset.range(start_step * local, total_steps * local)
-  ds = ds.map(_Position(order, global_batch, local, process_index))
-  ds = ds.map(TrainExample(seed, resize_size, crop_size, inception_crop))
+  ds = ds.map(Positions(global_batch, local, process_index))
+  ds = ds.map(TrainExample(order, source, seed, resize_size, crop_size,
+                           inception_crop))
   return _loader(ds, local, workers, threads)
 
 
 def eval_batches(source, *, global_batch: int, resize_size: int,
                  workers: int = 0, process_index: int = 0,
                  process_count: int = 1):
-  """A Grain dataset of this process's (images, labels, mask): every record
-  once."""
+  """A Grain dataset of this process's (images, labels, mask, unreadable):
+  every record once."""
   local = global_batch // process_count
   batches = -(-len(source) // global_batch)
   ds = grain.MapDataset.range(0, batches * local)
-  ds = ds.map(_Position(source, global_batch, local, process_index,
-                        clamp=True))
-  ds = ds.map(EvalExample(resize_size, len(source)))
+  ds = ds.map(Positions(global_batch, local, process_index))
+  ds = ds.map(EvalExample(source, resize_size))
   return _loader(ds, local, workers)

@@ -125,12 +125,30 @@ def load_cifar10(data_dir: Optional[str] = None):
 
 # --- Image datasets, streamed from ArrayRecord ---------------------------------------
 
-def source(name: str, split: str, data_dir: Optional[str]):
+class Records:
+  """A TFDS data source whose records carry their index, so an unreadable
+  one can be named (`describe`)."""
+
+  def __init__(self, records, name: str, split: str):
+    self.records, self.name, self.split = records, name, split
+
+  def __len__(self):
+    return len(self.records)
+
+  def __getitem__(self, index):
+    return dict(self.records[int(index)], index=int(index))
+
+  def describe(self, index: int) -> str:
+    return f'TFDS {self.name} {self.split} record {index}'
+
+
+def source(name: str, split: str, data_dir: Optional[str]) -> Records:
   """A TFDS dataset prepared as ArrayRecord, as a random-access source."""
   tfds = _tfds()
   try:
-    return tfds.data_source(name, split=split, data_dir=data_dir or None,
-                            download=False)
+    return Records(tfds.data_source(name, split=split,
+                                    data_dir=data_dir or None,
+                                    download=False), name, split)
   except Exception as e:  # pylint: disable=broad-except
     where = default_data_dir(data_dir)
     raise DataError(
@@ -169,3 +187,15 @@ def prepare(name: str, data_dir=None, manual_dir=None) -> str:
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
   return str(builder.data_dir)
+
+
+def store_sources(name: str, data_dir: Optional[str]):
+  """({'train', 'test'} sources, class names) of a prepared TFDS dataset,
+  to write the paper's store from (its 'test' is the official validation
+  set)."""
+  from alexnet_jax.data import registry  # pylint: disable=g-import-not-at-top
+  train_split, test_split = registry.get(name).tfds_splits
+  names = _tfds().builder(name, data_dir=data_dir or None).info.features[
+      'label'].names
+  return ({'train': source(name, train_split, data_dir),
+           'test': source(name, test_split, data_dir)}, tuple(names))

@@ -117,7 +117,8 @@ class _Run:
     self.lr_schedule, self.ckpt, self.reporter, self.stop = (lr_schedule, ckpt,
                                                              reporter, stop)
     self.train_step = steps.make_train_step(
-        config, model, feed.num_classes, feed.spec.mean, feed.spec.std, side)
+        config, model, feed.num_classes, feed.spec.mean, feed.spec.std, side,
+        feed.crops_on_device)
     self.evaluator = evaluation.make_evaluator(
         config, feed, evaluation.make_logits_fn(
             config, model, feed.spec.mean, feed.spec.std, side), mesh)
@@ -145,8 +146,8 @@ class _Run:
   def train(self, state, start_step: int):
     d, step = self.durations, start_step
     batches = self.feed.train(start_step, d.steps_per_epoch, d.total_steps)
-    for images, labels in batches:
-      state = self.train_step(state, images, labels)
+    for batch in batches:
+      state = self.train_step(state, batch)
       step += 1
       log_now = step % self.config.log_every_steps == 0 or (
           step == d.total_steps)
@@ -190,8 +191,12 @@ class _Run:
                       if steps_per_sec else None)
     lr = self.learning_rate(state, step)
     epoch = self.durations.epoch(step)
+    # Streamed data: how many examples stood in for unreadable images.
+    extra = ({'bad_images': float(m['replaced'])} if self.feed.spec.streamed
+             else {})
     self.reporter.write(step, 'train', epoch=epoch, loss=loss, top1=top1,
-                        top5=top5, lr=lr, images_per_sec=images_per_sec)
+                        top5=top5, lr=lr, images_per_sec=images_per_sec,
+                        **extra)
     self.reporter.progress(step, epoch, loss, top1, lr, images_per_sec)
 
   def nonfinite(self, what: str, step: int) -> TrainingError:

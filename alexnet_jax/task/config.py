@@ -71,7 +71,10 @@ _RANGES = {
         _finite(e) and e > 0 for e in v), 'a list of positive epoch numbers'),
     'profile_steps': (lambda v: _integer(v) and v >= 0,
                       'an integer >= 0 (0: no profile)'),
+    'max_bad_fraction': (lambda v: _finite(v) and 0 <= v <= 1, 'in [0, 1]'),
 }
+INPUT_PIPELINES = ('grain', 'dali')
+DALI_DEVICES = ('gpu', 'cpu')
 
 
 def _choice(config, field, valid, note=''):
@@ -111,6 +114,10 @@ def _check_dataset_fields(config):
     if config[field] and not streamed:
       raise ConfigError(f'{field} needs an image dataset ({image_datasets}), '
                         f'not {config.dataset!r}')
+  if config.input_pipeline == 'dali' and config.dataset not in (
+      'store', 'image_folder'):
+    raise ConfigError(f'input_pipeline dali reads the store and image '
+                      f'folders, not {config.dataset!r}')
   if streamed and config.crop_padding:
     raise ConfigError(
         f'crop_padding {config.crop_padding} is for CIFAR-sized images; image '
@@ -123,6 +130,8 @@ def validate_config(config: ml_collections.ConfigDict):
   _choice(config, 'dataset', tuple(registry.DATASETS))
   _choice(config, 'input_scaling', INPUT_SCALINGS)
   _choice(config, 'schedule', optim.SCHEDULES)
+  _choice(config, 'input_pipeline', INPUT_PIPELINES)
+  _choice(config, 'dali_device', DALI_DEVICES)
   _choice(config, 'init', ('',) + alexnet.INIT_SCHEMES,
           " ('' keeps the preset's own)")
   for field, (valid, what) in _RANGES.items():

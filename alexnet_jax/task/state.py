@@ -10,7 +10,7 @@ from alexnet_jax.runtime import checkpoints
 from alexnet_jax.runtime import mesh as mesh_lib
 
 # The train metrics summed on the device between two logged steps.
-SUM_KEYS = ('loss', 'top1', 'top5', 'count')
+SUM_KEYS = ('loss', 'top1', 'top5', 'count', 'replaced')
 
 
 def zero_sums() -> dict:

@@ -23,45 +23,59 @@ def cross_entropy(logits, labels, num_classes, label_smoothing=0.):
   return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 
-def augment_batch(config, key, images, side, dtype, mean, std):
-  """The training view of a uint8 batch: CIFAR's pad-crop-flip, or a flip
-  (the host already cropped image datasets), the paper's PCA colour noise,
-  then normalization to the model's input side and dtype."""
+def augment_batch(config, key, images, side, dtype, mean, std,
+                  crop_on_device: bool = False):
+  """The training view of a uint8 batch: CIFAR's pad-crop-flip; or for image
+  datasets a random `side` crop of the stored 256x256 square (the paper's
+  227 of 256, or an Inception-style crop) where the host did not crop
+  already (`crop_on_device`: the store, DALI) and a flip; the paper's PCA
+  colour noise; then normalization to the model's input side and dtype."""
   mean, std, scale = config_lib.input_transform(config, mean, std)
   x = images
   if config.crop_padding:
     x = augment.random_crop_flip(key, x, config.crop_padding,
                                  config.random_flip)
-  elif config.random_flip:
-    x = augment.random_flip(key, x)
+  else:
+    if crop_on_device:
+      crop = (augment.random_resized_crop if config.random_resized_crop
+              else augment.random_crop)
+      x = crop(jax.random.fold_in(key, 2), x, side)
+    if config.random_flip:
+      x = augment.random_flip(key, x)
   if config.pca_lighting:
     x = augment.pca_lighting(jax.random.fold_in(key, 1), augment.to_unit(x),
                              config.pca_lighting)
   return augment.normalize(x, mean, std, side, dtype, scale)
 
 
-def _add_sums(sums, step, log_every, loss, logits, labels, num_classes):
+def _add_sums(sums, step, log_every, loss, logits, batch, num_classes):
   """Train metric sums since the last logged step (a multiple of
-  `log_every`), and the first step whose loss was not finite."""
+  `log_every`): loss, hits, examples, examples standing in for an
+  unreadable image; and the first step whose loss was not finite."""
+  labels = batch['labels']
   sums = jax.tree.map(lambda zero, s: jnp.where((step - 1) % log_every == 0,
                                                 zero, s),
                       state_lib.zero_sums(), sums)
-  batch = labels.shape[0]
+  batch_size = labels.shape[0]
   first_bad = sums['first_nonfinite_step']
   return {
-      'loss': sums['loss'] + loss * batch,
+      'loss': sums['loss'] + loss * batch_size,
       'top1': sums['top1'] + correct(logits, labels, 1).sum(),
       'top5': sums['top5'] + correct(logits, labels, min(5, num_classes)).sum(),
-      'count': sums['count'] + batch,
+      'count': sums['count'] + batch_size,
+      'replaced': sums['replaced'] + (
+          batch['replaced'].sum() if 'replaced' in batch else 0),
       'first_nonfinite_step': jnp.where(
           (first_bad < 0) & ~jnp.isfinite(loss), step, first_bad),
   }
 
 
-def make_train_step(config, model, num_classes, mean, std, side):
-  """jit(step)(state, images, labels) -> state, the state donated.
+def make_train_step(config, model, num_classes, mean, std, side,
+                    crop_on_device: bool = False):
+  """jit(step)(state, batch) -> state, the state donated.
 
-  One uint8 batch in, from either feed, sharded over the batch axes. It is
+  One batch in, {'images': uint8, 'labels', ['replaced']}, from either
+  feed, sharded over the batch axes. It is
   augmented with keys folded from (state.rng, state.step), so batch k's
   augmentation is the same on any device count and after any resume.
   `state.sums` accumulates the train metrics on the device until they are
@@ -69,10 +83,12 @@ def make_train_step(config, model, num_classes, mean, std, side):
   """
   plateau = config.schedule == 'plateau'
 
-  def step_fn(state, images, labels):
+  def step_fn(state, batch):
+    labels = batch['labels']
     aug_key, dropout_key = jax.random.split(
         jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step))
-    x = augment_batch(config, aug_key, images, side, model.dtype, mean, std)
+    x = augment_batch(config, aug_key, batch['images'], side, model.dtype,
+                      mean, std, crop_on_device)
 
     def loss_fn(params):
       logits = state.apply_fn({'params': params}, x, train=True,
@@ -90,7 +106,7 @@ def make_train_step(config, model, num_classes, mean, std, side):
         step=step, params=optax.apply_updates(state.params, updates),
         opt_state=opt_state,
         sums=_add_sums(state.sums, step, config.log_every_steps, loss, logits,
-                       labels, num_classes))
+                       batch, num_classes))
 
   return jax.jit(step_fn, donate_argnums=(0,))
 

@@ -1,0 +1,419 @@
+"""The paper's store and the streaming path's robustness, for real: real
+photos (scikit-image) written as JPEG/PNG folders with broken files among
+them, real ArrayRecord shards, a prepare killed with SIGKILL and resumed,
+training that reads the store with the crops on the device, images that
+cannot be decoded, and the device-side crops against their definitions."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from alexnet_jax.data import augment
+from alexnet_jax.data import images
+from alexnet_jax.data import store
+from alexnet_jax.data import store_writer
+from alexnet_jax.data import streaming
+from alexnet_jax.errors import DataError
+from tests import cli
+from tests.conftest import REPO
+from tests.test_streaming import write_tree
+
+PREPARE = [sys.executable, '-m', 'alexnet_jax.prepare']
+BROKEN = {'truncated.jpg': 'truncated', 'empty.jpg': 'empty',
+          'notes.png': 'not an image'}
+
+
+def add_broken_files(root, split='train', klass='chelsea'):
+  """A truncated JPEG, an empty file and a text file named .png."""
+  folder = os.path.join(root, split, klass)
+  with open(os.path.join(folder, '0.jpg'), 'rb') as f:
+    jpeg = f.read()
+  with open(os.path.join(folder, 'truncated.jpg'), 'wb') as f:
+    f.write(jpeg[:len(jpeg) // 3])
+  open(os.path.join(folder, 'empty.jpg'), 'wb').close()
+  with open(os.path.join(folder, 'notes.png'), 'w') as f:
+    f.write('not an image\n')
+
+
+@pytest.fixture(scope='module')
+def photos(tmp_path_factory):
+  root = write_tree(str(tmp_path_factory.mktemp('photos')))
+  add_broken_files(root)
+  return root
+
+
+@pytest.fixture(scope='module')
+def jpeg_store(photos, tmp_path_factory):
+  root = str(tmp_path_factory.mktemp('store') / 'jpeg')
+  result = subprocess.run(
+      PREPARE + ['--dataset=image_folder', f'--data_dir={photos}',
+                 f'--store={root}', '--workers=2', '--shard_images=16'],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert 'store ' + root + ' is ready: train 36, test 12 images; 3 left out' \
+      in result.stdout, result.stdout
+  return root
+
+
+def test_store_holds_the_papers_squares_and_lists_what_it_left_out(
+    jpeg_store, photos):
+  manifest = store.read_manifest(jpeg_store)
+  assert manifest['side'] == 256 and manifest['encoding'] == 'jpeg'
+  assert manifest['quality'] == 95
+  assert {k: v['count'] for k, v in manifest['splits'].items()} == {
+      'train': 36, 'test': 12}
+  assert len(manifest['splits']['train']['shards']) == 3  # 39 / 16.
+  left = {os.path.basename(e['path']): e['reason']
+          for e in manifest['left_out']}
+  assert set(left) == set(BROKEN)
+  assert all(reason and '0x' not in reason for reason in left.values())
+  # Every record: the source image's central 256 square after the shorter
+  # side went to 256, up to JPEG's loss at quality 95.
+  source = streaming.ImageFolderSource.scan(os.path.join(photos, 'train'))
+  good = [i for i in range(len(source))
+          if os.path.basename(source.paths[i]) not in BROKEN]
+  train = store.StoreSource(jpeg_store, 'train')
+  for record_index in (0, 17, 35):
+    record = train[record_index]
+    pixels = np.asarray(images.decode(record['image']))
+    want = store_writer.square(source[good[record_index]]['image'])
+    assert pixels.shape == (256, 256, 3)
+    assert record['label'] == source.labels[good[record_index]]
+    assert np.abs(pixels.astype(int) - want.astype(int)).mean() < 2.
+
+
+def test_raw_store_is_exact_and_needs_no_decode(photos, tmp_path):
+  sources = {'train': streaming.ImageFolderSource.scan(
+      os.path.join(photos, 'val'))}
+  store_writer.write_store(sources, str(tmp_path), ('a',) * 6,
+                           encoding='raw', workers=1, log=lambda m: None)
+  record = store.StoreSource(str(tmp_path), 'train')[5]
+  assert isinstance(record['image'], np.ndarray)
+  np.testing.assert_array_equal(record['image'],
+                                store_writer.square(sources['train'][5]['image']))
+  size = os.path.getsize(tmp_path / 'train-00000-of-00001.array_record')
+  assert size > 12 * 196_608  # Raw: about 196 KB an image.
+
+
+def test_prepare_killed_then_rerun_resumes_and_matches(photos, tmp_path):
+  """SIGKILL once the first shard is on disk; the rerun skips the written
+  shards, and the store equals one written in one go, byte for byte."""
+  args = ['--dataset=image_folder', f'--data_dir={photos}', '--workers=1',
+          '--shard_images=4']
+  whole = tmp_path / 'whole'
+  done = subprocess.run(PREPARE + args + [f'--store={whole}'], cwd=REPO,
+                        capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  cut = tmp_path / 'cut'
+  proc = subprocess.Popen(PREPARE + args + [f'--store={cut}'], cwd=REPO,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          start_new_session=True)
+  deadline = time.monotonic() + 120
+  while not list(cut.glob('*.array_record')) if cut.exists() else True:
+    assert time.monotonic() < deadline and proc.poll() is None
+    time.sleep(0.05)
+  os.killpg(proc.pid, signal.SIGKILL)  # The prepare and its workers.
+  proc.wait()
+  assert not (cut / store.MANIFEST).exists()
+  with pytest.raises(DataError, match='interrupted prepare'):
+    store.read_manifest(str(cut))
+  again = subprocess.run(PREPARE + args + [f'--store={cut}'], cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert 'resuming:' in again.stdout and 'shards already written' in \
+      again.stdout
+  names = sorted(p.name for p in whole.glob('*.array_record'))
+  assert names == sorted(p.name for p in cut.glob('*.array_record'))
+  for name in names:
+    assert (whole / name).read_bytes() == (cut / name).read_bytes(), name
+  strip = lambda m: {k: v for k, v in m.items() if k != 'source'}
+  assert strip(store.read_manifest(str(whole))) == strip(
+      store.read_manifest(str(cut)))
+
+
+def test_prepare_bad_input_is_one_line(tmp_path, photos):
+  cases = [
+      (['--dataset=image_folder', f'--store={tmp_path}/s'],
+       '--dataset=image_folder needs --data_dir=DIR'),
+      (['--dataset=image_folder', f'--data_dir={photos}',
+        f'--store={tmp_path}/s', '--encoding=png'],
+       "unknown encoding 'png'; valid: jpeg, raw"),
+      (['--dataset=image_folder', f'--data_dir={photos}'],
+       'an image folder needs no preparing'),
+      (['--dataset=mnist'], "--dataset 'mnist'?; valid: image_folder, "
+       'imagenet2012, imagenette'),
+  ]
+  for args, expected in cases:
+    result = subprocess.run(PREPARE + args, cwd=REPO, capture_output=True,
+                            text=True, timeout=120)
+    cli.assert_one_error_line(result, expected)
+
+
+# --- Training from the store ----------------------------------------------------
+
+
+def store_args(workdir, data_dir, **overrides):
+  base = dict(dataset='store', data_dir=data_dir, batch_size=6,
+              eval_batch_size=12, val_examples=6, num_steps=6,
+              log_every_steps=1, half_precision=False, data_workers=0,
+              checkpoint_every_steps=2, eval_every_epochs=0)
+  base.update(overrides)
+  return ['--config=configs/imagenet.py', f'--workdir={workdir}'] + [
+      f'--config.{k}={v}' for k, v in base.items()]
+
+
+def test_paper_recipe_trains_from_the_store(jpeg_store, tmp_path,
+                                            subprocess_env):
+  """configs/imagenet.py as it is (two towers at 227, PCA noise, 10-crop
+  test) on the store: 256 squares in, 227 crops cut on the device."""
+  result = cli.run_cli(store_args(tmp_path / 'w', jpeg_store), subprocess_env)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'store: 30 train / 6 val / 12 test' in result.stdout
+  records = cli.read_jsonl(str(tmp_path / 'w'))
+  assert all(r['bad_images'] == 0 for r in records if r['split'] == 'train')
+  with open(tmp_path / 'w' / 'final_metrics.json') as f:
+    assert 0 <= json.load(f)['test']['top1'] <= 1
+
+
+def test_device_crop_is_a_window_of_the_square():
+  square = jnp.asarray(np.random.default_rng(0).integers(
+      0, 256, (5, 256, 256, 3), np.uint8))
+  out = np.asarray(augment.random_crop(jax.random.key(1), square, 227))
+  assert out.shape == (5, 227, 227, 3)
+  for i in range(5):
+    found = [(t, l) for t in range(30) for l in range(30)
+             if np.array_equal(out[i], np.asarray(square[i, t:t + 227,
+                                                         l:l + 227]))]
+    assert len(found) == 1, i
+  again = augment.random_crop(jax.random.key(1), square, 227)
+  np.testing.assert_array_equal(out, again)
+
+
+def test_device_random_resized_crop_resamples_a_box_of_the_square():
+  """A box that is the whole square comes back as the square resized; a
+  constant image stays that constant; output in 0..1."""
+  rng = np.random.default_rng(0)
+  square = jnp.asarray(rng.integers(0, 256, (16, 256, 256, 3), np.uint8))
+  out = np.asarray(augment.random_resized_crop(jax.random.key(0), square, 224))
+  assert out.shape == (16, 224, 224, 3) and out.dtype == np.float32
+  assert 0 <= out.min() and out.max() <= 1
+  flat = jnp.full((4, 256, 256, 3), 200, jnp.uint8)
+  np.testing.assert_allclose(
+      augment.random_resized_crop(jax.random.key(3), flat, 224), 200 / 255,
+      rtol=1e-5)
+  whole = augment.random_resized_crop(jax.random.key(0), square, 224,
+                                      scale=(1., 1.), ratio=(1., 1.))
+  want = jax.image.resize(square.astype(jnp.float32) / 255,
+                          (16, 224, 224, 3), 'linear', antialias=True)
+  np.testing.assert_allclose(whole, want, atol=2e-3)
+
+
+def test_host_random_resized_crop_never_decodes_below_its_output(tmp_path):
+  """A 2400x1800 JPEG: small boxes decoded at reduced DCT scale must still
+  have at least 224 pixels a side, so the crop equals the full-size
+  decode's (up to the resampling), not an upsampled blur of it."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  import skimage.data  # pylint: disable=g-import-not-at-top
+  path = tmp_path / 'big.jpg'
+  Image.fromarray(skimage.data.astronaut()).resize((2400, 1800),
+                                                   Image.BICUBIC).save(path)
+  data = path.read_bytes()
+  full = np.asarray(Image.open(path).convert('RGB'))
+  for seed in range(20):
+    got = images.random_resized_crop(data, 224, np.random.default_rng(seed))
+    left, top, cw, ch = images._rrc_box(  # pylint: disable=protected-access
+        2400, 1800, np.random.default_rng(seed), (0.08, 1.), (3 / 4, 4 / 3))
+    want = np.asarray(Image.fromarray(full).resize(
+        (224, 224), Image.BILINEAR, box=(left, top, left + cw, top + ch)))
+    assert got.shape == (224, 224, 3)
+    assert np.abs(got.astype(int) - want.astype(int)).mean() < 4, seed
+
+
+# --- Images that cannot be decoded, and signals ------------------------------------
+
+
+def folder_args(workdir, data_dir, **overrides):
+  return store_args(workdir, data_dir, dataset='image_folder', **overrides)
+
+
+def test_undecodable_training_images_are_replaced_named_and_counted(
+    photos, tmp_path, subprocess_env):
+  """Three broken files among 39 (7.7%): with max_bad_fraction 0.1 the run
+  goes on, names each once with its reason and counts the replacements;
+  with 0.05 it stops with one line naming the share."""
+  workdir = tmp_path / 'w'
+  no_val = dict(val_examples=0, val_fraction=0, schedule='cosine')
+  result = cli.run_cli(folder_args(workdir, photos, num_steps=14,
+                                   max_bad_fraction=0.1, **no_val),
+                       subprocess_env)
+  assert result.returncode == 0, result.stderr[-3000:]
+  for name in BROKEN:
+    lines = [l for l in result.stdout.splitlines()
+             if l.endswith('replaced by another image') and name in l]
+    assert len(lines) <= 1, lines  # Once, however often it is drawn.
+  named = [l for l in result.stdout.splitlines() if 'cannot be decoded' in l]
+  assert named, result.stdout[-2000:]
+  replaced = sum(r['bad_images'] for r in cli.read_jsonl(str(workdir))
+                 if r['split'] == 'train')
+  assert replaced >= len(named)
+  stopped = cli.run_cli(folder_args(tmp_path / 'w2', photos, num_steps=14,
+                                    max_bad_fraction=0.05, **no_val),
+                        subprocess_env)
+  cli.assert_one_error_line(stopped, 'train images cannot be decoded, more '
+                            'than max_bad_fraction 0.05')
+
+
+def test_replacement_keeps_the_stream_a_function_of_the_position(photos):
+  """Batches with broken files in the folder are the same whenever they are
+  read (exact resume), and no batch holds an undecodable image."""
+  source = streaming.ImageFolderSource.scan(os.path.join(photos, 'train'))
+  stream = lambda start: list(streaming.train_batches(
+      source, seed=3, global_batch=13, start_step=start, total_steps=6,
+      resize_size=256, crop_size=64))
+  whole, tail = stream(0), stream(4)
+  for a, b in zip(whole[4:], tail):
+    for x, y in zip(a, b):
+      np.testing.assert_array_equal(x, y)
+  replaced = np.concatenate([b[2] for b in whole])
+  assert (replaced >= 0).sum() >= 3  # Each broken file met at least once...
+  bad = {i for i, p in enumerate(source.paths)
+         if os.path.basename(p) in BROKEN}
+  assert set(replaced[replaced >= 0]) <= bad  # ...and only those.
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_process_group_saves_and_resumes_exactly(
+    jpeg_store, tmp_path, subprocess_env):
+  """As a scheduler signals a job: SIGTERM to the trainer AND its Grain
+  workers at once. The workers ignore it, the trainer saves the step and
+  exits 143; the rerun ends bit for bit where an uninterrupted run ends."""
+  args = lambda w: store_args(w, jpeg_store, num_steps=16, data_workers=2,
+                              checkpoint_every_steps=4)
+  twin = tmp_path / 'twin'
+  done = cli.run_cli(args(twin), subprocess_env)
+  assert done.returncode == 0, done.stderr[-2000:]
+  stopped = tmp_path / 'stopped'
+  proc = subprocess.Popen(cli.MAIN + args(stopped), cwd=REPO,
+                          env=subprocess_env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True,
+                          start_new_session=True)
+  deadline = time.monotonic() + 300
+  while not (stopped / 'checkpoints' / '4').is_dir():
+    assert time.monotonic() < deadline and proc.poll() is None
+    time.sleep(0.05)
+  workers = subprocess.run(['pgrep', '-g', str(proc.pid)], capture_output=True,
+                           text=True).stdout.split()
+  assert len(workers) >= 3, workers  # The trainer and its 2 decode workers.
+  os.killpg(proc.pid, signal.SIGTERM)
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 143, err[-3000:]
+  assert 'stopped by SIGTERM at step' in out, out[-2000:]
+  assert 'Worker process was terminated' not in err
+  resumed = cli.run_cli(args(stopped), subprocess_env)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  cli.assert_states_bitwise_equal(str(stopped), str(twin), 16)
+  assert (cli.without_speed(cli.read_jsonl(str(stopped))) ==
+          cli.without_speed(cli.read_jsonl(str(twin))))
+
+
+def test_evaluation_images_are_decoded_once_per_run(jpeg_store):
+  """The second evaluation of a split replays the first one's decoded
+  images from host memory: same arrays, and no Grain pass."""
+  from alexnet_jax.data import feeds  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.runtime import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  from configs import imagenet  # pylint: disable=g-import-not-at-top
+  config = imagenet.get_config()
+  config.update(dataset='store', data_dir=jpeg_store, data_workers=0,
+                val_examples=6)
+  feed = feeds.StreamingFeed(config, mesh_lib.make_mesh(), 227)
+  first = [tuple(np.asarray(a) for a in b) for b in feed.eval_batches('test', 8)]
+  assert ('test', 8) in feed._eval_cache  # pylint: disable=protected-access
+  original = streaming.eval_batches
+  streaming.eval_batches = None  # A second Grain pass would fail here.
+  try:
+    second = [tuple(np.asarray(a) for a in b)
+              for b in feed.eval_batches('test', 8)]
+  finally:
+    streaming.eval_batches = original
+  assert len(first) == len(second) == 2
+  for a, b in zip(first, second):
+    for x, y in zip(a, b):
+      np.testing.assert_array_equal(x, y)
+  assert first[-1][2].sum() == 4  # 12 images in 2 batches of 8: 4 padded.
+
+
+# --- DALI ------------------------------------------------------------------------------
+
+
+def dali_feed(data_dir, dataset='store', **overrides):
+  from alexnet_jax.data import feeds  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.runtime import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  from configs import imagenet  # pylint: disable=g-import-not-at-top
+  config = imagenet.get_config()
+  config.update(dataset=dataset, data_dir=data_dir, data_workers=1,
+                val_examples=6, batch_size=6, max_bad_fraction=0.2,
+                **overrides)
+  return feeds.StreamingFeed(config, mesh_lib.make_mesh(), 227)
+
+
+def needs_dali():
+  pytest.importorskip('nvidia.dali', reason='NVIDIA DALI not installed: pip '
+                      'install -r requirements-dali.txt')
+
+
+def test_dali_cpu_decodes_the_store_as_the_grain_path_does(jpeg_store):
+  """The same records in the same order (labels, replacements), the same
+  256x256 pixels as PIL's decode of them (libjpeg either way: within a
+  level)."""
+  needs_dali()
+  grain_batches = list(dali_feed(jpeg_store).train(0, 5, 3))
+  dali_batches = list(dali_feed(jpeg_store, input_pipeline='dali',
+                                dali_device='cpu').train(0, 5, 3))
+  for g, d in zip(grain_batches, dali_batches):
+    np.testing.assert_array_equal(g['labels'], d['labels'])
+    assert d['images'].shape == (6, 256, 256, 3) and d['images'].dtype == \
+        jnp.uint8
+    diff = np.abs(np.asarray(g['images'], int) - np.asarray(d['images'], int))
+    assert diff.mean() < 1., diff.mean()
+
+
+def test_dali_cpu_reads_image_folders_and_replaces_what_it_cannot_decode(
+    photos, jpeg_store):
+  """An image folder with broken files: DALI rescales to the store's
+  squares (within a few levels of PIL's resampling), and the broken files
+  are replaced by the same records the Grain path takes."""
+  needs_dali()
+  folder = dali_feed(photos, 'image_folder', input_pipeline='dali',
+                     dali_device='cpu')
+  batches = list(folder.train(0, 5, 7))
+  for batch in batches:
+    assert batch['images'].shape == (6, 256, 256, 3)
+  assert sum(int(np.asarray(b['replaced']).sum()) for b in batches) >= 1
+  assert folder.bad.seen['train']
+
+
+def test_dali_gpu_on_a_machine_without_one_is_one_line(jpeg_store, tmp_path,
+                                                       subprocess_env):
+  needs_dali()
+  result = cli.run_cli(store_args(tmp_path / 'w', jpeg_store,
+                                  input_pipeline='dali'), subprocess_env)
+  cli.assert_one_error_line(result, 'dali_device gpu needs a GPU')
+  assert not (tmp_path / 'w').exists()
+
+
+def test_training_with_dali_cpu_runs_end_to_end(jpeg_store, tmp_path,
+                                                 subprocess_env):
+  needs_dali()
+  result = cli.run_cli(store_args(tmp_path / 'w', jpeg_store, num_steps=3,
+                                  input_pipeline='dali', dali_device='cpu'),
+                       subprocess_env)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'done: step 3' in result.stdout
