@@ -129,6 +129,7 @@ def test_unknown_model_name_lists_choices():
     alexnet.create_model('vgg')
 
 
+@pytest.mark.slow
 def test_paper_init_statistics():
   params = alexnet.AlexNetPaperOneTower(num_classes=10).init(
       jax.random.PRNGKey(0), jnp.zeros((1, 227, 227, 3)))['params']

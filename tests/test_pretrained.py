@@ -111,6 +111,7 @@ def torchvision_preprocess(path):
   return torch.from_numpy(np.ascontiguousarray(x))
 
 
+@pytest.mark.slow
 def test_predict_matches_pytorch_on_real_photos(torch_model, converted,
                                                 photos, subprocess_env):
   """Logits within 1e-4 relative error: max |ours - PyTorch's| over the 1000
