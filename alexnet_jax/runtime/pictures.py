@@ -34,6 +34,7 @@ _NAMED, _ANNOTATE = 30, 20
 
 def write(path, data: bytes) -> str:
   """Writes a file atomically (readers never see half of it); its path."""
+  # curves.py's writer: one way to replace a file, for curves and pictures.
   curves._write_atomically(epath.Path(path), data)  # pylint: disable=protected-access
   return str(path)
 
@@ -45,7 +46,7 @@ def _png(fig) -> bytes:
   return buf.getvalue()
 
 
-# --- Kernels (Fig. 3) ---------------------------------------------------------------
+# --- Kernels (Fig. 3) ---------------------------------------------------------
 
 
 def normalise_kernels(kernels: np.ndarray) -> np.ndarray:
@@ -110,7 +111,7 @@ def filters_png(blocks: Sequence, title: str) -> bytes:
   return _png(fig)
 
 
-# --- Nearest neighbours (Fig. 4) ----------------------------------------------------
+# --- Nearest neighbours (Fig. 4) ----------------------------------------------
 
 
 def _show(ax, image, title: str = '', colour: str = 'black'):
@@ -147,7 +148,7 @@ def neighbours_png(nb, class_names: Sequence[str], title: str) -> bytes:
   return _png(fig)
 
 
-# --- Where it errs ------------------------------------------------------------------
+# --- Where it errs ------------------------------------------------------------
 
 
 def _confusion(ax, confusion: np.ndarray, names: Sequence[str]):

@@ -42,12 +42,12 @@ from alexnet_jax.task import evaluation
 LARGE_TRAIN = 100_000
 SAMPLE_SEED = 0
 
-# --- First-layer kernels (Fig. 3) ------------------------------------------------
+# --- First-layer kernels (Fig. 3) ---------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
 class Tower:
-  """conv1's kernels that feed one tower: HWIO [k, k, 3, n], and their chroma."""
+  """conv1's kernels feeding one tower, HWIO [k, k, 3, n], and their chroma."""
   title: str
   first: int  # Index of its first kernel among conv1's outputs.
   kernels: np.ndarray
@@ -101,7 +101,7 @@ def chroma_line(tower: Tower) -> str:
           f'({grey} below 0.25, i.e. nearly grey)')
 
 
-# --- Splits as evaluation stores them ---------------------------------------------
+# --- Splits as evaluation stores them -----------------------------------------
 
 
 def _padded(order: np.ndarray, batch: int):
@@ -189,7 +189,7 @@ def sample_indices(n: int, count: Optional[int], seed: int = SAMPLE_SEED):
   return np.sort(np.random.default_rng(seed).choice(n, count, replace=False))
 
 
-# --- The network on every device --------------------------------------------------
+# --- The network on every device ----------------------------------------------
 
 
 def make_feature_fn(config, model, mean, std, side: int):
@@ -239,7 +239,7 @@ class Network:
     return np.concatenate(out)
 
 
-# --- Nearest neighbours (Fig. 4) -------------------------------------------------
+# --- Nearest neighbours (Fig. 4) ----------------------------------------------
 
 
 @dataclasses.dataclass
@@ -344,7 +344,7 @@ def nearest_neighbours(net: Network, splits: dict, split: str,
                     len(order), seconds)
 
 
-# --- Where it errs -------------------------------------------------------------
+# --- Where it errs ------------------------------------------------------------
 
 
 @dataclasses.dataclass
