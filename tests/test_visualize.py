@@ -46,12 +46,18 @@ def run(tmp_path_factory):
   return workdir
 
 
-def run_visualize(args):
+def start_visualize(args) -> subprocess.Popen:
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
   env['PYTHONPATH'] = str(REPO) + os.pathsep + env.get('PYTHONPATH', '')
-  return subprocess.run([sys.executable, '-m', 'alexnet_jax.visualize'] +
-                        args, cwd=REPO, env=env, capture_output=True,
-                        text=True, timeout=300)
+  return subprocess.Popen([sys.executable, '-m', 'alexnet_jax.visualize'] +
+                          args, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+
+
+def finish(process: subprocess.Popen):
+  """(returncode, stdout, stderr) of a started command."""
+  stdout, stderr = process.communicate(timeout=300)
+  return process.returncode, stdout, stderr
 
 
 # --- Filters ------------------------------------------------------------------
@@ -198,22 +204,24 @@ def test_confusion_trace_is_the_evaluations_top1_count(run, tmp_path):
 
 
 def test_each_subcommand_writes_its_picture_and_prints_its_path(run):
-  result = run_visualize(['filters', run])
-  assert result.returncode == 0, result.stderr[-2000:]
-  lines = result.stdout.splitlines()
+  started = [start_visualize(args) for args in (
+      ['filters', run],
+      ['neighbours', run, '--count=3', '--k=2', '--sample=600'],
+      ['errors', run])]  # At once: each mostly waits for its imports.
+  (rc, out, err), (rc_n, out_n, err_n), (rc_e, out_e, err_e) = (
+      finish(p) for p in started)
+  assert rc == 0, err[-2000:]
+  lines = out.splitlines()
   assert lines[-1] == os.path.join(run, 'filters.png')
   assert lines[0].startswith('conv1: mean chroma ')
-  result = run_visualize(['neighbours', run, '--count=3', '--k=2',
-                          '--sample=600'])
-  assert result.returncode == 0, result.stderr[-2000:]
-  lines = result.stdout.splitlines()
+  assert rc_n == 0, err_n[-2000:]
+  lines = out_n.splitlines()
   assert lines[-2:] == [os.path.join(run, 'neighbours_test.png'),
                         os.path.join(run, 'neighbours_test.json')]
   assert any(l.startswith('600 training images in 2 batches of 500, about ')
              and l.endswith(")") for l in lines), lines
-  result = run_visualize(['errors', run])
-  assert result.returncode == 0, result.stderr[-2000:]
-  lines = result.stdout.splitlines()
+  assert rc_e == 0, err_e[-2000:]
+  lines = out_e.splitlines()
   assert lines[0].startswith('top-1 ') and '/1017 = ' in lines[0]
   assert lines[-1] == os.path.join(run, 'errors_test.png')
   for name in ('filters.png', 'neighbours_test.png', 'errors_test.png'):
@@ -231,10 +239,10 @@ def test_each_subcommand_writes_its_picture_and_prints_its_path(run):
 ])
 def test_bad_input_is_one_line_and_writes_nothing(run, args, expected):
   before = cli.snapshot(run)
-  result = run_visualize([a.format(run=run) for a in args])
-  assert result.returncode == 2, result.stderr[-2000:]
-  assert cli.error_lines(result.stderr) == [expected], result.stderr[-2000:]
-  assert 'Traceback' not in result.stderr and not result.stdout
+  rc, out, err = finish(start_visualize([a.format(run=run) for a in args]))
+  assert rc == 2, err[-2000:]
+  assert cli.error_lines(err) == [expected], err[-2000:]
+  assert 'Traceback' not in err and not out
   assert cli.snapshot(run) == before
 
 
@@ -322,3 +330,14 @@ def test_an_out_in_a_missing_folder_is_refused_before_any_work(run, tmp_path):
                      f'{out.parent} does not exist'):
     visualize.filters(run, out=out)
   assert not out.parent.exists()
+
+
+@pytest.mark.parametrize('argv', [['--help'], ['neighbours', '--help']])
+def test_help_exits_zero(argv, capsys):
+  with pytest.raises(SystemExit) as stop:
+    visualize.main(argv)
+  assert stop.value.code == 0
+  out = capsys.readouterr().out
+  assert out.startswith('usage: python -m alexnet_jax.visualize')
+  assert ('filters|neighbours|errors' in out if argv == ['--help'] else
+          '--sample M' in out)
