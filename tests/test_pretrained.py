@@ -139,6 +139,7 @@ def test_predict_matches_pytorch_on_real_photos(torch_model, converted,
                for n in names)
 
 
+@pytest.mark.slow
 def test_a_run_resumes_from_the_converted_checkpoint(converted, weights):
   """The same config and workdir in train: orbax restores step 0 and the
   converted weights into the state train_and_evaluate builds."""

@@ -324,6 +324,7 @@ def test_unprepared_tfds_dataset_says_how_to_prepare(tmp_path, subprocess_env):
   assert not (tmp_path / 'w').exists()
 
 
+@pytest.mark.slow
 def test_no_tensorflow_on_the_import_path_of_a_cifar_archive_run():
   """TF is imported only by the paths that need it (TFDS, TensorBoard), and
   then with every GPU hidden from it (flax#445)."""

@@ -334,6 +334,7 @@ def test_config_json_records_the_values_used(trained_workdir):
   assert used['model'] == 'alexnet_tiny'
 
 
+@pytest.mark.slow
 def test_logged_learning_rate_is_the_one_the_step_used(cifar_dir, tmp_path):
   """Warmup then cosine: the record at step s carries schedule(s - 1)."""
   config = tiny_config(cifar_dir, num_epochs=0, num_steps=20, warmup_epochs=0.4,
@@ -398,6 +399,7 @@ def test_checkpointer_keeps_the_best_of_a_known_order(tmp_path):
     np.testing.assert_array_equal(restored['w'], np.full((4,), float(step)))
 
 
+@pytest.mark.slow
 def test_train_step_compiles_once(cifar_dir, tmp_path, caplog):
   """Evaluation, the plateau value, logging, checkpoints and a resume cause
   no recompilation of the train step (counted by jax.log_compiles)."""

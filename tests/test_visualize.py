@@ -279,6 +279,7 @@ def streamed_run(run, tmp_path_factory):
   return str(workdir), str(root)
 
 
+@pytest.mark.slow
 def test_streamed_neighbours_and_errors_match_independent_ones(streamed_run,
                                                                 tmp_path):
   from alexnet_jax.data import streaming  # pylint: disable=g-import-not-at-top
