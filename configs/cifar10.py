@@ -3,7 +3,7 @@
 Small batches (32) give the small dataset many updates per epoch and cost the
 CPU no throughput at these widths; one warmup epoch, then cosine decay; label
 smoothing 0.1; the paper's dropout 0.5, weight decay 5e-4, momentum 0.9 and
-test-time reflection averaging. README "Results" has the measurements.
+test-time reflection averaging. README "Results" and docs/training.md have the measurements.
 """
 
 from configs import default

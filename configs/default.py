@@ -122,7 +122,7 @@ def get_config():
   # reads it (`tensorboard --logdir WORKDIR`, tensorboard-plugin-profile).
   c.profile_steps = 0
 
-  # --- Parallelism (see README "Running on many devices and hosts") --------
+  # --- Parallelism (docs/clusters.md) --------
   # Devices per FC-layer group: > 1 splits fc6/fc7/fc8 weights over a 'model'
   # mesh axis (Krizhevsky's "one weird trick"); convolutions stay
   # data-parallel on every device. Must divide the device count.

@@ -10,9 +10,9 @@ images held out of train; the official validation set is the test split.
 
 One departure, measured: He init instead of the paper's N(0, 0.01) with
 biases of 1, which sits at chance on `configs/cifar10_227.py` while He's
-trains (README "The paper's input scale"); --config.init=paper restores it.
+trains (docs/models.md, "The paper's input scale"); --config.init=paper restores it.
 
-TFDS imagenet2012 by default (prepared once, README "ImageNet"); an ImageNet
+TFDS imagenet2012 by default (prepared once, docs/imagenet.md); an ImageNet
 folder tree: --config.dataset=image_folder --config.data_dir=DIR.
 """
 

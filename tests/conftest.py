@@ -8,7 +8,8 @@ pass by silently skipping the real-data tests.
 `python -m pytest` runs the fast tier (every module, a few minutes on two
 cores). `python -m pytest --full` adds the tests marked `slow`: real
 processes killed, signalled and restarted, several processes as one job, the
-GCS emulator, torch.compile.
+GCS emulator, torch.compile. Either way the files are shared out to two
+pytest-xdist workers, a file to a worker (`-n 0` runs them in this process).
 """
 
 import os
@@ -69,6 +70,18 @@ def pytest_addoption(parser):
                    help='also run the slow tier (tests marked slow)')
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config):
+  """Two xdist workers, each taking whole files (so module fixtures run
+  once), unless -n was given; before xdist reads the option."""
+  if (config.pluginmanager.hasplugin('xdist') and
+      not hasattr(config, 'workerinput') and
+      getattr(config.option, 'numprocesses', 0) is None and
+      not config.option.collectonly):
+    config.option.numprocesses = 2
+    config.option.dist = 'loadfile'
+
+
 def pytest_configure(config):
   config.addinivalue_line(
       'markers', 'slow: real-process fault, multi-process, emulator and '
@@ -82,12 +95,10 @@ def pytest_collection_modifyitems(config, items):
   if slow:
     items[:] = [item for item in items if 'slow' not in item.keywords]
     config.hook.pytest_deselected(items=slow)
-    config._alexnet_jax_slow = len(slow)  # pylint: disable=protected-access
 
 
 def pytest_terminal_summary(terminalreporter, config):
-  slow = getattr(config, '_alexnet_jax_slow', 0)
-  if slow:
+  if not config.getoption('--full') and not hasattr(config, 'workerinput'):
     terminalreporter.write_line(
-        f'fast tier: {slow} slow tests not run (`python -m pytest --full` '
-        'runs them too)')
+        'fast tier: the tests marked slow were not run (`python -m pytest '
+        '--full` runs them too)')

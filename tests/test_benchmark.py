@@ -23,6 +23,7 @@ def run(*args, timeout=300):
       cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_json_has_the_fields_and_sane_values():
   with_torch = importlib.util.find_spec('torch') is not None
   result = run('--eval_images=24', *(['--vs_pytorch'] if with_torch else []))
@@ -88,6 +89,7 @@ def run_module(module, *args):
                         capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_profile_names_the_step_s_convolutions_and_pool_gradients():
   result = run_module('benchmarks.profile_step', '--model=alexnet_tiny',
                       '--batch_size=4', '--steps=2', '--top=200')
@@ -104,6 +106,7 @@ def test_profile_names_the_step_s_convolutions_and_pool_gradients():
 
 @pytest.mark.skipif(importlib.util.find_spec('torch') is None,
                     reason='PyTorch not installed: pip install -r requirements-parity.txt')
+@pytest.mark.slow
 def test_conv_layers_times_every_pass_of_every_conv():
   result = run_module('benchmarks.conv_layers', '--model=alexnet_tiny',
                       '--batch=2')
@@ -127,6 +130,7 @@ def test_cifar_feed_reports_both_rates_on_real_images(cifar_dir):
   assert all(int(rate.replace(',', '')) > 0 for _, rate in rates)
 
 
+@pytest.mark.slow
 def test_image_pipeline_times_grain_and_tfdata_alike():
   result = run_module('benchmarks.image_pipeline', '--images=48',
                       '--batch=16', '--epochs=1', '--repeats=1',

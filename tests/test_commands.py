@@ -14,7 +14,7 @@ from tests import cli
 from tests.test_train import tiny_config
 
 COMMANDS = ('main', 'evaluate', 'predict', 'convert', 'prepare', 'plot',
-            'benchmark')
+            'benchmark', 'visualize')
 
 
 @pytest.mark.parametrize('command', COMMANDS)
@@ -39,6 +39,7 @@ def test_workdir_that_is_a_file_says_so(cifar_dir, tmp_path, subprocess_env):
   assert path.read_text() == 'a file, not a run'
 
 
+@pytest.mark.slow
 def test_profile_steps_writes_a_trace_into_the_workdir(cifar_dir, tmp_path):
   """--config.profile_steps=2: an XLA trace that TensorBoard's profile
   plugin reads (WORKDIR/plugins/profile/<run>/<host>.xplane.pb)."""

@@ -17,6 +17,7 @@ kernels are within about 2.5%).
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from alexnet_jax.data import cifar
 from alexnet_jax.data import registry
@@ -54,6 +55,7 @@ def one_step(images, labels, half_precision):
   return loss, before, updates
 
 
+@pytest.mark.slow
 def test_bfloat16_step_matches_float32_within_tolerance(cifar_dir):
   train_split, _ = cifar.load_cifar10_archive(cifar_dir)
   images = train_split.images[:2 * BATCH]

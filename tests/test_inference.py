@@ -241,6 +241,7 @@ def test_init_from_loads_every_layer_but_a_new_head(run, tmp_path):
                       'own (latest step 2); resuming from them']
 
 
+@pytest.mark.slow
 def test_fine_tuning_run_says_fc8_is_new_and_trains(run, tmp_path,
                                                     subprocess_env):
   workdir = str(tmp_path / 'tuned')
@@ -258,6 +259,7 @@ def test_fine_tuning_run_says_fc8_is_new_and_trains(run, tmp_path,
     assert json.load(f)['init_from'] == run
 
 
+@pytest.mark.slow
 def test_init_from_another_architecture_is_one_line(run, tmp_path,
                                                     subprocess_env):
   workdir = tmp_path / 'other'

@@ -147,6 +147,7 @@ def test_tfds_without_network_says_how_to_use_a_local_archive(
   assert not workdir.exists()
 
 
+@pytest.mark.slow
 def test_tfds_is_prepared_by_process_0_alone(tmp_path, subprocess_env):
   """Two processes, one TFDS data dir, no network (a namespace with only
   loopback, for the coordinator): process 0 alone tries to prepare cifar10

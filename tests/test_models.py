@@ -96,6 +96,7 @@ def test_seed_pytorch_table_cifar10_at_224():
   assert n == 46_787_978
 
 
+@pytest.mark.slow
 def test_seed_net_logits_are_not_rectified():
   """The seed's defect was a ReLU on the logits; ours can go negative."""
   model = alexnet.AlexNetTiny(num_classes=10, init_scheme='paper')
@@ -129,6 +130,7 @@ def test_unknown_model_name_lists_choices():
     alexnet.create_model('vgg')
 
 
+@pytest.mark.slow
 def test_paper_init_statistics():
   params = alexnet.AlexNetPaperOneTower(num_classes=10).init(
       jax.random.PRNGKey(0), jnp.zeros((1, 227, 227, 3)))['params']
@@ -142,6 +144,7 @@ def test_paper_init_statistics():
     assert abs(w.std() - 0.01) < 5e-4
 
 
+@pytest.mark.slow
 def test_he_init_scales_with_fan_in():
   params = alexnet.AlexNetCifar(num_classes=10).init(
       jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))['params']
@@ -175,6 +178,7 @@ def test_forward_is_deterministic_and_dropout_only_in_training():
   assert not np.allclose(train_a, eval_a)
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_parameters():
   model = alexnet.AlexNetTiny(num_classes=10, dtype=jnp.bfloat16)
   x = jnp.ones((2, 32, 32, 3))

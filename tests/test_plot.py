@@ -195,6 +195,7 @@ def test_cli_errors_are_one_line(tmp_path, subprocess_env, what):
   assert not list(tmp_path.glob('**/.*.tmp'))
 
 
+@pytest.mark.slow
 def test_curves_of_a_real_training_run(cifar_dir, tmp_path, subprocess_env):
   """20 steps of the tiny net on real CIFAR-10, validated every 4 steps."""
   config = cifar10.get_config()

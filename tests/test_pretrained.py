@@ -111,6 +111,7 @@ def torchvision_preprocess(path):
   return torch.from_numpy(np.ascontiguousarray(x))
 
 
+@pytest.mark.slow
 def test_predict_matches_pytorch_on_real_photos(torch_model, converted,
                                                 photos, subprocess_env):
   """Logits within 1e-4 relative error: max |ours - PyTorch's| over the 1000
@@ -138,6 +139,7 @@ def test_predict_matches_pytorch_on_real_photos(torch_model, converted,
                for n in names)
 
 
+@pytest.mark.slow
 def test_a_run_resumes_from_the_converted_checkpoint(converted, weights):
   """The same config and workdir in train: orbax restores step 0 and the
   converted weights into the state train_and_evaluate builds."""

@@ -205,6 +205,7 @@ def tiny_args(tree, workdir, **overrides):
       f'--config.{k}={v}' for k, v in base.items()]
 
 
+@pytest.mark.slow
 def test_paper_recipe_runs_on_an_image_folder(tree, tmp_path, subprocess_env):
   """configs/imagenet.py as it is (two-tower net at 227, PCA lighting,
   10-crop test), a few steps on the photo tree."""
@@ -304,11 +305,11 @@ def test_tfds_imagenette_feeds_batches_under_mock_data(tmp_path):
 
 def test_prepare_imagenet_names_the_missing_tars(tmp_path):
   pytest.importorskip('tensorflow_datasets')
-  from alexnet_jax import prepare
+  from alexnet_jax.data import tfds  # pylint: disable=g-import-not-at-top
   with pytest.raises(streaming.DataError,
                      match='ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar'
                      ' not found in ' + str(tmp_path / 'manual')):
-    prepare.prepare('imagenet2012', str(tmp_path), str(tmp_path / 'manual'))
+    tfds.prepare('imagenet2012', str(tmp_path), str(tmp_path / 'manual'))
 
 
 def test_unprepared_tfds_dataset_says_how_to_prepare(tmp_path, subprocess_env):
@@ -323,12 +324,14 @@ def test_unprepared_tfds_dataset_says_how_to_prepare(tmp_path, subprocess_env):
   assert not (tmp_path / 'w').exists()
 
 
+@pytest.mark.slow
 def test_no_tensorflow_on_the_import_path_of_a_cifar_archive_run():
   """TF is imported only by the paths that need it (TFDS, TensorBoard), and
   then with every GPU hidden from it (flax#445)."""
-  code = ('import sys; from alexnet_jax import train, streaming, batches; '
+  code = ('import sys; from alexnet_jax.run import loop; '
+          'from alexnet_jax.data import streaming, feeds; '
           'assert "tensorflow" not in sys.modules, "imported"; '
-          'from alexnet_jax import tf_cpu; tf = tf_cpu.tensorflow(); '
+          'from alexnet_jax.runtime import tf_cpu; tf = tf_cpu.tensorflow(); '
           'assert tf.config.get_visible_devices("GPU") == []; print("ok")')
   result = subprocess.run([sys.executable, '-c', code], cwd=cli.REPO,
                           capture_output=True, text=True, timeout=120)

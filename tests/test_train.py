@@ -26,6 +26,7 @@ from alexnet_jax.task import config as config_lib
 from alexnet_jax.task import evaluation
 from alexnet_jax.task import optim
 from alexnet_jax.task import state as state_lib
+from alexnet_jax.errors import UserError
 from configs import cifar10
 from tests import cli
 from tests.cli import read_jsonl
@@ -226,14 +227,10 @@ BAD_INPUT = [
 ]
 
 
-@pytest.mark.parametrize('override, expected', BAD_INPUT,
-                         ids=[e[:40] for _, e in BAD_INPUT])
-def test_bad_input_is_one_line_nonzero_and_leaves_workdir_alone(
-    trained_workdir, tmp_path, subprocess_env, cifar_dir, override, expected):
-  override, env = dict(override), dict(subprocess_env)
-  env['XLA_FLAGS'] = (f'--xla_force_host_platform_device_count='
-                      f'{override.pop("devices", 1)}')
-  marker = tmp_path / 'pwned'
+def _special_values(override, tmp_path, marker):
+  """The table's placeholders as real files: broken archives, a pickle that
+  would run code, a file where a folder belongs, a config without
+  get_config."""
   special = {
       'EMPTY': lambda: make_bad_archive(tmp_path, 'empty'),
       'TRUNCATED': lambda: make_bad_archive(tmp_path, 'truncated'),
@@ -242,9 +239,59 @@ def test_bad_input_is_one_line_nonzero_and_leaves_workdir_alone(
       'A_FILE': lambda: str(cli.REPO / 'README.md'),
       'NO_GET_CONFIG': lambda: str(cli.REPO / 'configs' / '__init__.py'),
   }
+  return {key: special[value]() if value in special else value
+          for key, value in override.items()}
+
+
+def _cli_only(override) -> bool:
+  """What only a real command line can show: flag parsing, config files,
+  the device count."""
+  return bool({'modle', 'config', 'devices'} & set(override)) or (
+      override.get('batch_size') == 'abc' or
+      override.get('learning_rate') == 'fast')
+
+
+CONFIG_CASES = [c for c in BAD_INPUT if not _cli_only(c[0])]
+CLI_CASES = ([c for c in BAD_INPUT if _cli_only(c[0])] +
+             [pytest.param(*c, marks=pytest.mark.slow) for c in CONFIG_CASES])
+
+
+@pytest.mark.parametrize('override, expected', CONFIG_CASES,
+                         ids=[e[:40] for _, e in CONFIG_CASES])
+def test_bad_input_is_one_user_error_and_leaves_workdir_alone(
+    trained_workdir, tmp_path, cifar_dir, override, expected):
+  """The table's config-level cases in this process: the UserError that
+  `main` turns into the one `error:` line, the workdir untouched. The full
+  tier runs them as commands too (below)."""
+  marker = tmp_path / 'pwned'
+  override = _special_values(dict(override), tmp_path, marker)
+  config = tiny_config(cifar_dir, num_epochs=3, log_every_steps=5,
+                       checkpoint_every_steps=10, schedule='plateau',
+                       plateau_patience=1)
   for key, value in override.items():
-    if value in special:
-      override[key] = special[value]()
+    config[key] = type(config[key])(value) if isinstance(
+        config[key], float) and isinstance(value, str) else value
+  before = cli.snapshot(trained_workdir)
+  with pytest.raises(UserError) as error:
+    loop.train_and_evaluate(config, trained_workdir)
+  assert expected in ' '.join(str(error.value).split())
+  assert cli.snapshot(trained_workdir) == before
+  assert not marker.exists()
+
+
+@pytest.mark.parametrize('override, expected', CLI_CASES,
+                         ids=[(c.values if hasattr(c, 'values') else c)[1][:40]
+                              for c in CLI_CASES])
+def test_bad_input_on_the_command_line(
+    trained_workdir, tmp_path, subprocess_env, cifar_dir, override, expected):
+  """The table as a user meets it: one `error:` line, exit 2, no traceback,
+  the workdir untouched. The command-line cases in the fast tier, the rest
+  (done in-process above) in the full one."""
+  override, env = dict(override), dict(subprocess_env)
+  env['XLA_FLAGS'] = (f'--xla_force_host_platform_device_count='
+                      f'{override.pop("devices", 1)}')
+  marker = tmp_path / 'pwned'
+  override = _special_values(override, tmp_path, marker)
   before = cli.snapshot(trained_workdir)
   result = cli.run_cli(cli.cli_args(cifar_dir, trained_workdir, **override),
                        env, timeout=300)
@@ -287,6 +334,7 @@ def test_config_json_records_the_values_used(trained_workdir):
   assert used['model'] == 'alexnet_tiny'
 
 
+@pytest.mark.slow
 def test_logged_learning_rate_is_the_one_the_step_used(cifar_dir, tmp_path):
   """Warmup then cosine: the record at step s carries schedule(s - 1)."""
   config = tiny_config(cifar_dir, num_epochs=0, num_steps=20, warmup_epochs=0.4,
@@ -303,6 +351,7 @@ def test_logged_learning_rate_is_the_one_the_step_used(cifar_dir, tmp_path):
     assert lr == pytest.approx(float(schedule(step - 1)), rel=1e-6), step
 
 
+@pytest.mark.slow
 def test_best_val_checkpoint_that_is_not_the_last_is_restored_and_reported(
     cifar_dir, tmp_path):
   """Evaluations at steps 10, 20, 30 and 40; step 10 is made the best (its
@@ -350,6 +399,7 @@ def test_checkpointer_keeps_the_best_of_a_known_order(tmp_path):
     np.testing.assert_array_equal(restored['w'], np.full((4,), float(step)))
 
 
+@pytest.mark.slow
 def test_train_step_compiles_once(cifar_dir, tmp_path, caplog):
   """Evaluation, the plateau value, logging, checkpoints and a resume cause
   no recompilation of the train step (counted by jax.log_compiles)."""

@@ -149,6 +149,10 @@ class AlexNet(nn.Module):
       if self.dropout_placement == 'torchvision':
         x = drop(x)
       x = nn.relu(self._dense(name, self.hidden)(x))
+      if name == 'fc7':
+        # The paper's "last, 4096-dimensional hidden layer" (its Fig. 4),
+        # before dropout. Not named 'fc7': that is the Dense layer's scope.
+        self.sow('intermediates', 'penultimate', x)
       if self.dropout_placement == 'paper':
         x = drop(x)
     return self._dense('fc8', self.num_classes)(x)
