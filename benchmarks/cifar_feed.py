@@ -78,10 +78,11 @@ def main(argv=None):
     return augment.normalize(x, mean, std, None, jax.numpy.float32, scale)
 
   def gathered(steps):
-    return (x for x, _ in feed.train(0, per_epoch, steps))
+    return (b['images'] for b in feed.train(0, per_epoch, steps))
 
   def with_augmentation(steps):
-    return (augmented(x, i) for i, (x, _) in enumerate(feed.train(0, per_epoch, steps)))
+    return (augmented(b['images'], i)
+            for i, b in enumerate(feed.train(0, per_epoch, steps)))
 
   for fn in (gathered, with_augmentation):  # Compile and warm up.
     jax.block_until_ready(list(fn(2)))

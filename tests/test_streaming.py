@@ -75,12 +75,13 @@ def test_train_batches_shapes_dtypes_ranges(tree):
       source, seed=0, global_batch=6, start_step=0, total_steps=3,
       resize_size=256, crop_size=227))
   assert len(batches) == 3
-  for images, labels in batches:
+  for images, labels, replaced in batches:
     assert images.shape == (6, 227, 227, 3) and images.dtype == np.uint8
+    assert (replaced == -1).all()  # Nothing unreadable in this folder.
     assert labels.dtype == np.int32
     assert ((0 <= labels) & (labels < len(PHOTOS))).all()
     assert images.std() > 10  # Real pictures, not blank.
-  images, _ = next(iter(streaming.train_batches(
+  images, _, _ = next(iter(streaming.train_batches(
       source, seed=0, global_batch=6, start_step=0, total_steps=1,
       resize_size=256, crop_size=224, inception_crop=True)))
   assert images.shape == (6, 224, 224, 3)
@@ -110,13 +111,13 @@ def test_one_epoch_sees_every_record_once_split_over_processes(tree):
   parts = [list(streaming.train_batches(source, process_index=p,
                                         process_count=3, **kwargs))
            for p in range(3)]
-  for k, (images, labels) in enumerate(whole):
+  for k, (images, labels, _) in enumerate(whole):
     np.testing.assert_array_equal(
         images, np.concatenate([parts[p][k][0] for p in range(3)]))
     np.testing.assert_array_equal(
         labels, np.concatenate([parts[p][k][1] for p in range(3)]))
   # Each record once per epoch: its label counts are the class sizes.
-  seen = np.concatenate([labels for _, labels in whole])
+  seen = np.concatenate([labels for _, labels, _ in whole])
   assert np.bincount(seen).tolist() == [6] * len(PHOTOS)
 
 
@@ -128,7 +129,7 @@ def test_stream_resumes_at_any_step_with_worker_processes(tree):
   resumed = list(streaming.train_batches(source, start_step=7, workers=2,
                                          **kwargs))
   assert len(resumed) == 5
-  for (a, b), (c, d) in zip(whole[7:], resumed):
+  for (a, b, _), (c, d, _) in zip(whole[7:], resumed):
     np.testing.assert_array_equal(a, c)
     np.testing.assert_array_equal(b, d)
 
@@ -295,7 +296,8 @@ def test_tfds_imagenette_feeds_batches_under_mock_data(tmp_path):
     feed = feeds.StreamingFeed(config, mesh_lib.make_mesh(), 224)
     assert feed.num_classes == 10 and feed.sizes == {'train': 19, 'val': 1,
                                                      'test': 20}
-    images, labels = next(feed.train(0, 4, 2))
+    batch = next(feed.train(0, 4, 2))
+    images, labels = batch['images'], batch['labels']
     assert images.shape == (4, 224, 224, 3) and images.dtype == jnp.uint8
     assert ((0 <= labels) & (labels < 10)).all()
     evaluated = list(streaming.eval_batches(
