@@ -215,6 +215,48 @@ def timed(fn, n):
   return times
 
 
+def interleaved_times(steps: dict, args):
+  """({name: [seconds per step]}, {name: warm-up seconds}): each step warmed
+  up, then timed in interleaved rounds, so drift hits all alike."""
+  warmup_s = {}
+  for name, fn in steps.items():  # torch.compile compiles on the first call.
+    start = time.perf_counter()
+    timed(fn, args.warmup)
+    warmup_s[name] = time.perf_counter() - start
+  times = {name: [] for name in steps}
+  rounds = 4 if len(steps) > 1 else 1
+  per_round = -(-args.steps // rounds)
+  for _ in range(rounds):
+    for name, fn in steps.items():
+      # The other framework's thread pool spins for a while after its last
+      # step; let it go idle, and leave the first step of a round untimed.
+      time.sleep(0.5 if len(steps) > 1 else 0.)
+      fn()
+      times[name] += timed(fn, per_round)
+  return times, warmup_s
+
+
+def pytorch_fields(args, times, warmup_s, step_s, where) -> dict:
+  """The PyTorch rows (one per mode) and the flat fields of the first."""
+  import torch  # pylint: disable=g-import-not-at-top
+  rows = []
+  for mode in list(times)[1:]:
+    torch_s = statistics.median(times[mode])
+    rows.append({'mode': mode + ('+amp' if args.half_precision else ''),
+                 'step_ms': 1e3 * torch_s,
+                 'images_per_sec': args.batch_size / torch_s,
+                 'speedup': torch_s / step_s, 'warmup_s': warmup_s[mode]})
+  first = rows[0]  # Flat fields: the first mode (eager by default).
+  return dict(pytorch_images_per_sec=first['images_per_sec'],
+              pytorch_step_ms=first['step_ms'],
+              speedup_vs_pytorch=first['speedup'],
+              pytorch=torch.__version__, pytorch_mode=first['mode'],
+              pytorch_device=where,
+              pytorch_float32_matmul_precision=(
+                  torch.get_float32_matmul_precision()),
+              vs_pytorch=rows)
+
+
 def run(args, modes=(), where=None) -> dict:
   """Times our step, and the PyTorch twin in each of `modes` on `where`."""
   model = alexnet.create_model(args.model, num_classes=1000)
@@ -224,21 +266,7 @@ def run(args, modes=(), where=None) -> dict:
   steps = {'alexnet_jax': ours}
   for mode in modes:
     steps[mode] = torch_step(args, model, mode, where)
-  warmup_s = {}
-  for name, fn in steps.items():  # torch.compile compiles on the first call.
-    start = time.perf_counter()
-    timed(fn, args.warmup)
-    warmup_s[name] = time.perf_counter() - start
-  times = {name: [] for name in steps}
-  rounds = 4 if len(steps) > 1 else 1
-  per_round = -(-args.steps // rounds)
-  for _ in range(rounds):  # Interleaved, so drift hits all alike.
-    for name, fn in steps.items():
-      # The other framework's thread pool spins for a while after its last
-      # step; let it go idle, and leave the first step of a round untimed.
-      time.sleep(0.5 if len(steps) > 1 else 0.)
-      fn()
-      times[name] += timed(fn, per_round)
+  times, warmup_s = interleaved_times(steps, args)
   dtype = 'bfloat16' if args.half_precision else 'float32'
   step_s = statistics.median(times['alexnet_jax'])
   peak = peak_flops(device, dtype)
@@ -257,30 +285,13 @@ def run(args, modes=(), where=None) -> dict:
       'xla_flags': os.environ.get('XLA_FLAGS', ''),
   }
   if modes:
-    import torch  # pylint: disable=g-import-not-at-top
-    rows = []
-    for mode in list(steps)[1:]:
-      torch_s = statistics.median(times[mode])
-      rows.append({'mode': mode + ('+amp' if args.half_precision else ''),
-                   'step_ms': 1e3 * torch_s,
-                   'images_per_sec': args.batch_size / torch_s,
-                   'speedup': torch_s / step_s,
-                   'warmup_s': warmup_s[mode]})
-    first = rows[0]  # Flat fields: the first mode (eager by default).
-    result.update(pytorch_images_per_sec=first['images_per_sec'],
-                  pytorch_step_ms=first['step_ms'],
-                  speedup_vs_pytorch=first['speedup'],
-                  pytorch=torch.__version__, pytorch_mode=first['mode'],
-                  pytorch_device=where,
-                  pytorch_float32_matmul_precision=(
-                      torch.get_float32_matmul_precision()),
-                  vs_pytorch=rows)
+    result.update(pytorch_fields(args, times, warmup_s, step_s, where))
   if args.eval_images:
     result.update(eval_rate(args))
   return result
 
 
-def main(argv=None):
+def _parser():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--model', default='alexnet_torchvision',
                       choices=tuple(alexnet.MODELS))
@@ -299,6 +310,12 @@ def main(argv=None):
   parser.add_argument('--eval_images', type=int, default=0,
                       help='also time evaluation over this many images')
   parser.add_argument('--json', action='store_true')
+  return parser
+
+
+def parse_args(argv=None):
+  """(args, PyTorch modes, PyTorch's device); bad input is parser.error."""
+  parser = _parser()
   args = parser.parse_args(argv)
   if args.pytorch_modes and not args.vs_pytorch:
     parser.error('--pytorch_modes needs --vs_pytorch')
@@ -312,20 +329,21 @@ def main(argv=None):
     parser.error(f'--steps must be >= 1, got {args.steps}')
   if args.eval_images < 0:
     parser.error(f'--eval_images must be >= 0, got {args.eval_images}')
-  if args.vs_pytorch:
-    if jax.device_count() > 1:
-      parser.error(f'--vs_pytorch compares one device with one device, and '
-                   f'JAX sees {jax.device_count()}: make one visible (e.g. '
-                   'CUDA_VISIBLE_DEVICES=0)')
-    try:
-      platform = jax.devices()[0].platform
-      modes = pytorch_modes(args.pytorch_modes, platform)
-      where = torch_device(platform)
-    except ConfigError as e:
-      parser.error(str(e))
-  else:
-    modes, where = (), None
-  r = run(args, modes, where)
+  if not args.vs_pytorch:
+    return args, (), None
+  if jax.device_count() > 1:
+    parser.error(f'--vs_pytorch compares one device with one device, and '
+                 f'JAX sees {jax.device_count()}: make one visible (e.g. '
+                 'CUDA_VISIBLE_DEVICES=0)')
+  try:
+    platform = jax.devices()[0].platform
+    return (args, pytorch_modes(args.pytorch_modes, platform),
+            torch_device(platform))
+  except ConfigError as e:
+    parser.error(str(e))
+
+
+def report(r: dict):
   line = (f"{r['model']} batch {r['batch_size']} {r['image_size']}x"
           f"{r['image_size']} {r['dtype']} on {r['device']}: "
           f"{r['step_ms']:.1f} ms/step, {r['images_per_sec']:.1f} img/s, "
@@ -342,6 +360,12 @@ def main(argv=None):
     print(f"PyTorch {r['pytorch']} {row['mode']}: {row['step_ms']:.1f} "
           f"ms/step, {row['images_per_sec']:.1f} img/s; alexnet_jax is "
           f"{row['speedup']:.2f}x")
+
+
+def main(argv=None):
+  args, modes, where = parse_args(argv)
+  r = run(args, modes, where)
+  report(r)
   if args.json:
     print(json.dumps(r))
 

@@ -58,10 +58,15 @@ def load_state_dict(path: str) -> dict:
     raise WeightsError(
         'reading PyTorch weights needs PyTorch, which is not installed: '
         'pip install -r requirements-parity.txt') from None
+  return _state_of(path, _torch_load(torch, path), torch)
+
+
+def _torch_load(torch, path: str):
+  """torch.load with weights_only, its many failures as one WeightsError."""
   try:
     with warnings.catch_warnings():  # Pickle-protocol notes on foreign files.
       warnings.simplefilter('ignore')
-      loaded = torch.load(path, map_location='cpu', weights_only=True)
+      return torch.load(path, map_location='cpu', weights_only=True)
   except Exception as e:  # pylint: disable=broad-except
     # Anything can come out of unpickling a foreign file (KeyError,
     # UnpicklingError, RuntimeError, EOFError, ...). A zip archive that
@@ -78,6 +83,10 @@ def load_state_dict(path: str) -> dict:
           'torch.save and convert that') from None
     raise WeightsError(f'{path!r} is not a PyTorch file torch.load can read '
                        f'({_first_line(e)})') from None
+
+
+def _state_of(path: str, loaded, torch) -> dict:
+  """The loaded object as a state dict of tensors, wrapper prefixes off."""
   if not isinstance(loaded, Mapping) or not all(
       isinstance(k, str) for k in loaded):
     raise WeightsError(
