@@ -67,7 +67,7 @@ def test_store_holds_the_papers_squares_and_lists_what_it_left_out(
     jpeg_store, photos):
   manifest = store.read_manifest(jpeg_store)
   assert manifest['side'] == 256 and manifest['encoding'] == 'jpeg'
-  assert manifest['quality'] == 95
+  assert manifest['quality'] == 90
   assert {k: v['count'] for k, v in manifest['splits'].items()} == {
       'train': 36, 'test': 12}
   assert len(manifest['splits']['train']['shards']) == 3  # 39 / 16.

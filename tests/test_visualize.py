@@ -291,8 +291,8 @@ def test_streamed_neighbours_and_errors_match_independent_ones(streamed_run,
     """The stored 40x40 squares centre-cropped to 32 by hand, standardized
     with ImageNet's statistics."""
     source = streaming.ImageFolderSource.scan(folder, ('a', 'b'))
-    stored = streaming.EvalExample(40, len(source))
-    squares = np.stack([stored((0, source[i]))[0]
+    stored = streaming.EvalExample(source, 40)
+    squares = np.stack([stored(i)[0]
                         for i in range(len(source))])[:, 4:36, 4:36]
     return ((squares / 255. - np.float32(registry.IMAGENET_MEAN)) /
             np.float32(registry.IMAGENET_STD)).astype(np.float32)

@@ -65,6 +65,15 @@ def _image_sources(config):
           spec.num_classes)
 
 
+def _own(array: np.ndarray) -> np.ndarray:
+  """A copy out of the shared memory a Grain worker handed the batch over
+  in, so that memory is unlinked as soon as Grain's array is dropped
+  (on a CPU backend a jax.Array may alias its host buffer, and an
+  evaluation cache keeps its batches for the whole run: both would keep it
+  alive to the end, and Python warns of leaked shared memory at exit)."""
+  return np.array(array, copy=True)
+
+
 class BadImages:
   """Records that cannot be decoded: each named once in the log (with the
   decoder's reason), counted, and the run stopped with one line once more
@@ -173,7 +182,8 @@ class StreamingFeed:
         crop_size=0 if self.crops_on_device else self.image_shape[0],
         inception_crop=c.random_resized_crop, workers=c.data_workers,
         process_index=jax.process_index(), process_count=jax.process_count())
-    ds = ds.map(lambda b: (self.to_global(b[0]), self.to_global(b[1]), b[2]))
+    ds = ds.map(lambda b: (self.to_global(_own(b[0])),
+                           self.to_global(_own(b[1])), _own(b[2])))
     return iter(grain.experimental.ThreadPrefetchIterDataset(
         ds, prefetch_buffer_size=1))
 
@@ -191,7 +201,7 @@ class StreamingFeed:
           process_index=jax.process_index(),
           process_count=jax.process_count()):
         self.bad.note(name, bad)
-        local.append((images, labels, mask))
+        local.append((_own(images), _own(labels), _own(mask)))
       self._eval_cache[key] = local
     for images, labels, mask in self._eval_cache[key]:
       yield self.to_global(images), self.to_global(labels), self.to_global(mask)

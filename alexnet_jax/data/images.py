@@ -28,6 +28,17 @@ def decode(image, min_side: int = 0):
   return img.convert('RGB')
 
 
+def decode_rgb_array(data: bytes) -> np.ndarray:
+  """Encoded bytes -> uint8 [H, W, 3], decoded straight to RGB at full size."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  img = Image.open(io.BytesIO(data))
+  if img.format == 'JPEG':
+    img.draft('RGB', img.size)  # Output RGB directly; no reduction.
+  if img.mode != 'RGB':
+    img = img.convert('RGB')
+  return np.asarray(img)
+
+
 def _shorter_to(w: int, h: int, size: int) -> tuple:
   """(width, height) with the shorter side `size`, as torchvision's Resize."""
   return (size, int(size * h / w)) if w <= h else (int(size * w / h), size)

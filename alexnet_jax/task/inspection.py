@@ -145,8 +145,8 @@ class StreamedSplit:
 
   def examples(self, indices) -> tuple:
     """(uint8 stored squares, int labels) of a few records, decoded here."""
-    decode = streaming.EvalExample(self.resize_size, len(self.source))
-    decoded = [decode((0, self.source[int(i)])) for i in indices]
+    decode = streaming.EvalExample(self.source, self.resize_size)
+    decoded = [decode(int(i)) for i in indices]
     return (np.stack([d[0] for d in decoded]),
             np.asarray([d[1] for d in decoded], np.int32))
 
