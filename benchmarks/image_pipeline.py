@@ -26,6 +26,7 @@ import functools
 import itertools
 import json
 import os
+import pathlib
 import tempfile
 import time
 
@@ -134,8 +135,19 @@ def write_stores(root: str, source) -> dict:
   for kind in ('jpeg', 'raw'):
     roots[kind] = os.path.join(root, f'store_{kind}')
     store_writer.write_store({'train': source}, roots[kind], source.classes,
-                             encoding=kind, log=lambda m: None)
+                             encoding=kind, log=lambda m: None,
+                             shard_images=64)
   return roots
+
+
+def prepare_ms_per_image(root: str) -> float:
+  """Writing the JPEG store, per image and core: the workers' own time in
+  their shards (read, decode, resize, crop, encode, write), start-up left
+  out."""
+  sidecars = [json.loads(p.read_text()) for p in
+              pathlib.Path(root).glob('*.array_record.json')]
+  return 1e3 * sum(s['seconds'] for s in sidecars) / sum(
+      s['count'] for s in sidecars)
 
 
 def main(argv=None):
@@ -174,10 +186,11 @@ def main(argv=None):
     sources = {'folder': source,
                **{k: store.StoreSource(v, 'train') for k, v in roots.items()}}
     rates = measure(sources, roots, args)
-  report(rates, args)
+    prepare_ms = prepare_ms_per_image(roots['jpeg'])
+  report(rates, args, prepare_ms)
 
 
-def report(rates: dict, args):
+def report(rates: dict, args, prepare_ms: float):
   """Each setup's rate, and its factor over the folder path on as many
   cores."""
   for name, rate in rates.items():
@@ -185,11 +198,15 @@ def report(rates: dict, args):
     base = rates[f'folder, {tag}']
     print(f'{name:32s} {rate:8.1f} images/s ({rate / base:.2f}x the folder '
           f'path on {tag})')
+  print(f'prepare --store (JPEG): {prepare_ms:.2f} ms per image per core, '
+        f'so about {prepare_ms * 1e6 / 3.6e6:.2f} core-hours per million '
+        'images (extrapolated)')
   print(f'cores: {os.cpu_count()}')
   if args.json:
     print(json.dumps({'images_per_sec': rates, 'cores': os.cpu_count(),
                       'images': args.images, 'batch': args.batch,
-                      'workers': args.workers}))
+                      'workers': args.workers,
+                      'prepare_ms_per_image': prepare_ms}))
 
 
 if __name__ == '__main__':

@@ -91,6 +91,7 @@ def _write_shard(job: Job, root: str) -> dict:
   final = epath.Path(root) / job.name
   partial = final.parent / (job.name + '.tmp')
   local = '://' not in root
+  start = time.perf_counter()
   with tempfile.TemporaryDirectory() as tmp:
     path = str(partial) if local else os.path.join(tmp, job.name)
     writer = array_record_module.ArrayRecordWriter(path, _WRITER_OPTIONS)
@@ -107,7 +108,8 @@ def _write_shard(job: Job, root: str) -> dict:
         _WORKER['counter'].value += 1
     writer.close()
     sidecar = {'count': count, 'left_out': left_out,
-               'encoding': _WORKER['encoding'], 'quality': _WORKER['quality']}
+               'encoding': _WORKER['encoding'], 'quality': _WORKER['quality'],
+               'seconds': time.perf_counter() - start}
     # The sidecar first, the shard last: a shard on disk is a whole shard.
     (final.parent / (job.name + '.json')).write_text(json.dumps(sidecar))
     if not local:
