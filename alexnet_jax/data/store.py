@@ -16,7 +16,9 @@ Writing (`write_store`, `python -m alexnet_jax.prepare --store=DST`) is in
 `store_writer.py`; this module reads.
 """
 
+import hashlib
 import json
+import os
 from typing import Optional
 
 import numpy as np
@@ -67,6 +69,34 @@ def read_manifest(root) -> dict:
   return manifest
 
 
+def _cache_dir(root) -> epath.Path:
+  base = os.environ.get('ALEXNET_JAX_CACHE', '~/.cache/alexnet_jax')
+  tag = hashlib.sha1(str(root).encode()).hexdigest()[:12]
+  return epath.Path(os.path.expanduser(base)) / 'stores' / tag
+
+
+def local_shards(root, names, log=print) -> list:
+  """Paths ArrayRecord can open: the shards themselves on a local disk; for
+  a store on gs:// (a TPU pod's), copies in a per-host cache
+  (ALEXNET_JAX_CACHE, default ~/.cache/alexnet_jax), made once: each is
+  copied under a temporary name and renamed when whole, so processes
+  sharing a host, or a rerun, never read half of one."""
+  root = epath.Path(root)
+  if '://' not in str(root):
+    return [str(root / name) for name in names]
+  cache = _cache_dir(root)
+  cache.mkdir(parents=True, exist_ok=True)
+  missing = [n for n in names if not (cache / n).exists()]
+  if missing:
+    log(f'copying {len(missing)} of the store\'s {len(names)} shards from '
+        f'{root} to {cache} (once per host)')
+  for name in missing:
+    partial = cache / f'{name}.{os.getpid()}.tmp'
+    (root / name).copy(partial, overwrite=True)
+    partial.rename(cache / name)
+  return [str(cache / name) for name in names]
+
+
 class StoreSource:
   """One split of a store as a random-access source of
   {'image': JPEG bytes or a uint8 [256, 256, 3] array, 'label', 'index'}."""
@@ -80,7 +110,7 @@ class StoreSource:
       raise DataError(f'store {root} has no {split!r} images (splits: '
                       f'{", ".join(self.manifest["splits"])})')
     self.encoding = self.manifest['encoding']
-    self.paths = [str(self.root / name) for name in info['shards']]
+    self.paths = local_shards(self.root, info['shards'])
     self._count = info['count']
     self._records = None  # Opened lazily: in each Grain worker, not pickled.
 

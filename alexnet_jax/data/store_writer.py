@@ -66,9 +66,10 @@ def encode(pixels, encoding: str, quality: int) -> bytes:
 _WORKER = {}
 
 
-def _init_worker(sources, encoding, quality, counter):
+def _init_worker(sources, encoding, quality, counter, ignore_sigint=True):
   import signal  # pylint: disable=g-import-not-at-top
-  signal.signal(signal.SIGINT, signal.SIG_IGN)  # The parent stops the pool.
+  if ignore_sigint:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # The parent stops the pool.
   _WORKER.update(sources=sources, encoding=encoding, quality=quality,
                  counter=counter)
 
@@ -172,45 +173,66 @@ def write_store(sources: dict, root, classes, *, encoding: str = 'jpeg',
     raise DataError(f'shard_images {shard_images} must be positive')
   jobs = _jobs({split: len(s) for split, s in sources.items()}, shard_images)
   sidecars = {job: _done(root, job) for job in jobs}
-  for job, sidecar in sidecars.items():
+  _check_same_flags(root, sidecars.values(), encoding, quality)
+  todo = [job for job in jobs if sidecars[job] is None]
+  workers = workers or os.cpu_count() or 1
+  log(f'store {root}: {sum(len(s) for s in sources.values()):,} images in '
+      f'{len(jobs)} shards, {encoding}'
+      f'{f" quality {quality}" if encoding == "jpeg" else ""}, {workers} '
+      f'workers' + (f'; resuming: {len(jobs) - len(todo)} shards already '
+                    'written' if len(todo) < len(jobs) else ''))
+  run = _run_here if workers == 1 else _run_pool
+  sidecars.update(run(todo, str(root), sources, encoding, quality, workers,
+                      log))
+  return _write_manifest(root, jobs, sidecars, classes, encoding, quality,
+                         source_name)
+
+
+def _check_same_flags(root, sidecars, encoding, quality):
+  for sidecar in sidecars:
     if sidecar and (sidecar['encoding'], sidecar['quality']) != (encoding,
                                                                 quality):
       raise DataError(
           f'store {root} was begun with --encoding={sidecar["encoding"]} '
           f'--quality={sidecar["quality"]}; finish it with the same flags, '
           'or write a new --store')
-  todo = [job for job in jobs if sidecars[job] is None]
-  total = sum(job.stop - job.start for job in todo)
-  skipped = len(jobs) - len(todo)
-  workers = workers or os.cpu_count() or 1
-  log(f'store {root}: {sum(len(s) for s in sources.values()):,} images in '
-      f'{len(jobs)} shards, {encoding}'
-      f'{f" quality {quality}" if encoding == "jpeg" else ""}, {workers} '
-      f'workers' + (f'; resuming: {skipped} shards already written'
-                    if skipped else ''))
+
+
+def _run_here(todo, root, sources, encoding, quality, workers, log) -> dict:
+  """One worker: the shards in this process (no start-up, and sources that
+  only exist here, such as TFDS's mock data, work too)."""
+  del workers
+  counter = multiprocessing.Value('q', 0)
+  _init_worker(sources, encoding, quality, counter, ignore_sigint=False)
+  total, start, done = sum(j.stop - j.start for j in todo), time.monotonic(), {}
+  for job in todo:
+    done[job] = _write_shard(job, root)
+    _progress_line(counter.value, total, start, log)
+  return done
+
+
+def _run_pool(todo, root, sources, encoding, quality, workers, log) -> dict:
+  """The shards shared out to `workers` processes, with a progress line
+  every 10 s and one at the end."""
   context = multiprocessing.get_context('spawn')  # No JAX state forked.
   counter = context.Value('q', 0)
+  total, done = sum(j.stop - j.start for j in todo), {}
   start = last = time.monotonic()
-  with context.Pool(
-      min(workers, max(len(todo), 1)), _init_worker,
-      (sources, encoding, quality, counter)) as pool:
-    pending = pool.imap_unordered(_run_job, [(job, str(root)) for job in todo])
-    for _ in todo:
-      while True:
-        try:
-          job, sidecar = pending.next(timeout=2.)
-          sidecars[job] = sidecar
-          break
-        except multiprocessing.TimeoutError:
-          pass
-        finally:
-          if time.monotonic() - last >= 10. and counter.value < total:
-            last = time.monotonic()
-            _progress_line(counter.value, total, start, log)
+  with context.Pool(min(workers, max(len(todo), 1)), _init_worker,
+                    (sources, encoding, quality, counter)) as pool:
+    pending = pool.imap_unordered(_run_job, [(job, root) for job in todo])
+    while len(done) < len(todo):
+      try:
+        job, sidecar = pending.next(timeout=2.)
+        done[job] = sidecar
+      except multiprocessing.TimeoutError:
+        pass
+      if time.monotonic() - last >= 10. and counter.value < total:
+        last = time.monotonic()
+        _progress_line(counter.value, total, start, log)
   if todo:
     _progress_line(counter.value, total, start, log)
-  return _write_manifest(root, jobs, sidecars, classes, encoding, quality,
-                         source_name)
+  return done
 
 
 def _write_manifest(root, jobs, sidecars, classes, encoding, quality,
