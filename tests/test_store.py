@@ -103,6 +103,7 @@ def test_raw_store_is_exact_and_needs_no_decode(photos, tmp_path):
   assert size > 12 * 196_608  # Raw: about 196 KB an image.
 
 
+@pytest.mark.slow
 def test_prepare_killed_then_rerun_resumes_and_matches(photos, tmp_path):
   """SIGKILL once the first shard is on disk; the rerun skips the written
   shards, and the store equals one written in one go, byte for byte."""
@@ -248,6 +249,7 @@ def folder_args(workdir, data_dir, **overrides):
   return store_args(workdir, data_dir, dataset='image_folder', **overrides)
 
 
+@pytest.mark.slow
 def test_undecodable_training_images_are_replaced_named_and_counted(
     photos, tmp_path, subprocess_env):
   """Three broken files among 39 (7.7%): with max_bad_fraction 0.1 the run
@@ -389,6 +391,7 @@ def test_dali_cpu_decodes_the_store_as_the_grain_path_does(jpeg_store):
     assert diff.mean() < 1., diff.mean()
 
 
+@pytest.mark.slow
 def test_dali_cpu_reads_image_folders_and_replaces_what_it_cannot_decode(
     photos, jpeg_store):
   """An image folder with broken files: DALI rescales to the store's
@@ -413,6 +416,7 @@ def test_dali_gpu_on_a_machine_without_one_is_one_line(jpeg_store, tmp_path,
   assert not (tmp_path / 'w').exists()
 
 
+@pytest.mark.slow
 def test_training_with_dali_cpu_runs_end_to_end(jpeg_store, tmp_path,
                                                  subprocess_env):
   needs_dali()
