@@ -89,28 +89,29 @@ def test_sigterm_to_one_process_saves_one_step_then_rerun_resumes(
 
 def test_slurm_job_at_time_limit_saves_requeues_and_resumes(
     setup, long_reference, tmp_path):
-  """launch/slurm_gpu.sbatch under a fake srun that starts its two tasks on
-  this machine with srun's variables: the tasks meet through SLURM detection;
-  SIGUSR1 to the batch shell (what --signal=B:USR1@300 sends) makes it
-  SIGTERM the tasks (scancel), which save one step, and requeue the job
-  (scontrol); the requeued job resumes and ends bit for bit where an
+  """launch/slurm_gpu.sbatch submitted through the fake sbatch (one node of
+  2 "GPUs" and 2 CPUs) and run by the fake srun, which starts its two tasks
+  on this machine with srun's variables: the tasks meet through SLURM
+  detection; SIGUSR1 to the batch shell (what --signal=B:USR1@300 sends)
+  makes it SIGTERM the tasks (scancel), which save one step, and requeue the
+  job (scontrol); the requeued job resumes and ends bit for bit where an
   uninterrupted run ends."""
   fake = REPO / 'tests' / 'fake_slurm'
   job_id = free_slurm_job_id()
   workdir = tmp_path / 'w'
   env = dict(setup['env'], PATH=f'{fake}:{os.environ["PATH"]}',
              FAKE_SLURM_LOG=str(tmp_path / 'calls'),
-             FAKE_SLURM_DIR=str(tmp_path), SLURM_JOB_ID=str(job_id),
-             SLURM_JOB_NAME='aj', SLURM_SUBMIT_DIR=str(REPO),
-             SLURM_NTASKS='2', SLURM_NNODES='1', SLURM_CPUS_PER_TASK='1',
+             FAKE_SLURM_DIR=str(tmp_path), FAKE_SLURM_JOB_ID=str(job_id),
+             FAKE_SLURM_NODE_GPUS='2', FAKE_SLURM_NODE_CPUS='2',
              PYTHON=sys.executable, VENV='', WORKDIR=str(workdir),
              DATA_DIR=setup['cifar'])
   extra = main_args(workdir, setup['cifar'], LONG)[2:]  # Script adds the rest.
-  args = ['bash', 'launch/slurm_gpu.sbatch', '--', *extra]
+  args = [sys.executable, str(fake / 'sbatch'), '--nodes=1', '--job-name=aj',
+          'launch/slurm_gpu.sbatch', '--', *extra]
   proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
   wait_for_checkpoint(str(workdir), 20, proc)
-  proc.send_signal(signal.SIGUSR1)
+  proc.send_signal(signal.SIGUSR1)  # The fake sbatch became the batch shell.
   out, err = proc.communicate(timeout=300)
   task0 = (tmp_path / 'task_0.out').read_text()
   assert proc.returncode == 0, err[-2000:] + task0[-2000:]
@@ -121,8 +122,11 @@ def test_slurm_job_at_time_limit_saves_requeues_and_resumes(
   coordinator = f'localhost:{job_id % 2 ** 12 + 65536 - 2 ** 12}'
   assert f'coordinator at {coordinator} (slurm start)' in (
       tmp_path / 'task_0.err').read_text()
-  calls = (tmp_path / 'calls').read_text().splitlines()
-  assert calls[0].startswith('srun --kill-on-bad-exit=1 --gpu-bind=none ')
+  calls = [l for l in (tmp_path / 'calls').read_text().splitlines()
+           if not l.startswith(('sbatch ', 'allocation '))]
+  assert calls[0].startswith(
+      'srun --kill-on-bad-exit=1 --gpu-bind=none --nodes=1 --ntasks=2 '
+      '--ntasks-per-node=2 --gpus-per-node=2 --cpus-per-task=1 ')
   assert calls[1:] == [f'scancel --signal=TERM {job_id}',
                        f'scontrol requeue {job_id}']
 
