@@ -270,3 +270,54 @@ def test_second_sigterm_exits_at_once_with_several_processes(
   step = cli.load_state_on_host(workdir)['step']  # The last one is intact.
   assert int(step) % 2 == 0 and int(step) >= 2
 
+
+# --- Kubernetes ----------------------------------------------------------------
+
+
+def test_kubernetes_pods_train_together_and_resume(setup, long_reference,
+                                                   tmp_path):
+  """The two pods of launch/k8s/gpu-jobset.yaml, run here as processes with
+  exactly the environment the manifest gives pod 0 and pod 1 (the completion
+  index through the downward API, and the image's ENV) and nothing else,
+  except JAX_COORDINATOR_ADDRESS: it names pod 0 through the cluster's DNS,
+  which this machine has not, and becomes 127.0.0.1:PORT. The command is the
+  manifest's; the arguments are the test's (the tiny net on the subset
+  instead of the volume's paths). They train as one job; SIGTERM to pod 1
+  (its node is preempted) makes both save one step and exit 143; started
+  again, as JobSet restarts every pod, they resume and end bit for bit where
+  an uninterrupted run ends."""
+  from tests.multiproc import free_port  # pylint: disable=g-import-not-at-top
+  from tests.test_k8s import K8S, command_of, pod_environment  # pylint: disable=g-import-not-at-top
+  manifest = K8S / 'gpu-jobset.yaml'
+  assert command_of(manifest) == ['python', '-m', 'alexnet_jax.main']
+  port = free_port()
+  base = {'PATH': os.environ['PATH'], 'HOME': os.environ.get('HOME', '/')}
+  def pod_env(i, _):
+    return {**base, **pod_environment(manifest, i, f'127.0.0.1:{port}')}
+  workdir = str(tmp_path / 'w')
+  args = main_args(workdir, setup['cifar'], LONG)
+  pods = start_job(2, args, {}, tmp_path / 'first', port, env_of=pod_env)
+  try:
+    wait_for_checkpoint(workdir, 20, pods[0])
+    pods[1].send_signal(signal.SIGTERM)
+    for p in pods:
+      p.wait(timeout=300)
+  finally:
+    stop_all(pods)
+  out0, err0 = read_logs(tmp_path / 'first', 0)
+  _, err1 = read_logs(tmp_path / 'first', 1)
+  assert [p.returncode for p in pods] == [143, 143], err0[-2000:] + err1[-2000:]
+  assert '(explicit start)' in err0  # The manifest's start, not detection.
+  step = stopped_step(out0)
+  assert stopped_step(err1, 'process 1: stopped by SIGTERM at step ') == step
+
+  pods = start_job(2, args, {}, tmp_path / 'again', port, env_of=pod_env)
+  try:
+    for p in pods:
+      p.wait(timeout=600)
+  finally:
+    stop_all(pods)
+  out0, err0 = read_logs(tmp_path / 'again', 0)
+  assert [p.returncode for p in pods] == [0, 0], err0[-3000:]
+  assert f'resuming from {workdir}/checkpoints at step {step}' in out0
+  assert_same_final_params(workdir, long_reference)
