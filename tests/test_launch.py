@@ -47,10 +47,19 @@ def assert_one_error_line(result, expected):
   assert expected in lines[0], (expected, lines[0])
 
 
-@pytest.mark.parametrize('script', [TPU, SLURM, LOCAL], ids=lambda p: p.name)
+@pytest.mark.parametrize('script', [TPU, SLURM, LOCAL,
+                                    LAUNCH / 'tpu_worker.sh'],
+                         ids=lambda p: p.name)
 def test_syntax_and_executable(script):
   subprocess.run([BASH, '-n', str(script)], check=True, timeout=30)
   assert os.access(script, os.X_OK)
+
+
+@pytest.mark.parametrize('part', ['tpu_vm_cloud.sh', 'tpu_vm_run.sh'])
+def test_sourced_parts_parse(part):
+  """tpu_vm.sh's parts, sourced by it: they parse, and are no commands."""
+  subprocess.run([BASH, '-n', str(LAUNCH / part)], check=True, timeout=30)
+  assert not (LAUNCH / part).read_text().startswith('#!')
 
 
 # --- slurm_gpu.sbatch --------------------------------------------------------
