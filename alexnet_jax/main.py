@@ -7,13 +7,17 @@
 The multi-process flags are for clusters JAX cannot detect by itself (it does
 on Cloud TPU pods and under SLURM). Bad input ends with one line on stderr,
 `error: ...`, and exit status 2 (--verbose adds the traceback). A SIGTERM or
-SIGINT saves the current step and exits with 128 + the signal number.
+SIGINT saves the current step and exits with 128 + the signal number. In a
+multi-process job, a process that loses another (killed, crashed) says which
+in one line and exits with status 75 within --heartbeat_timeout/2 seconds
+(runtime/liveness.py); rerunning the same command resumes.
 """
 
 import difflib
 import importlib.util
 import os
 import sys
+import traceback
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # Before TF/XLA load.
 
@@ -28,6 +32,7 @@ from alexnet_jax.errors import UserError
 from alexnet_jax.run import loop
 from alexnet_jax.runtime import cli
 from alexnet_jax.runtime import distributed
+from alexnet_jax.runtime import liveness
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -42,7 +47,14 @@ flags.DEFINE_string('coordinator_address', None, 'Multi-process runs: '
 flags.DEFINE_integer('num_processes', None, 'Multi-process runs: how many.')
 flags.DEFINE_integer('process_id', None, 'Multi-process runs: this one, 0..N-1.')
 flags.DEFINE_integer('coordinator_timeout', 300, 'Seconds to wait for every '
-                     'process to reach the coordinator.')
+                     'process to reach the coordinator.', lower_bound=1)
+flags.DEFINE_integer('heartbeat_timeout', 60, 'Multi-process runs: a process '
+                     'silent for half this many seconds is lost, and the '
+                     'others stop (exit 75); JAX\'s own heartbeat timeout.',
+                     lower_bound=4)
+flags.DEFINE_integer('shutdown_timeout', 300, 'Multi-process runs: seconds a '
+                     'finished process waits at exit for the others to '
+                     'finish.', lower_bound=1)
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -118,16 +130,43 @@ def main(argv):
     FLAGS.config.get('model')  # A config file that failed to load raises here.
   except (OSError, SyntaxError, ImportError) as e:
     cli.exit_with_error(config_load_error(e), FLAGS.verbose)
+  timeouts = distributed.Timeouts(FLAGS.coordinator_timeout,
+                                  FLAGS.heartbeat_timeout,
+                                  FLAGS.shutdown_timeout)
   try:
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
-                           FLAGS.process_id, FLAGS.coordinator_timeout)
+                           FLAGS.process_id, timeouts)
     loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    liveness.finish('done')
   except UserError as e:
+    liveness.finish(f'exited: error: {e}'[:200])
     cli.exit_with_error(e, FLAGS.verbose)
   except Interrupted as e:
+    liveness.finish('done')
     if jax.process_index() != 0:  # Process 0 has printed it with the log.
       print(f'process {jax.process_index()}: {e}', file=sys.stderr, flush=True)
     sys.exit(128 + e.signum)
+  except Exception as e:  # pylint: disable=broad-except
+    if not liveness.active():
+      raise  # A bug: its traceback.
+    stopped_by_unexpected_error(e)
+
+
+def stopped_by_unexpected_error(e: Exception):
+  """A multi-process run that failed unexpectedly, often because another
+  process was lost (a collective's connection reset): one line now; the
+  watchdog then names the lost process and exits 75. If nobody was lost, this
+  process's own bug: its traceback, exit status 1, and the others are told
+  (without the shutdown barrier, which would wait for them in vain)."""
+  me = jax.process_index()
+  print(f'process {me}: stopped by {type(e).__name__}: '
+        f'{" ".join(str(e).split())[:300]}', file=sys.stderr, flush=True)
+  liveness.await_verdict()
+  traceback.print_exc()
+  liveness.finish(f'exited: {type(e).__name__}')
+  sys.stderr.flush()
+  sys.stdout.flush()
+  os._exit(1)  # pylint: disable=protected-access
 
 
 if __name__ == '__main__':

@@ -14,8 +14,11 @@
 # If any process fails, the rest are stopped and its exit status is returned.
 # Ctrl-C or SIGTERM is passed on to every process as SIGTERM: together they
 # finish a step, save it and exit (as a preempted multi-host job does), and
-# this script exits 130 or 143; the same command then resumes. Processes
-# still running KILL_GRACE seconds later (default 300) are killed.
+# this script exits 130 or 143; the same command then resumes. A second
+# Ctrl-C or SIGTERM is passed on too: they exit at once without saving (the
+# last checkpoint is intact). Processes still running KILL_GRACE seconds
+# later (default 300) are killed. A process that is lost (kill -9) makes the
+# others stop by themselves within --heartbeat_timeout/2 seconds (exit 75).
 #
 #   --dry-run   print the N commands (`+ ...`) and exit; run none
 #   -h, --help  show this help
@@ -120,8 +123,15 @@ stop_all() {
   wait 2>/dev/null || true
 }
 
-on_signal() {
+on_second_signal() {
   trap - INT TERM
+  printf 'launch: SIGTERM again to %d processes: they exit at once, without saving\n' \
+    "${#pids[@]}" >&2
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+}
+
+on_signal() {
+  trap on_second_signal INT TERM
   printf 'launch: SIGTERM to %d processes: they save a checkpoint and exit\n' \
     "${#pids[@]}" >&2
   # Saving takes a step and a checkpoint write; be patient before SIGKILL.

@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
-# Train alexnet_jax on a Cloud TPU VM slice (every host runs one process).
+# Train alexnet_jax on a Cloud TPU VM slice (every host runs one process),
+# detached from this terminal, and keep it running through preemptions.
 #
 # Usage:
 #   launch/tpu_vm.sh --workdir=gs://BUCKET/DIR --tfds-data-dir=gs://BUCKET/tfds
-#       [options] [-- ALEXNET_JAX_MAIN_ARGS...]
+#       [options] [-- ALEXNET_JAX_MAIN_ARGS...]      start (or rejoin) a run
+#   launch/tpu_vm.sh --name=NAME --zone=ZONE --attach   follow the running one
+#   launch/tpu_vm.sh --name=NAME --zone=ZONE --logs [--workdir=gs://...]
+#   launch/tpu_vm.sh --name=NAME --zone=ZONE --stop     stop it (it saves)
 #
-# Gets the TPU VM (creates it, or reuses it when it already exists), copies
-# this checkout to every worker, stops training processes a previous run left
-# there, installs requirements-train.txt plus jax[tpu]==0.10.2 into a venv on
-# every worker, then runs `python -m alexnet_jax.main` on all workers at once.
-# JAX finds the other hosts by itself on Cloud TPU, so no coordinator flags
-# are passed.
+# Start: gets the TPU VM (creates it, or reuses it), copies this checkout to
+# every worker, stops training processes a previous launcher left there,
+# installs requirements-train.txt plus jax[tpu]==0.10.2 into a venv on every
+# worker, then starts `python -m alexnet_jax.main` on all workers at once,
+# detached (launch/tpu_worker.sh: its own session, a log file per run, a lock
+# per worker), and follows worker 0's log here. JAX finds the other hosts by
+# itself on Cloud TPU, so no coordinator flags are passed. If this exact
+# command is already training on the VM, it is followed, not started again.
+# Closing the terminal, Ctrl-C or a lost connection never stops training.
 #
 # Options (--opt=VALUE or --opt VALUE):
 #   --name NAME              TPU VM name (default: alexnet-jax)
@@ -25,10 +32,13 @@
 #                            other families need an explicit --version
 #   --project PROJECT        GCP project (default: gcloud's configured one)
 #   --config PATH            config file in this repo (default: configs/cifar10.py)
-#   --workdir gs://...       required; checkpoints and metrics, shared by all
-#                            hosts, so it must be a GCS path
-#   --tfds-data-dir gs://... required; TFDS data dir (becomes
-#                            --config.tfds_data_dir)
+#   --workdir gs://...       required to start; checkpoints, metrics and logs,
+#                            shared by all hosts, so it must be a GCS path
+#   --tfds-data-dir gs://... TFDS data dir (becomes --config.tfds_data_dir)
+#   --data-dir gs://...      data_dir (becomes --config.data_dir); one of the
+#                            two is required to start. Data must be on gs://:
+#                            a worker's disk is not seen by the other hosts
+#                            (so is a --config.data_dir after --)
 #   --queued                 get the TPU through a queued resource (named like
 #                            the VM): `queued-resources create`, then wait
 #                            until it is ACTIVE, printing its state every
@@ -38,13 +48,29 @@
 #   --valid-until-duration D with --queued: give up the request if it is not
 #                            filled within D (gcloud duration, e.g. 6h)
 #   --node-count N           only 1: Multislice (N > 1 slices) is not supported
-#   --max-restarts N         restarts after a preemption or a lost ssh
-#                            connection (default: 3; 0 disables)
-#   --stop-grace SECONDS     how long leftover training processes get to save a
-#                            checkpoint after SIGTERM before SIGKILL (default: 120)
+#   --retry-for DURATION     how long to keep trying to get the TPU back
+#                            (stockouts, a queued request not filled) and to
+#                            reconnect, counted from when the trouble began
+#                            (default: 24h; 90m, 2d, 3600 (seconds) also work)
+#   --max-restarts N         restarts of training (after a preemption, a lost
+#                            process, a SIGTERM nobody asked for) allowed per
+#                            --restart-window (default: 3; 0 disables)
+#   --restart-window D       (default: 24h)
+#   --stop-grace SECONDS     how long training processes get to save a
+#                            checkpoint after SIGTERM before SIGKILL (--stop,
+#                            and leftovers before a start; default: 120)
 #   --worker-python CMD      interpreter for the workers' venv, installed with
 #                            apt when missing (default: python3.11; JAX 0.10
 #                            needs >= 3.11, Ubuntu 22.04 ships 3.10)
+#   --attach                 follow the training running on the VM (worker 0's
+#                            log) until it ends, reconnecting when the
+#                            connection drops; exits with training's status.
+#                            Restarts nothing; needs only --name and --zone
+#   --logs                   print the latest run's log: worker 0's, or when
+#                            the VM is gone the copy in --workdir
+#   --stop                   SIGTERM to training on every worker: it saves a
+#                            checkpoint and exits (the same command resumes).
+#                            The VM is left running
 #   --dry-run                print every command (`+ ...`, one per line), run
 #                            none; shows the path for a VM that does not exist
 #   -h, --help               show this help
@@ -60,18 +86,30 @@
 # With --queued and no VM, an existing queued resource NAME is waited for;
 # one that is FAILED or SUSPENDED is deleted and requested again.
 #
-# Preemption and restarts: training runs in the foreground over ssh. When it
-# fails, the VM is described again. PREEMPTED, TERMINATED, gone or any other
-# non-READY state: the VM is brought back as above (recreated, started or
-# waited for), the code copied and installed again, and the same training
-# command rerun; it resumes from the last checkpoint in the workdir. READY and ssh exit status 255 (connection
-# lost): the same command is rerun on the same VM. Exit status 2 (a usage
-# error in ARGS) and other failures on a READY VM are not restarted. Each
-# restart is logged as one `restart K/N: ...` line on stderr. A rerun never
-# finds the TPU busy: before training, leftover alexnet_jax.main processes of
-# an earlier run on the workers get SIGTERM (they save a checkpoint and exit),
-# then SIGKILL after --stop-grace seconds. Running this script again by hand
-# after it stopped works the same way.
+# Preemptions and failures: when training ends other than by finishing, the
+# VM is described again. PREEMPTED, gone or any other non-READY state: the VM
+# is brought back as above, the code copied and installed again, and the same
+# training command started; it resumes from the last checkpoint in the
+# workdir. A `tpu-vm create` that fails for capacity (a stockout) or
+# availability is tried again with back-off (TPU_RETRY_SECONDS, default 60,
+# doubling up to 30 min) until --retry-for has passed; any other create error
+# stops the launcher. On a READY VM, exit status 75 (a process was lost) and
+# 143/130 (a SIGTERM/SIGINT nobody asked for) restart training in place; 2 (a
+# usage error) and other failures do not. Each restart uses one of
+# --max-restarts per --restart-window. A lost ssh connection (status 255) to
+# a READY VM is not a restart: training goes on there and the launcher
+# reconnects, with back-off, until --retry-for.
+#
+# Every decision (reuse, create, wait, retry, reconnect, restart, give up)
+# is one line `tpu_vm.sh: ...` here and one timestamped line in
+# WORKDIR/logs/launcher.log (uploaded after each decision with `gcloud
+# storage cp`: a command --dry-run shows, and a real run leaves unshown).
+#
+# Watch: this command follows worker 0's log; --attach follows it again
+# from anywhere. Logs: on each worker, ~/alexnet_jax_runs/<run>/log
+# (~/alexnet_jax_runs/current is the latest); worker 0's is copied to
+# WORKDIR/logs/<run>.log every TPU_LOG_COPY_SECONDS (default 60) and when it
+# ends; --logs prints it. Stop: --stop (or Ctrl-C here only detaches).
 #
 # The TPU VM's service account needs read/write access to both buckets.
 # The VM is left running; delete it with
@@ -79,22 +117,19 @@
 # or, with --queued,
 #   gcloud compute tpus queued-resources delete NAME --zone=ZONE --force
 #
-# Bad or missing options, or a VM NAME of another accelerator type: one line
-# `error: ...` on stderr, exit status 2. A queued resource that ends FAILED or
-# SUSPENDED while waited for: one `error: ...` line, exit status 1. Otherwise
-# the exit status is training's (0 when it finished).
+# Bad or missing options, a VM NAME of another accelerator type, or another
+# training command running on the VM: one line `error: ...` on stderr, exit
+# status 2. A queued resource that ends FAILED or SUSPENDED while waited
+# for, a create error that is not about capacity, or --retry-for running out:
+# one `error: ...` line, exit status 1. Otherwise the exit status is
+# training's (0 when it finished; 143 after --stop; 130 when Ctrl-C detached
+# this command from the run).
 
 set -euo pipefail
 
 die() {
   printf 'error: %s\n' "$*" >&2
   exit 2
-}
-
-# A failure that is not the user's input (a queued resource that FAILED).
-fail() {
-  printf 'error: %s\n' "$*" >&2
-  exit 1
 }
 
 note() {
@@ -114,6 +149,7 @@ project=
 config=configs/cifar10.py
 workdir=
 tfds_data_dir=
+data_dir=
 worker_python=python3.11
 queued=0
 spot=0
@@ -121,8 +157,11 @@ reserved=0
 valid_until=
 node_count=1
 max_restarts=3
+restart_window_text=24h
+retry_for_text=24h
 stop_grace=120
 dry_run=0
+mode=launch
 main_args=()
 
 set_option() {
@@ -137,16 +176,24 @@ set_option() {
     --config) config=$value ;;
     --workdir) workdir=$value ;;
     --tfds-data-dir) tfds_data_dir=$value ;;
+    --data-dir) data_dir=$value ;;
     --worker-python) worker_python=$value ;;
     --valid-until-duration) valid_until=$value ;;
     --node-count) node_count=$value ;;
     --max-restarts) max_restarts=$value ;;
+    --restart-window) restart_window_text=$value ;;
+    --retry-for) retry_for_text=$value ;;
     --stop-grace) stop_grace=$value ;;
   esac
 }
 
-valued='--name|--zone|--accelerator-type|--version|--project|--config|--workdir|--tfds-data-dir|--worker-python|--valid-until-duration|--node-count|--max-restarts|--stop-grace'
-switches='--dry-run|--queued|--spot|--reserved'
+set_mode() {
+  [[ $mode == launch || $mode == "${1#--}" ]] || die "--$mode and $1 exclude each other"
+  mode=${1#--}
+}
+
+valued='--name|--zone|--accelerator-type|--version|--project|--config|--workdir|--tfds-data-dir|--data-dir|--worker-python|--valid-until-duration|--node-count|--max-restarts|--restart-window|--retry-for|--stop-grace'
+switches='--dry-run|--queued|--spot|--reserved|--attach|--logs|--stop'
 while (($#)); do
   case $1 in
     --) shift; main_args=("$@"); break ;;
@@ -155,6 +202,7 @@ while (($#)); do
     --queued) queued=1 ;;
     --spot) spot=1 ;;
     --reserved) reserved=1 ;;
+    --attach|--logs|--stop) set_mode "$1" ;;
     --*=*)
       key=${1%%=*}
       [[ ! $key =~ ^($switches)$ ]] || die "$key takes no value"
@@ -171,12 +219,26 @@ while (($#)); do
   shift
 done
 
-[[ -n $workdir ]] || die "--workdir is required (a gs:// path shared by all TPU hosts)"
-[[ $workdir =~ ^gs://[^/]+ ]] ||
-  die "--workdir must be a gs:// path (every TPU host writes there), got: $workdir"
-[[ -n $tfds_data_dir ]] || die "--tfds-data-dir is required (a gs:// TFDS data dir)"
-[[ $tfds_data_dir =~ ^gs://[^/]+ ]] ||
-  die "--tfds-data-dir must be a gs:// path (every TPU host reads it), got: $tfds_data_dir"
+gs_path() {  # gs_path WHAT VALUE WHY
+  [[ $2 =~ ^gs://[^/]+ ]] || die "$1 must be a gs:// path ($3), got: $2"
+}
+
+if [[ $mode == launch ]]; then
+  [[ -n $workdir ]] || die "--workdir is required (a gs:// path shared by all TPU hosts)"
+  [[ -n $tfds_data_dir || -n $data_dir ]] ||
+    die "--tfds-data-dir is required (a gs:// TFDS data dir), or --data-dir (a gs:// data_dir)"
+else
+  ((${#main_args[@]} == 0)) || die "arguments after -- are for starting a run, not --$mode"
+fi
+[[ -z $workdir ]] || gs_path --workdir "$workdir" 'every TPU host writes there'
+[[ -z $tfds_data_dir ]] || gs_path --tfds-data-dir "$tfds_data_dir" 'every TPU host reads it'
+[[ -z $data_dir ]] || gs_path --data-dir "$data_dir" 'every TPU host reads it; a worker'"'"'s disk is its own'
+for arg in ${main_args[@]+"${main_args[@]}"}; do
+  case $arg in
+    --config.data_dir=*|--config.tfds_data_dir=*)
+      gs_path "${arg%%=*}" "${arg#*=}" 'every TPU host reads it; a worker'"'"'s disk is its own' ;;
+  esac
+done
 # GCP's rule for TPU node names; checked here rather than minutes into create.
 [[ $name =~ ^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$ ]] ||
   die "--name must be lowercase letters, digits and hyphens, starting with a letter, got: $name"
@@ -198,18 +260,39 @@ if [[ -z $version ]]; then
   esac
 fi
 
+# A duration: N seconds, or N followed by s, m, h or d.
+seconds_of() {  # seconds_of OPTION TEXT: prints the seconds, or dies
+  local n unit
+  [[ $2 =~ ^([0-9]+)([smhd]?)$ ]] ||
+    die "$1 must be a duration such as 90m, 24h, 2d or 3600 (seconds), got: $2"
+  n=$((10#${BASH_REMATCH[1]})) unit=${BASH_REMATCH[2]}
+  case $unit in
+    m) n=$((n * 60)) ;;
+    h) n=$((n * 3600)) ;;
+    d) n=$((n * 86400)) ;;
+  esac
+  printf '%s' "$n"
+}
+
 [[ $node_count =~ ^[1-9][0-9]*$ ]] || die "--node-count must be a positive integer, got: $node_count"
 ((node_count == 1)) ||
   die "--node-count=$node_count: Multislice (more than one slice) is not supported by this launcher; use one larger slice"
 [[ $max_restarts =~ ^[0-9]+$ ]] || die "--max-restarts must be a non-negative integer, got: $max_restarts"
 [[ $stop_grace =~ ^[0-9]+$ ]] || die "--stop-grace must be a non-negative integer (seconds), got: $stop_grace"
+restart_window=$(seconds_of --restart-window "$restart_window_text") || exit 2
+retry_for=$(seconds_of --retry-for "$retry_for_text") || exit 2
+((restart_window > 0)) || die "--restart-window must be longer than 0, got: $restart_window_text"
 ((!(spot && reserved))) || die "--spot and --reserved exclude each other"
 [[ -z $valid_until || $queued == 1 ]] || die "--valid-until-duration needs --queued"
 [[ -z $valid_until || $valid_until =~ ^[0-9][0-9a-z]*$ ]] ||
   die "--valid-until-duration must be a gcloud duration such as 6h or 2d, got: $valid_until"
+for var in TPU_POLL_SECONDS TPU_RETRY_SECONDS TPU_LOG_COPY_SECONDS; do
+  [[ ${!var:-1} =~ ^[0-9]+$ ]] || die "$var must be a non-negative integer, got: ${!var}"
+done
 poll_seconds=${TPU_POLL_SECONDS:-30}
-[[ $poll_seconds =~ ^[0-9]+$ ]] ||
-  die "TPU_POLL_SECONDS must be a non-negative integer, got: $poll_seconds"
+retry_base=${TPU_RETRY_SECONDS:-60}
+log_copy_seconds=${TPU_LOG_COPY_SECONDS:-60}
+((log_copy_seconds > 0)) || die "TPU_LOG_COPY_SECONDS must be a positive integer, got: 0"
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # config_flags accepts PATH:ARG; only the path has to exist.
@@ -219,237 +302,27 @@ if ((!dry_run)) && ! command -v gcloud >/dev/null 2>&1; then
   die "gcloud not found; install the Google Cloud CLI (or use --dry-run)"
 fi
 
-# Every external command goes through run or query, so --dry-run shows
-# exactly what a real run would execute: `+ command` on stdout when dry, on
-# stderr before running it when real.
-show() {
-  local line='+' arg
-  for arg in "$@"; do line+=" $(printf '%q' "$arg")"; done
-  if ((dry_run)); then printf '%s\n' "$line"; else printf '%s\n' "$line" >&2; fi
-}
-
-run() {
-  show "$@"
-  ((dry_run)) || "$@"
-}
-
-# query VAR COMMAND...: a question whose failure is an answer ("not found"):
-# VAR gets COMMAND's stdout, or "" when it fails and in a dry run.
-query() {
-  local query_var=$1 query_out=
-  shift
-  show "$@"
-  if ((!dry_run)); then query_out=$("$@" 2>/dev/null) || query_out=; fi
-  printf -v "$query_var" '%s' "$query_out"
-}
-
-pause() {
-  ((dry_run)) || sleep "$poll_seconds"
-}
-
-gcloud_flags=(--zone="$zone")
-if [[ -n $project ]]; then gcloud_flags+=(--project="$project"); fi
-tier_flags=()
-if ((spot)); then tier_flags+=(--spot); fi
-if ((reserved)); then tier_flags+=(--reserved); fi
-qr=$name  # the queued resource, when --queued, is named like the VM
-
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-tarball=$tmp/alexnet_jax.tar.gz
 
-# node_state, node_type, node_qr: the VM's state ("" when it does not exist),
-# accelerator type and the queued resource it came from (if any).
-describe_node() {
-  local out
-  query out gcloud compute tpus tpu-vm describe "$name" "${gcloud_flags[@]}" \
-    --format='value(state,acceleratorType,queuedResource)'
-  node_state= node_type= node_qr=
-  IFS=$'\t' read -r node_state node_type node_qr <<<"$out" || true
-}
+# shellcheck source=launch/tpu_vm_cloud.sh
+source "$repo/launch/tpu_vm_cloud.sh"
+# shellcheck source=launch/tpu_vm_run.sh
+source "$repo/launch/tpu_vm_run.sh"
 
-delete_node() {
-  if [[ -n $node_qr ]]; then
-    # A VM from a queued resource goes with it; --force deletes its nodes.
-    run gcloud compute tpus queued-resources delete "${node_qr##*/}" \
-      "${gcloud_flags[@]}" --force --quiet
-  else
-    run gcloud compute tpus tpu-vm delete "$name" "${gcloud_flags[@]}" --quiet
-  fi
-}
-
-create_queued() {
-  local extra=()
-  if [[ -n $valid_until ]]; then extra+=(--valid-until-duration="$valid_until"); fi
-  run gcloud compute tpus queued-resources create "$qr" "${gcloud_flags[@]}" \
-    --node-id="$name" --accelerator-type="$accelerator_type" \
-    --runtime-version="$version" ${tier_flags[@]+"${tier_flags[@]}"} \
-    ${extra[@]+"${extra[@]}"}
-}
-
-# Polls the queued resource until it is ACTIVE (its VM exists then).
-wait_queued() {
-  local state
-  while :; do
-    query state gcloud compute tpus queued-resources describe "$qr" \
-      "${gcloud_flags[@]}" --format='value(state.state)'
-    ((!dry_run)) || return 0
-    case $state in
-      ACTIVE) return 0 ;;
-      '') fail "queued resource $qr not found while waiting for it (rerun to request it again)" ;;
-      FAILED|SUSPENDING|SUSPENDED)
-        fail "queued resource $qr is $state; see: gcloud compute tpus queued-resources describe $qr --zone=$zone (rerun to delete it and request it again)" ;;
-      *) note "queued resource $qr is $state; checking again in ${poll_seconds}s" ;;
-    esac
-    pause
-  done
-}
-
-# Leaves a READY VM of the requested type called $name.
-acquire() {
-  local qstate
-  while :; do
-    describe_node
-    if [[ -z $node_state ]]; then
-      if ((!queued)); then
-        run gcloud compute tpus tpu-vm create "$name" "${gcloud_flags[@]}" \
-          --accelerator-type="$accelerator_type" --version="$version" \
-          ${tier_flags[@]+"${tier_flags[@]}"}
-        return 0
-      fi
-      query qstate gcloud compute tpus queued-resources describe "$qr" \
-        "${gcloud_flags[@]}" --format='value(state.state)'
-      case $qstate in
-        '') create_queued ;;
-        FAILED|SUSPENDED)
-          note "queued resource $qr is $qstate; deleting it and requesting again"
-          run gcloud compute tpus queued-resources delete "$qr" "${gcloud_flags[@]}" --quiet
-          create_queued ;;
-        SUSPENDING|DELETING)
-          note "queued resource $qr is $qstate; checking again in ${poll_seconds}s"
-          pause
-          continue ;;
-        *) note "waiting for the existing queued resource $qr ($qstate)" ;;
-      esac
-      wait_queued
-      ((!dry_run)) || return 0
-      continue  # describe the VM the queued resource made
-    fi
-    if [[ $node_type != "$accelerator_type" ]]; then
-      local how="gcloud compute tpus tpu-vm delete $name --zone=$zone"
-      if [[ -n $node_qr ]]; then
-        how="gcloud compute tpus queued-resources delete ${node_qr##*/} --zone=$zone --force"
-      fi
-      die "TPU VM $name exists with accelerator type ${node_type:-unknown}, not $accelerator_type; delete it ($how) or pick another --name"
-    fi
-    case $node_state in
-      READY)
-        note "using TPU VM $name (READY, $node_type)"
-        return 0 ;;
-      PREEMPTED|TERMINATED)
-        note "TPU VM $name is $node_state; deleting it to create it again"
-        delete_node ;;
-      STOPPED)
-        run gcloud compute tpus tpu-vm start "$name" "${gcloud_flags[@]}" ;;
-      *)
-        note "TPU VM $name is $node_state; checking again in ${poll_seconds}s"
-        pause ;;
-    esac
-  done
-}
-
-# One tarball instead of scp --recurse: no .git/venvs, and one file per worker.
-run tar -czf "$tarball" --exclude=.git --exclude=.venv --exclude=venv \
-  --exclude=workdirs --exclude=__pycache__ --exclude=.pytest_cache -C "$repo" .
-
-copy_code() {
-  run gcloud compute tpus tpu-vm scp "$tarball" "$name:alexnet_jax.tar.gz" \
-    "${gcloud_flags[@]}" --worker=all
-}
-
-# Training processes a previous run left on the workers (an ssh connection
-# that dropped does not stop them) hold the TPU. SIGTERM makes them save a
-# checkpoint and exit; SIGKILL after the grace period. The pattern is the
-# venv's python running alexnet_jax.main; `[.]` keeps it from matching the
-# shell that runs this command, whose text holds the pattern itself.
-stop_cmd="pat=\"\$HOME/alexnet_jax_venv/bin/python -m alexnet_jax[.]main\"; \
-me=\$(id -u); \
-pids=\$(pgrep -u \"\$me\" -f \"\$pat\") || exit 0; \
-echo \"\$(hostname): stopping leftover training processes\" \$pids >&2; \
-kill -TERM \$pids 2>/dev/null; \
-i=0; \
-while [ \$i -lt $stop_grace ] && pgrep -u \"\$me\" -f \"\$pat\" >/dev/null; do sleep 1; i=\$((i + 1)); done; \
-pkill -KILL -u \"\$me\" -f \"\$pat\"; \
-while pgrep -u \"\$me\" -f \"\$pat\" >/dev/null; do sleep 1; done; \
-exit 0"
-
-stop_leftovers() {
-  run gcloud compute tpus tpu-vm ssh "$name" "${gcloud_flags[@]}" --worker=all \
-    --command="$stop_cmd"
-}
-
-py=$(printf '%q' "$worker_python")
-# The venv lives outside ~/alexnet_jax so re-uploading the code keeps it.
-setup="set -e; \
-if ! command -v $py >/dev/null; then \
-sudo apt-get -o DPkg::Lock::Timeout=600 update -qq && \
-sudo DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq $py-venv; fi; \
-rm -rf ~/alexnet_jax && mkdir ~/alexnet_jax && \
-tar -xzf ~/alexnet_jax.tar.gz -C ~/alexnet_jax && rm ~/alexnet_jax.tar.gz; \
-[ -x ~/alexnet_jax_venv/bin/python ] || $py -m venv ~/alexnet_jax_venv; \
-~/alexnet_jax_venv/bin/python -m pip install -q --upgrade pip; \
-~/alexnet_jax_venv/bin/python -m pip install -q -r ~/alexnet_jax/requirements-train.txt 'jax[tpu]==0.10.2'"
-
-install_deps() {
-  run gcloud compute tpus tpu-vm ssh "$name" "${gcloud_flags[@]}" --worker=all \
-    --command="$setup"
-}
-
-# Copy, stop leftovers, install: leftovers stop before the install replaces
-# the code and venv they are still running from.
-prepare() {
-  copy_code
-  stop_leftovers
-  install_deps
-}
-
-train_cmd="cd ~/alexnet_jax && ~/alexnet_jax_venv/bin/python -m alexnet_jax.main"
-for arg in --config="$config" --workdir="$workdir" \
-    --config.tfds_data_dir="$tfds_data_dir" ${main_args[@]+"${main_args[@]}"}; do
-  train_cmd+=" $(printf '%q' "$arg")"
-done
-
-acquire
-prepare
-restarts=0
-while :; do
-  # All workers must start together: each waits for the others in
-  # jax.distributed.initialize.
-  rc=0
-  run gcloud compute tpus tpu-vm ssh "$name" "${gcloud_flags[@]}" --worker=all \
-    --command="$train_cmd" || rc=$?
-  ((rc != 0)) || exit 0
-  if ((rc == 2)); then
-    note "training exited with status 2 (a usage error in its arguments); not restarting"
-    exit 2
-  fi
-  if ((restarts >= max_restarts)); then
-    note "training failed with exit status $rc; no restarts left (--max-restarts=$max_restarts)"
-    exit "$rc"
-  fi
-  describe_node
-  if [[ $node_state == READY ]]; then
-    if ((rc != 255)); then
-      note "training failed with exit status $rc on TPU VM $name (READY); not restarting"
-      exit "$rc"
-    fi
-    restarts=$((restarts + 1))
-    note "restart $restarts/$max_restarts: ssh connection lost (exit status 255), TPU VM $name is READY; rerunning training, which resumes from $workdir"
-    stop_leftovers
-    continue
-  fi
-  restarts=$((restarts + 1))
-  note "restart $restarts/$max_restarts: TPU VM $name is ${node_state:-gone} (training exit status $rc); getting it back and rerunning training, which resumes from $workdir"
-  acquire
-  prepare
-done
+case $mode in
+  launch)
+    trap 'detach 130' INT
+    trap 'detach 143' TERM
+    init_decisions
+    bring_up
+    supervise launch ;;
+  attach)
+    init_decisions
+    require_ready "nothing to attach to"
+    supervise attach ;;
+  logs) show_logs ;;
+  stop)
+    init_decisions
+    stop_training ;;
+esac

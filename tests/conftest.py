@@ -55,7 +55,8 @@ def bare_path(tmp_path):
   """A PATH holding only the few tools the dry runs use: no gcloud, no srun."""
   bin_dir = tmp_path / 'bin'
   bin_dir.mkdir()
-  for tool in ('dirname', 'mktemp', 'rm', 'awk'):
+  for tool in ('dirname', 'mktemp', 'rm', 'awk', 'date', 'grep', 'sort',
+               'tail'):
     found = shutil.which(tool)
     assert found, f'{tool} is needed by the scripts'
     (bin_dir / tool).symlink_to(found)

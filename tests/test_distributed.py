@@ -7,42 +7,21 @@ Device counts are fixed when a process starts JAX, so each configuration runs
 as its own `python -m alexnet_jax.main` process.
 """
 
-import glob
-import json
+import inspect
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
 import pytest
 
-from alexnet_jax.runtime import checkpoints
 from alexnet_jax.runtime import distributed
-from tests import cli
 from tests.conftest import REPO
 from tests.conftest import require_cifar_subset
-
-
-def free_port():
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
-def main_args(workdir, cifar_dir, extra=()):
-  """alexnet_jax.main's arguments: six steps of the tiny net, two shards."""
-  return ['--config=configs/cifar10.py', f'--workdir={workdir}',
-          '--config.model=alexnet_tiny', f'--config.data_dir={cifar_dir}',
-          '--config.num_steps=6', '--config.log_every_steps=2',
-          '--config.data_shards=2', '--config.eval_batch_size=256',
-          '--config.dropout_rate=0.5', '--config.learning_rate=0.05',
-          *extra]
+from tests.multiproc import free_port, main_args, params_of, train_losses
 
 
 def run_main(workdir, cifar_dir, env, devices=1, extra=(), timeout=600):
@@ -58,20 +37,11 @@ def run_main(workdir, cifar_dir, env, devices=1, extra=(), timeout=600):
   return result
 
 
-def params_of(workdir, step=None):
-  return cli.load_state_on_host(workdir, step)['params']
-
-
 def assert_trees_close(a, b, rtol=1e-5):
   for (path, x), (_, y) in zip(jax.tree_util.tree_leaves_with_path(a),
                                jax.tree_util.tree_leaves_with_path(b)):
     err = np.linalg.norm(x - y) / max(np.linalg.norm(y), 1e-12)
     assert err <= rtol, (jax.tree_util.keystr(path), err)
-
-
-def train_losses(workdir):
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [r['loss'] for r in map(json.loads, f) if r['split'] == 'train']
 
 
 @pytest.fixture(scope='module')
@@ -196,170 +166,6 @@ def test_processes_that_disagree_about_the_workdir_stop(runs, tmp_path):
   assert not os.path.exists(tmp_path / 'w0' / 'checkpoints')
 
 
-# --- Preemption of multi-process jobs ------------------------------------------
-
-# Long enough to signal mid-run: 150 steps, a checkpoint every 10.
-LONG = ['--config.num_steps=150', '--config.batch_size=64',
-        '--config.checkpoint_every_steps=10', '--config.log_every_steps=10']
-
-
-@pytest.fixture(scope='module')
-def long_reference(runs):
-  """The LONG run, uninterrupted, as two processes. (Against one process
-  the sums' order differs, and 150 steps amplify that far past 1e-5.)"""
-  workdir = str(runs['root'] / 'long_two')
-  result = subprocess.run(
-      ['bash', 'launch/local_multiprocess.sh', '2',
-       *main_args(workdir, runs['cifar'], LONG)], cwd=REPO,
-      env=dict(runs['env'], PYTHON=sys.executable), capture_output=True,
-      text=True, timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
-  return workdir
-
-
-def assert_same_final_params(workdir, reference):
-  """Bit for bit: a resumed run is the uninterrupted run."""
-  got, want = params_of(workdir), params_of(reference)
-  for (path, x), (_, y) in zip(jax.tree_util.tree_leaves_with_path(got),
-                               jax.tree_util.tree_leaves_with_path(want)):
-    assert np.array_equal(x, y), jax.tree_util.keystr(path)
-
-
-def wait_for_checkpoint(workdir, step, proc, timeout=300):
-  path = os.path.join(workdir, 'checkpoints', str(step))
-  deadline = time.monotonic() + timeout
-  while not os.path.isdir(path):
-    assert proc.poll() is None, 'exited before checkpoint %d' % step
-    assert time.monotonic() < deadline, 'no checkpoint %d' % step
-    time.sleep(0.05)
-
-
-def child_pids(pid):
-  """The direct children of `pid`, from /proc."""
-  children = []
-  for stat in glob.glob('/proc/[0-9]*/stat'):
-    try:
-      with open(stat) as f:
-        fields = f.read().rsplit(')', 1)[1].split()
-    except OSError:
-      continue  # Gone meanwhile.
-    if int(fields[1]) == pid:
-      children.append(int(stat.split('/')[2]))
-  return children
-
-
-def stopped_step(text, prefix='stopped by SIGTERM at step '):
-  """The step in the 'stopped by SIGTERM at step S/150' line of `text`."""
-  [line] = [l for l in text.splitlines() if prefix in l]
-  return int(line.split(prefix)[1].split('/')[0])
-
-
-@pytest.mark.slow
-def test_sigterm_to_one_process_saves_one_step_then_rerun_resumes(
-    runs, long_reference, tmp_path):
-  """SIGTERM to one process of a two-process job (the SLURM test below
-  signals both): the notice reaches the other, they agree on one step
-  through JAX's preemption sync point, both save it and exit 143; the same
-  command resumes there and ends bit for bit where an uninterrupted run
-  ends."""
-  workdir = str(tmp_path / 'w')
-  env = dict(runs['env'], PYTHON=sys.executable, LOGDIR=str(tmp_path / 'logs'))
-  args = ['bash', 'launch/local_multiprocess.sh', '2',
-          *main_args(workdir, runs['cifar'], LONG)]
-  proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
-  wait_for_checkpoint(workdir, 20, proc)
-  processes = child_pids(proc.pid)
-  assert len(processes) == 2
-  def environ(pid):
-    with open(f'/proc/{pid}/environ') as f:
-      return f.read().split('\0')
-  [second] = [p for p in processes if 'JAX_PROCESS_ID=1' in environ(p)]
-  os.kill(second, signal.SIGTERM)
-  out, err = proc.communicate(timeout=300)
-  assert proc.returncode == 143, out[-2000:] + err[-2000:]
-  step = stopped_step(out)
-  assert 20 < step < 150
-  other = (tmp_path / 'logs' / 'process_1.log').read_text()
-  assert stopped_step(other, 'process 1: stopped by SIGTERM at step ') == step
-  assert os.path.isdir(os.path.join(workdir, 'checkpoints', str(step)))
-  for i in (0, 1):
-    assert f'launch: process {i} stopped by a signal (exit 143)' in err
-
-  env['LOGDIR'] = str(tmp_path / 'logs2')
-  rerun = subprocess.run(args, cwd=REPO, env=env, capture_output=True,
-                         text=True, timeout=600)
-  assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
-  assert 'resuming from' in rerun.stdout and f'at step {step}' in rerun.stdout
-  assert_same_final_params(workdir, long_reference)
-
-
-def free_slurm_job_id():
-  """A job id whose SLURM coordinator port (JAX's rule) is free here."""
-  for _ in range(100):
-    port = free_port()
-    if port >= 65536 - 2 ** 12:
-      return port - (65536 - 2 ** 12) + 2 ** 12
-  with socket.socket() as s:  # The kernel keeps choosing low ports: try one.
-    for port in range(65535, 65536 - 2 ** 12, -1):
-      try:
-        s.bind(('127.0.0.1', port))
-        return port - (65536 - 2 ** 12) + 2 ** 12
-      except OSError:
-        continue
-  pytest.skip('no free port in the SLURM coordinator range')
-
-
-@pytest.mark.slow
-def test_slurm_job_at_time_limit_saves_requeues_and_resumes(
-    runs, long_reference, tmp_path):
-  """launch/slurm_gpu.sbatch under a fake srun that starts its two tasks on
-  this machine with srun's variables: the tasks meet through SLURM detection;
-  SIGUSR1 to the batch shell (what --signal=B:USR1@300 sends) makes it
-  SIGTERM the tasks (scancel), which save one step, and requeue the job
-  (scontrol); the requeued job resumes and ends bit for bit where an
-  uninterrupted run ends."""
-  fake = REPO / 'tests' / 'fake_slurm'
-  job_id = free_slurm_job_id()
-  workdir = tmp_path / 'w'
-  env = dict(runs['env'], PATH=f'{fake}:{os.environ["PATH"]}',
-             FAKE_SLURM_LOG=str(tmp_path / 'calls'),
-             FAKE_SLURM_DIR=str(tmp_path), SLURM_JOB_ID=str(job_id),
-             SLURM_JOB_NAME='aj', SLURM_SUBMIT_DIR=str(REPO),
-             SLURM_NTASKS='2', SLURM_NNODES='1', SLURM_CPUS_PER_TASK='1',
-             PYTHON=sys.executable, VENV='', WORKDIR=str(workdir),
-             DATA_DIR=runs['cifar'], JAX_PLATFORMS='cpu')
-  extra = main_args(workdir, runs['cifar'], LONG)[2:]  # Script adds the rest.
-  args = ['bash', 'launch/slurm_gpu.sbatch', '--', *extra]
-  proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
-  wait_for_checkpoint(str(workdir), 20, proc)
-  proc.send_signal(signal.SIGUSR1)
-  out, err = proc.communicate(timeout=300)
-  task0 = (tmp_path / 'task_0.out').read_text()
-  assert proc.returncode == 0, err[-2000:] + task0[-2000:]
-  step = stopped_step(task0)
-  assert 20 < step < 150
-  assert stopped_step((tmp_path / 'task_1.err').read_text(),
-                      'process 1: stopped by SIGTERM at step ') == step
-  coordinator = f'localhost:{job_id % 2 ** 12 + 65536 - 2 ** 12}'
-  assert f'coordinator at {coordinator} (slurm start)' in (
-      tmp_path / 'task_0.err').read_text()
-  calls = (tmp_path / 'calls').read_text().splitlines()
-  assert calls[0].startswith('srun --kill-on-bad-exit=1 --gpu-bind=none ')
-  assert calls[1:] == [f'scancel --signal=TERM {job_id}',
-                       f'scontrol requeue {job_id}']
-
-  env['SLURM_RESTART_COUNT'] = '1'  # What SLURM sets when it requeues.
-  again = subprocess.run(args, cwd=REPO, env=env, capture_output=True,
-                         text=True, timeout=600)
-  task0 = (tmp_path / 'task_0.out').read_text()
-  assert again.returncode == 0, again.stderr[-2000:] + task0[-2000:]
-  assert 'restart 1' in again.stderr
-  assert 'resuming from' in task0 and f'at step {step}' in task0
-  assert_same_final_params(str(workdir), long_reference)
-
-
 # --- How a process starts --------------------------------------------------------
 
 SLURM_STEP = dict(SLURM_JOB_ID='1234', SLURM_STEP_NODELIST='gpu[017-020]',
@@ -375,9 +181,21 @@ SLURM_STEP = dict(SLURM_JOB_ID='1234', SLURM_STEP_NODELIST='gpu[017-020]',
       'JAX_PROCESS_ID': '3'}, {'process_id': 1},
      distributed.Start('explicit', 'h:7', 4, 1)),  # Flags win.
     ({}, {'num_processes': 1}, distributed.Start('single')),
-    # Flags or JAX_* variables win over SLURM's.
+    # Flags or JAX_* variables win over SLURM's, and inside srun they get
+    # the GPUs a SLURM start would give (never JAX's detection: one GPU).
     (dict(SLURM_STEP, JAX_COORDINATOR_ADDRESS='h:7', JAX_NUM_PROCESSES='2',
-          JAX_PROCESS_ID='0'), {}, distributed.Start('explicit', 'h:7', 2, 0)),
+          JAX_PROCESS_ID='0'), {},
+     distributed.Start('explicit', 'h:7', 2, 0, [5])),
+    (dict(SLURM_STEP, SLURM_NTASKS='4', SLURM_LOCALID='0',
+          CUDA_VISIBLE_DEVICES='0,1,2,3'),
+     {'coordinator_address': 'h:7', 'num_processes': 4, 'process_id': 2},
+     distributed.Start('explicit', 'h:7', 4, 2, [0, 1, 2, 3])),
+    (dict(SLURM_STEP, CUDA_VISIBLE_DEVICES='5'),
+     {'coordinator_address': 'h:7', 'num_processes': 32, 'process_id': 13},
+     distributed.Start('explicit', 'h:7', 32, 13, [0])),
+    (dict(SLURM_STEP, JAX_LOCAL_DEVICE_IDS='0,1'),
+     {'coordinator_address': 'h:7', 'num_processes': 32, 'process_id': 13},
+     distributed.Start('explicit', 'h:7', 32, 13, None)),
     # srun: 8 tasks on each of 4 nodes, every GPU visible: task i -> GPU i.
     (SLURM_STEP, {}, distributed.Start('slurm', 'gpu017:62674', 32, 13, [5])),
     (dict(SLURM_STEP, CUDA_VISIBLE_DEVICES='0,1,2,3,4,5,6,7'), {},
@@ -400,10 +218,44 @@ SLURM_STEP = dict(SLURM_JOB_ID='1234', SLURM_STEP_NODELIST='gpu[017-020]',
     (dict(SLURM_STEP, JAX_COORDINATOR_PORT='5555'), {},
      distributed.Start('slurm', 'gpu017:5555', 32, 13, [5])),
 ], ids=['nothing', 'jax-env', 'flag-wins', 'one-process', 'jax-env-in-slurm',
-        'slurm', 'slurm-all-visible', 'slurm-bound', 'task-per-node',
+        'flags-in-srun-task-per-node', 'flags-in-srun-bound',
+        'flags-in-srun-user-device-ids', 'slurm', 'slurm-all-visible', 'slurm-bound', 'task-per-node',
         'task-per-node-visible', 'srun-pty', 'user-device-ids', 'slurm-port'])
 def test_plan_start(environ, flags, want):
   assert distributed.plan_start(environ=environ, **flags) == want
+
+
+def test_start_by_hand_gives_jax_everything_and_no_detection(monkeypatch):
+  """An explicit start passes every argument and turns JAX's cluster
+  detection off (else its SLURM detector pins one GPU per task, and its
+  Kubernetes one wants a package not installed); the timeouts are the ones
+  asked for, under JAX 0.10's argument names."""
+  calls = []
+  def initialize(**kwargs):
+    calls.append(kwargs)
+  initialize.__signature__ = inspect.signature(jax.distributed.initialize)
+  monkeypatch.setattr(jax.distributed, 'initialize', initialize)
+  distributed._join(distributed.Start('explicit', 'h:7', 2, 0, [5]),
+                    distributed.Timeouts(start=30, heartbeat=20, shutdown=40))
+  assert calls == [dict(
+      coordinator_address='h:7', num_processes=2, process_id=0,
+      local_device_ids=[5], cluster_detection_method='deactivate',
+      initialization_timeout=30, heartbeat_timeout_seconds=20,
+      shutdown_timeout_seconds=40)]
+
+
+def test_timeouts_follow_the_installed_jax():
+  """JAX 0.10.2 (installed) takes all three; a JAX without one gets the
+  others only rather than a TypeError at start."""
+  timeouts = distributed.Timeouts(start=30, heartbeat=20, shutdown=40)
+  assert distributed.timeout_kwargs(timeouts) == {
+      'initialization_timeout': 30, 'heartbeat_timeout_seconds': 20,
+      'shutdown_timeout_seconds': 40}
+  def older(coordinator_address=None, initialization_timeout=300):
+    del coordinator_address, initialization_timeout
+  assert distributed.timeout_kwargs(timeouts, older) == {
+      'initialization_timeout': 30}
+  assert timeouts.lost_after() == 10
 
 
 @pytest.mark.parametrize('environ, flags, message', [

@@ -1,12 +1,10 @@
-"""launch/tpu_vm.sh: the exact gcloud commands its dry run prints, one-line
-errors on bad input, what it does against each TPU VM / queued resource state
-and training outcome (a fake gcloud on PATH, tests/fake_gcloud/gcloud.py), and
-the remote command that stops leftover training processes (run here, against
-a real process)."""
+"""launch/tpu_vm.sh: the exact commands its dry run prints, its help, one-line
+errors on bad input, and the remote command that stops training processes
+(run here, against a real process). What it does against each TPU VM state
+and training outcome: test_launch_tpu_cloud.py; runs on real (fake) workers:
+test_launch_tpu_runs.py."""
 
-import json
 import os
-import pathlib
 import shlex
 import signal
 import subprocess
@@ -17,35 +15,24 @@ import pytest
 
 from tests.test_launch import BASH, REPO, TPU, assert_one_error_line
 from tests.test_launch import commands, option, run
-
-FAKE_GCLOUD = pathlib.Path(__file__).resolve().parent / 'fake_gcloud' / 'gcloud.py'
+from tests.tpu_fakes import TPU_ARGS, kind
 
 
 # --- dry runs ----------------------------------------------------------------
 
-TPU_ARGS = ('--workdir=gs://bucket/runs/a1', '--tfds-data-dir', 'gs://bucket/tfds')
-
-
-def kind(argv):
-  """What a gcloud call (argv after `gcloud`) is, in this launcher's terms."""
-  group, verb = argv[2], argv[3]
-  if group == 'queued-resources':
-    return 'qr-' + verb
-  if verb == 'ssh':
-    command = option(argv, '--command')
-    if ' -m alexnet_jax.main ' in command:
-      return 'train'
-    if 'pgrep' in command:
-      return 'stop'
-    assert 'pip install' in command, command
-    return 'install'
-  return verb
-
 
 def dry_gcloud(*args, bare_path):
+  """The gcloud calls of a dry run, the decision-log uploads left out."""
   result = run(TPU, '--dry-run', *args, env={'PATH': bare_path})
   assert result.returncode == 0, result.stderr
-  return [a[1:] for a in commands(result.stdout) if a[0] == 'gcloud']
+  return [a[1:] for a in commands(result.stdout)
+          if a[0] == 'gcloud' and a[1] != 'storage']
+
+
+def remote(argv):
+  """A remote command's words, and where alexnet_jax.main is among them."""
+  words = shlex.split(option(argv, '--command'))
+  return words, words.index('alexnet_jax.main')
 
 
 def test_tpu_dry_run_commands(bare_path):
@@ -54,16 +41,15 @@ def test_tpu_dry_run_commands(bare_path):
                env={'PATH': bare_path})
   assert result.returncode == 0, result.stderr
   argvs = commands(result.stdout)
-  gcloud = [a for a in argvs if a[0] == 'gcloud']
-  assert [a[1:5] for a in gcloud] == [
-      ['compute', 'tpus', 'tpu-vm', verb]
-      for verb in ('describe', 'create', 'scp', 'ssh', 'ssh', 'ssh')]
+  gcloud = [a for a in argvs if a[0] == 'gcloud' and a[1] != 'storage']
   assert [kind(a[1:]) for a in gcloud] == [
-      'describe', 'create', 'scp', 'stop', 'install', 'train']
+      'describe', 'create', 'status', 'scp', 'stop', 'install', 'start',
+      'follow']
   for argv in gcloud:
+    assert argv[1:4] == ['compute', 'tpus', 'tpu-vm']
     assert '--zone=us-central2-b' in argv and '--project=proj-1' in argv
-  describe, create, scp, stop, install, train = gcloud
-  for argv in (describe, create, stop, install, train):
+  describe, create, status, scp, stop, install, start, follow = gcloud
+  for argv in (describe, create, status, stop, install, start, follow):
     assert argv[5] == 'my-tpu'
   assert option(describe, '--format') == \
       'value(state,acceleratorType,queuedResource)'
@@ -71,13 +57,14 @@ def test_tpu_dry_run_commands(bare_path):
   assert '--accelerator-type=v4-32' in create
   assert '--version=tpu-ubuntu2204-base' in create
   assert not {'--spot', '--reserved'} & set(create)
-  for argv in (scp, stop, install, train):
+  for argv in (scp, stop, install, start):
     assert '--worker=all' in argv
+  for argv in (status, follow):  # Worker 0 answers and shows the log.
+    assert '--worker=0' in argv
 
   # The tarball made first is the one copied to the workers.
-  tar = argvs[0]
-  assert tar[0] == 'tar' and str(REPO) in tar
-  assert tar[tar.index('-czf') + 1] == scp[5]
+  [tar] = [a for a in argvs if a[0] == 'tar']
+  assert str(REPO) in tar and tar[tar.index('-czf') + 1] == scp[5]
   assert '--exclude=.git' in tar
 
   # Workers get the training requirements only, not the test tools.
@@ -86,13 +73,34 @@ def test_tpu_dry_run_commands(bare_path):
   assert 'requirements.txt' not in setup and 'pytest' not in setup
   assert '-m venv' in setup
 
-  remote = shlex.split(option(train, '--command'))
-  main = remote.index('alexnet_jax.main')
-  assert remote[main - 2].endswith('/bin/python') and remote[main - 1] == '-m'
-  assert remote[main + 1:] == [
-      '--config=configs/cifar10.py', '--workdir=gs://bucket/runs/a1',
-      '--config.tfds_data_dir=gs://bucket/tfds', '--config.num_epochs=90',
-      'two words']
+  # Training starts detached on every worker, its log copied to the workdir.
+  words, main = remote(start)
+  assert words[words.index('launch/tpu_worker.sh'):][:4] == [
+      'launch/tpu_worker.sh', 'start',
+      '--copy-log-to=gs://bucket/runs/a1/logs/', '--copy-every=60']
+  assert words[main - 2].endswith('/bin/python') and words[main - 1] == '-m'
+  main_args = ['--config=configs/cifar10.py', '--workdir=gs://bucket/runs/a1',
+               '--config.tfds_data_dir=gs://bucket/tfds',
+               '--config.num_epochs=90', 'two words']
+  assert words[main + 1:] == main_args
+  # The same command is what `status` compares with what runs.
+  words, main = remote(status)
+  assert words[main - 2:] == remote(start)[0][remote(start)[1] - 2:]
+  assert 'tpu_worker.sh follow' in option(follow, '--command')
+
+
+def test_tpu_dry_run_shows_the_decision_log_uploads(bare_path):
+  """Every decision is also copied into the workdir, and the log there is
+  read first so that the copy keeps what earlier launchers decided."""
+  result = run(TPU, '--dry-run', *TPU_ARGS, env={'PATH': bare_path})
+  argvs = commands(result.stdout)
+  storage = [a for a in argvs if a[:3] == ['gcloud', 'storage', 'cp']]
+  assert argvs[0][:3] == ['gcloud', 'storage', 'cat']
+  assert argvs[0][3] == 'gs://bucket/runs/a1/logs/launcher.log'
+  decisions = [l for l in result.stderr.splitlines()
+               if l.startswith('tpu_vm.sh: ')]
+  assert len(storage) == len(decisions) >= 2
+  assert all(a[-1] == 'gs://bucket/runs/a1/logs/launcher.log' for a in storage)
 
 
 def test_tpu_options_override_defaults(bare_path):
@@ -101,15 +109,17 @@ def test_tpu_options_override_defaults(bare_path):
                '--config=configs/cifar10_227.py', *TPU_ARGS,
                env={'PATH': bare_path})
   assert result.returncode == 0, result.stderr
-  gcloud = [a for a in commands(result.stdout) if a[0] == 'gcloud']
+  gcloud = [a for a in commands(result.stdout)
+            if a[0] == 'gcloud' and a[1] != 'storage']
   create = gcloud[1]
   assert create[5] == 'alexnet-jax'
   assert '--accelerator-type=v5litepod-16' in create
   assert '--version=v2-alpha-tpuv5-lite' in create
   assert all('--zone=europe-west4-a' in a for a in gcloud)
   assert not any(x.startswith('--project') for a in gcloud for x in a)
+  [start] = [a for a in gcloud if kind(a[1:]) == 'start']
   assert '--config=configs/cifar10_227.py' in shlex.split(
-      option(gcloud[-1], '--command'))
+      option(start, '--command'))
 
 
 # Google's "TPU software versions" table (cloud.google.com/tpu/docs/runtimes).
@@ -147,8 +157,8 @@ def test_tpu_dry_run_queued(bare_path):
                       '--name=q-tpu', '--accelerator-type=v5p-8',
                       '--project=proj-1', *TPU_ARGS, bare_path=bare_path)
   assert [kind(a) for a in gcloud] == [
-      'describe', 'qr-describe', 'qr-create', 'qr-describe', 'scp', 'stop',
-      'install', 'train']
+      'describe', 'qr-describe', 'qr-create', 'qr-describe', 'status', 'scp',
+      'stop', 'install', 'start', 'follow']
   create = gcloud[2]
   assert create[:5] == ['compute', 'tpus', 'queued-resources', 'create', 'q-tpu']
   for flag in ('--node-id=q-tpu', '--accelerator-type=v5p-8',
@@ -225,6 +235,23 @@ TPU_BAD_INPUT = {
                      '--valid-until-duration must be a gcloud duration'),
     'switch-with-value': ((*TPU_ARGS, '--queued=yes'),
                           '--queued takes no value'),
+    'local-data-dir': (('--workdir=gs://bucket/run', '--data-dir=/data/cifar'),
+                       '--data-dir must be a gs:// path'),
+    'local-data-dir-after-dashes': (
+        (*TPU_ARGS, '--', '--config.data_dir=/home/me/cifar'),
+        "--config.data_dir must be a gs:// path (every TPU host reads it; a "
+        "worker's disk is its own), got: /home/me/cifar"),
+    'bad-retry-for': ((*TPU_ARGS, '--retry-for=soon'),
+                      '--retry-for must be a duration such as 90m, 24h'),
+    'bad-window': ((*TPU_ARGS, '--restart-window=1w'),
+                   '--restart-window must be a duration'),
+    'zero-window': ((*TPU_ARGS, '--restart-window=0'),
+                    '--restart-window must be longer than 0'),
+    'two-modes': (('--attach', '--stop'), '--attach and --stop exclude each other'),
+    'args-when-attaching': (('--attach', '--', '--config.seed=1'),
+                            'arguments after -- are for starting a run, not --attach'),
+    'attach-local-workdir': (('--logs', '--workdir=/tmp/w'),
+                             '--workdir must be a gs:// path'),
 }
 
 
@@ -244,286 +271,25 @@ def test_tpu_unknown_family_error_lists_known_ones(bare_path):
     assert family in result.stderr
 
 
-def test_tpu_bad_poll_seconds(bare_path):
+@pytest.mark.parametrize('var', ['TPU_POLL_SECONDS', 'TPU_RETRY_SECONDS',
+                                 'TPU_LOG_COPY_SECONDS'])
+def test_tpu_bad_seconds_variable(bare_path, var):
   assert_one_error_line(run(TPU, '--dry-run', *TPU_ARGS,
-                            env={'PATH': bare_path, 'TPU_POLL_SECONDS': 'soon'}),
-                        'TPU_POLL_SECONDS must be a non-negative integer')
+                            env={'PATH': bare_path, var: 'soon'}),
+                        f'{var} must be a non-negative integer, got: soon')
 
 
-# --- real runs against a fake gcloud -----------------------------------------
-
-
-class FakeCloud:
-  """A fake `gcloud` on PATH, its simulated world and its call log."""
-
-  def __init__(self, tmp_path):
-    self.bin = tmp_path / 'fakebin'
-    self.bin.mkdir()
-    gcloud = self.bin / 'gcloud'
-    gcloud.write_text(
-        f'#!/bin/sh\nexec {shlex.quote(sys.executable)} '
-        f'{shlex.quote(str(FAKE_GCLOUD))} "$@"\n')
-    gcloud.chmod(0o755)
-    self.state = tmp_path / 'world.json'
-    self.log = tmp_path / 'calls.jsonl'
-
-  def launch(self, *args, world=None, max_restarts=None):
-    self.state.write_text(json.dumps(world or {}))
-    self.log.write_text('')
-    env = dict(os.environ, PATH=f'{self.bin}{os.pathsep}{os.environ["PATH"]}',
-               TPU_POLL_SECONDS='0', FAKE_GCLOUD_LOG=str(self.log),
-               FAKE_GCLOUD_STATE=str(self.state))
-    extra = () if max_restarts is None else (f'--max-restarts={max_restarts}',)
-    result = subprocess.run(
-        [BASH, str(TPU), '--name=my-tpu', *extra, *args, *TPU_ARGS, '--',
-         '--config.num_epochs=2'],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
-    self.calls = [json.loads(line) for line in
-                  self.log.read_text().splitlines()]
-    return result
-
-  def kinds(self):
-    return [kind(c) for c in self.calls]
-
-  def world(self):
-    return json.loads(self.state.read_text())
-
-  def of(self, what):
-    return [c for c in self.calls if kind(c) == what]
-
-
-@pytest.fixture
-def cloud(tmp_path):
-  return FakeCloud(tmp_path)
-
-
-SETUP_AND_TRAIN = ['scp', 'stop', 'install', 'train']
-
-
-def node(state, accelerator='v4-32', qr=''):
-  return {'node': {'state': state, 'type': accelerator, 'qr': qr}}
-
-
-def restart_lines(stderr):
-  return [l for l in stderr.splitlines() if l.startswith('tpu_vm.sh: restart ')]
-
-
-def test_fresh_create(cloud):
-  result = cloud.launch('--accelerator-type=v6e-8')
-  assert result.returncode == 0, result.stderr
-  assert result.stdout == ''
-  assert cloud.kinds() == ['describe', 'create', *SETUP_AND_TRAIN]
-  [create] = cloud.of('create')
-  assert create[4] == 'my-tpu'
-  assert '--accelerator-type=v6e-8' in create
-  assert '--version=v2-alpha-tpuv6e' in create
-  for call in cloud.calls[2:]:
-    assert '--worker=all' in call
-  [install] = cloud.of('install')
-  setup = option(install, '--command')
-  assert 'requirements-train.txt' in setup and 'pytest' not in setup
-  assert 'requirements.txt' not in setup
-  assert cloud.world()['node']['state'] == 'READY'
-
-
-def test_ready_node_of_same_type_is_reused(cloud):
-  result = cloud.launch(world=node('READY'))
-  assert result.returncode == 0, result.stderr
-  assert cloud.kinds() == ['describe', *SETUP_AND_TRAIN]
-
-
-@pytest.mark.parametrize('state', ['READY', 'PREEMPTED'])
-def test_node_of_another_type_is_an_error(cloud, state):
-  result = cloud.launch('--accelerator-type=v4-32',
-                        world=node(state, accelerator='v5p-8'))
-  assert result.returncode == 2
-  assert result.stdout == ''
-  errors = [l for l in result.stderr.splitlines() if l.startswith('error:')]
-  assert len(errors) == 1 and result.stderr.splitlines()[-1] == errors[0]
-  assert 'v5p-8' in errors[0] and 'v4-32' in errors[0]
-  assert 'delete' in errors[0] and '--name' in errors[0]
-  assert cloud.kinds() == ['describe']  # nothing deleted, created or run
-  assert cloud.world()['node']['type'] == 'v5p-8'
-
-
-def test_queued_node_of_another_type_names_its_queued_resource(cloud):
-  world = node('READY', accelerator='v6e-8',
-               qr='projects/p/locations/z/queuedResources/their-qr')
-  result = cloud.launch('--queued', world=world)
-  assert result.returncode == 2
-  assert 'queued-resources delete their-qr' in result.stderr.splitlines()[-1]
-  assert cloud.kinds() == ['describe']
-
-
-@pytest.mark.parametrize('state', ['PREEMPTED', 'TERMINATED'])
-def test_preempted_node_is_deleted_and_created_again(cloud, state):
-  result = cloud.launch(world=node(state))
-  assert result.returncode == 0, result.stderr
-  assert cloud.kinds() == ['describe', 'delete', 'describe', 'create',
-                           *SETUP_AND_TRAIN]
-  [delete] = cloud.of('delete')
-  assert delete[4] == 'my-tpu' and '--quiet' in delete
-
-
-def test_preempted_node_from_queued_resource_goes_with_it(cloud):
-  world = node('PREEMPTED', qr='projects/p/locations/z/queuedResources/my-tpu')
-  world['qr'] = {'name': 'my-tpu', 'node': 'my-tpu', 'type': 'v4-32',
-                 'states': ['SUSPENDED']}
-  result = cloud.launch('--queued', world=world)
-  assert result.returncode == 0, result.stderr
-  assert cloud.kinds() == [
-      'describe', 'qr-delete', 'describe', 'qr-describe', 'qr-create',
-      'qr-describe', 'describe', *SETUP_AND_TRAIN]
-  [delete] = cloud.of('qr-delete')
-  assert delete[4] == 'my-tpu' and '--force' in delete and '--quiet' in delete
-
-
-def test_stopped_node_is_started(cloud):
-  result = cloud.launch(world=node('STOPPED'))
-  assert result.returncode == 0, result.stderr
-  assert cloud.kinds() == ['describe', 'start', 'describe', *SETUP_AND_TRAIN]
-  assert cloud.of('start')[0][4] == 'my-tpu'
-
-
-def test_node_in_transition_is_waited_for(cloud):
-  world = dict(node('READY'), node_states=['CREATING', 'STARTING'])
-  result = cloud.launch(world=world)
-  assert result.returncode == 0, result.stderr
-  assert cloud.kinds() == ['describe'] * 3 + SETUP_AND_TRAIN
-  assert 'CREATING' in result.stderr and 'STARTING' in result.stderr
-
-
-def test_queued_resource_is_polled_until_active(cloud):
-  world = {'qr_states': ['WAITING_FOR_RESOURCES', 'WAITING_FOR_RESOURCES',
-                         'ACTIVE']}
-  result = cloud.launch('--queued', '--spot', '--accelerator-type=v5litepod-16',
-                        world=world)
-  assert result.returncode == 0, result.stderr
-  assert cloud.kinds() == [
-      'describe', 'qr-describe', 'qr-create', 'qr-describe', 'qr-describe',
-      'qr-describe', 'describe', *SETUP_AND_TRAIN]
-  [create] = cloud.of('qr-create')
-  assert create[4] == 'my-tpu'
-  for flag in ('--node-id=my-tpu', '--accelerator-type=v5litepod-16',
-               '--runtime-version=v2-alpha-tpuv5-lite', '--spot'):
-    assert flag in create
-  progress = [l for l in result.stderr.splitlines()
-              if 'WAITING_FOR_RESOURCES' in l]
-  assert len(progress) == 2
-  assert cloud.world()['node']['qr'].endswith('/my-tpu')
-
-
-@pytest.mark.parametrize('state', ['FAILED', 'SUSPENDED'])
-def test_queued_resource_that_fails_stops_the_launch(cloud, state):
-  result = cloud.launch('--queued', world={
-      'qr_states': ['WAITING_FOR_RESOURCES', state]})
-  assert result.returncode == 1
-  assert result.stderr.splitlines()[-1].startswith('error: ')
-  assert state in result.stderr.splitlines()[-1]
-  assert cloud.kinds() == ['describe', 'qr-describe', 'qr-create',
-                           'qr-describe', 'qr-describe']
-
-
-def test_existing_queued_resource_is_waited_for_not_requested_again(cloud):
-  # A previous launch was interrupted while its request waited in the queue.
-  world = {'qr': {'name': 'my-tpu', 'node': 'my-tpu', 'type': 'v4-32',
-                  'states': ['PROVISIONING', 'ACTIVE']}}
-  result = cloud.launch('--queued', world=world)
-  assert result.returncode == 0, result.stderr
-  assert cloud.kinds() == ['describe', 'qr-describe', 'qr-describe',
-                           'describe', *SETUP_AND_TRAIN]
-  assert not cloud.of('qr-create')
-
-
-def test_failed_queued_resource_is_requested_again(cloud):
-  world = {'qr': {'name': 'my-tpu', 'node': 'my-tpu', 'type': 'v4-32',
-                  'states': ['FAILED']}}
-  result = cloud.launch('--queued', world=world)
-  assert result.returncode == 0, result.stderr
-  assert cloud.kinds() == ['describe', 'qr-describe', 'qr-delete', 'qr-create',
-                           'qr-describe', 'describe', *SETUP_AND_TRAIN]
-  assert '--force' not in cloud.of('qr-delete')[0]
-
-
-def test_preempted_during_training_recreates_and_resumes(cloud):
-  world = {'train': [{'rc': 255, 'node_state': 'PREEMPTED'}]}
-  result = cloud.launch(world=world)
-  assert result.returncode == 0, result.stderr
-  assert cloud.kinds() == [
-      'describe', 'create', *SETUP_AND_TRAIN,
-      'describe',                                   # why did training fail?
-      'describe', 'delete', 'describe', 'create', *SETUP_AND_TRAIN]
-  first, second = cloud.of('train')
-  assert first == second  # same command: it resumes from the workdir
-  [line] = restart_lines(result.stderr)
-  assert 'restart 1/3' in line and 'PREEMPTED' in line
-
-
-def test_preempted_queued_node_is_requested_again(cloud):
-  world = {'train': [{'rc': 255, 'node_state': 'PREEMPTED'}]}
-  result = cloud.launch('--queued', world=world)
-  assert result.returncode == 0, result.stderr
-  assert cloud.kinds() == [
-      'describe', 'qr-describe', 'qr-create', 'qr-describe', 'describe',
-      *SETUP_AND_TRAIN,
-      'describe', 'describe', 'qr-delete', 'describe', 'qr-describe',
-      'qr-create', 'qr-describe', 'describe', *SETUP_AND_TRAIN]
-  assert '--force' in cloud.of('qr-delete')[0]
-  assert len(restart_lines(result.stderr)) == 1
-
-
-def test_vanished_node_is_created_again(cloud):
-  result = cloud.launch(world={'train': [{'rc': 255, 'node_state': None}]})
-  assert result.returncode == 0, result.stderr
-  assert cloud.kinds() == ['describe', 'create', *SETUP_AND_TRAIN,
-                           'describe', 'describe', 'create', *SETUP_AND_TRAIN]
-  [line] = restart_lines(result.stderr)
-  assert 'gone' in line
-
-
-def test_lost_ssh_on_ready_node_reruns_training(cloud):
-  result = cloud.launch(world=dict(node('READY'), train=[255]))
-  assert result.returncode == 0, result.stderr
-  assert cloud.kinds() == ['describe', *SETUP_AND_TRAIN,
-                           'describe', 'stop', 'train']
-  first, second = cloud.of('train')
-  assert first == second
-  [line] = restart_lines(result.stderr)
-  assert '255' in line
-
-
-def test_usage_error_in_training_is_not_restarted(cloud):
-  result = cloud.launch(world=dict(node('READY'), train=[2]))
-  assert result.returncode == 2
-  assert cloud.kinds() == ['describe', *SETUP_AND_TRAIN]
-  assert not restart_lines(result.stderr)
-
-
-def test_training_failure_on_ready_node_is_not_restarted(cloud):
-  result = cloud.launch(world=dict(node('READY'), train=[1]))
-  assert result.returncode == 1
-  assert cloud.kinds() == ['describe', *SETUP_AND_TRAIN, 'describe']
-  assert not restart_lines(result.stderr)
-
-
-def test_max_restarts_zero_disables_restarts(cloud):
-  world = dict(node('READY'), train=[{'rc': 255, 'node_state': 'PREEMPTED'}])
-  result = cloud.launch(world=world, max_restarts=0)
-  assert result.returncode == 255
-  assert cloud.kinds() == ['describe', *SETUP_AND_TRAIN]
-  assert not restart_lines(result.stderr)
-
-
-def test_restarts_run_out(cloud):
-  preempted = {'rc': 255, 'node_state': 'PREEMPTED'}
-  world = dict(node('READY'), train=[preempted] * 3)
-  result = cloud.launch(world=world, max_restarts=2)
-  assert result.returncode == 255
-  assert len(cloud.of('train')) == 3
-  lines = restart_lines(result.stderr)
-  assert [l.split(':')[1].strip() for l in lines] == [
-      'restart 1/2', 'restart 2/2']
-  assert 'no restarts left' in result.stderr.splitlines()[-1]
+@pytest.mark.parametrize('mode, kinds', [
+    ('--attach', ['describe', 'follow']),
+    ('--logs', ['describe', 'logs']),
+    ('--stop', ['describe', 'stopped']),
+])
+def test_tpu_dry_run_of_the_other_modes(bare_path, mode, kinds):
+  """--attach, --logs and --stop need only the VM's name and zone."""
+  gcloud = dry_gcloud(mode, '--name=my-tpu', bare_path=bare_path)
+  assert [kind(a) for a in gcloud] == kinds
+  assert '--worker=all' in gcloud[-1] if mode == '--stop' else \
+      '--worker=0' in gcloud[-1]
 
 
 # --- the remote command that stops leftover training processes ---------------
@@ -563,6 +329,16 @@ def stop_command(grace, bare_path):
   return option(stop, '--command')
 
 
+def test_stop_mode_marks_the_run_then_stops_it(bare_path):
+  """--stop leaves the mark that makes `follow` say "stopped on purpose",
+  then runs the same stopping command."""
+  [call] = dry_gcloud('--stop', bare_path=bare_path)[-1:]
+  command = option(call, '--command')
+  marker, rest = command.split('; ', 1)
+  assert 'tpu_worker.sh stopped' in marker
+  assert rest == stop_command(120, bare_path)
+
+
 def start_dummy(home, out, ignore_term=False):
   out.mkdir()
   env = dict(os.environ, HOME=str(home), DUMMY_OUT=str(out))
@@ -597,7 +373,7 @@ def test_stop_leftovers_sigterm_then_sigkill(worker_home, tmp_path, bare_path,
   try:
     result = run_stop(stop_command(1, bare_path), worker_home)
     assert result.returncode == 0, result.stderr
-    assert 'stopping leftover training processes' in result.stderr
+    assert 'stopping training processes' in result.stderr
     assert (out / 'sigterm').exists()  # SIGTERM first: a checkpoint is saved
     # Gone when the command returns (reaping the zombie is our job here).
     status = proc.wait(timeout=5)

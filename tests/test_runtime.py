@@ -1,13 +1,17 @@
 """The runtime pieces on their own, in this process (fast): how a signal
-becomes a stop request, and the checkpoint save cadence orbax decides."""
+becomes a stop request, the checkpoint save cadence orbax decides, the
+lost-process watchdog's verdicts, and C-level signal handlers."""
 
 import os
 import signal
+import time
 
 import jax.numpy as jnp
 import pytest
 
 from alexnet_jax.runtime import checkpoints
+from alexnet_jax.runtime import csignals
+from alexnet_jax.runtime import liveness
 from alexnet_jax.runtime import preemption
 
 
@@ -37,3 +41,114 @@ def test_save_cadence_is_orbaxs_policy(tmp_path):
   finally:
     ckpt.close()
   assert checkpoints.saved_steps(str(tmp_path)) == [8]
+
+
+# --- The lost-process watchdog (runtime/liveness.py) ---------------------------
+
+
+class Store:
+  """JAX's distributed key-value store, as far as the watchdog uses it."""
+
+  def __init__(self):
+    self.values, self.fail = {}, None
+
+  def key_value_set(self, key, value, allow_overwrite=False):
+    assert allow_overwrite
+    if self.fail:
+      raise self.fail
+    self.values[key] = value
+
+  def key_value_dir_get(self, prefix):
+    if self.fail:
+      raise self.fail
+    return [(k, v) for k, v in self.values.items() if k.startswith(prefix)]
+
+
+def watchdog_of_process_0(store, clock):
+  return liveness.Watchdog(store, 0, 3, lost_after=30, interval=3,
+                           clock=lambda: clock[0])
+
+
+def beat(store, process, value):
+  store.values[f'{liveness.PREFIX}{process}'] = value
+
+
+def test_a_silent_process_is_lost_after_lost_after_seconds():
+  store, clock = Store(), [0.0]
+  dog = watchdog_of_process_0(store, clock)
+  for t in range(0, 40, 3):
+    clock[0] = t
+    beat(store, 1, f'beat {t}')  # Process 1 goes on; process 2 never beats.
+    verdict = dog.poll()
+    if t < 30:
+      assert verdict is None, t
+  assert verdict.startswith('error: process 2 of 3 was lost: no sign of life '
+                            'for 39 s')
+  assert 'process 0 stops too (exit status 75)' in verdict
+  assert store.values[f'{liveness.PREFIX}0'] == 'beat 14'
+
+
+def test_done_is_never_lost_and_an_exit_is_named_after_a_grace():
+  store, clock = Store(), [0.0]
+  dog = watchdog_of_process_0(store, clock)
+  beat(store, 1, 'done')
+  beat(store, 2, 'exited: error: data_dir is missing')
+  assert dog.poll() is None
+  clock[0] = liveness.EXITED_GRACE - 1
+  assert dog.poll() is None  # It usually says so itself first.
+  clock[0] = 100
+  verdict = dog.poll()
+  assert verdict.startswith('error: process 2 of 3 stopped (error: data_dir '
+                            'is missing) while this one was still running')
+
+
+def test_losing_the_store_is_losing_the_coordinator():
+  store, clock = Store(), [0.0]
+  dog = watchdog_of_process_0(store, clock)
+  store.fail = RuntimeError('UNAVAILABLE: Socket closed')
+  assert dog.poll() is None
+  clock[0] = 31
+  verdict = dog.poll()
+  assert verdict.startswith('error: lost contact with the coordinator (process '
+                            '0 of 3')
+  assert 'UNAVAILABLE: Socket closed' in verdict
+
+
+def test_the_final_word_is_not_overwritten_by_a_beat():
+  store, clock = Store(), [0.0]
+  dog = watchdog_of_process_0(store, clock)
+  dog.poll()
+  dog.finish('done')
+  assert dog.poll() is None and not dog.judging()
+  assert store.values[f'{liveness.PREFIX}0'] == 'done'
+
+
+def test_the_watchdog_thread_delivers_the_verdict():
+  store, verdicts = Store(), []
+  dog = liveness.Watchdog(store, 1, 2, lost_after=0.3, interval=0.05,
+                          on_lost=verdicts.append).start()
+  deadline = time.monotonic() + 10
+  while not verdicts and time.monotonic() < deadline:
+    time.sleep(0.05)
+  assert verdicts and verdicts[0].startswith('error: process 0 of 2 was lost')
+  dog.finish('done')
+
+
+def test_a_c_signal_handler_is_called_and_put_back():
+  """csignals: a C-level hook runs at once; CHandler reads it back, calls it
+  and reinstalls it after Python's handler replaced it (what preemption.py
+  does with XLA's SIGTERM notifier)."""
+  seen = []
+  before = signal.getsignal(signal.SIGUSR2)
+  try:
+    assert csignals.install_hook(signal.SIGUSR2, seen.append)
+    saved = csignals.CHandler.current(signal.SIGUSR2)
+    saved.call()
+    assert seen == [signal.SIGUSR2]
+    signal.signal(signal.SIGUSR2, lambda *_: seen.append('python'))
+    saved.reinstall()
+    os.kill(os.getpid(), signal.SIGUSR2)
+    assert seen == [signal.SIGUSR2, signal.SIGUSR2]
+  finally:
+    signal.signal(signal.SIGUSR2, before)
+  assert csignals.CHandler.current(signal.SIGUSR2) is None  # SIG_DFL

@@ -5,13 +5,20 @@ starts: by hand (--coordinator_address/--num_processes/--process_id, or the
 JAX_* variables, which JAX itself only partly reads), under SLURM (JAX's
 reading of srun's variables, with every local GPU in use), or by JAX's own
 cluster detection (Cloud TPU, Open MPI, ...), which also tells a plain
-single-process run apart. `initialize` then calls `jax.distributed.initialize`
-and turns every way it can fail into one DistributedError line.
+single-process run apart. A start by hand inside srun gets the GPUs the SLURM
+start would give it, and never JAX's detection: a detector that half-applies
+(JAX's SLURM one pins one GPU per task; its Kubernetes one needs a package
+this project does not install) would contradict what the user said.
+`initialize` then calls `jax.distributed.initialize` with the heartbeat and
+shutdown timeouts set deliberately (they bound how long the others wait for a
+lost process: runtime/liveness.py), turns every way it can fail into one
+DistributedError line, and starts the lost-process watchdog.
 `check_shared_workdir` then makes sure every process sees the same workdir,
 since orbax checkpoints need shared storage.
 """
 
 import dataclasses
+import inspect
 import os
 import re
 import socket
@@ -23,6 +30,7 @@ import uuid
 import jax
 
 from alexnet_jax.errors import DistributedError
+from alexnet_jax.runtime import liveness
 
 # The variables the README documents for a hand-made start. JAX itself reads
 # only the first (and JAX_LOCAL_DEVICE_IDS), so the other two are read here.
@@ -89,7 +97,10 @@ def _explicit(coordinator_address, num_processes, process_id, environ):
   if address.count(':') < 1 or not address.rpartition(':')[2].isdigit():
     raise DistributedError(
         f'coordinator address {address!r} is not HOST:PORT')
-  return Start('explicit', address, num_processes, process_id)
+  # Inside srun the GPUs follow the SLURM rule; elsewhere every visible GPU
+  # (or JAX_LOCAL_DEVICE_IDS, which JAX reads itself).
+  local = _slurm_local_devices(environ) if _in_srun(environ) else None
+  return Start('explicit', address, num_processes, process_id, local)
 
 
 def _visible_gpus(environ) -> Optional[list]:
@@ -99,30 +110,41 @@ def _visible_gpus(environ) -> Optional[list]:
   return [i for i, d in enumerate(visible.split(',')) if d.strip()]
 
 
-def _slurm(environ) -> Start:
-  """JAX's SLURM mode (task i on a node drives GPU i), made to use every GPU.
+def _in_srun(environ) -> bool:
+  return all(k in environ for k in _SLURM_ENV)
 
-  One task in all (`srun --pty python ...`) is a plain single process on
-  every local GPU; one task per node drives all of that node's GPUs
-  (JAX alone would give each such task only GPU 0: jax#16788); a task that
-  SLURM bound to a single GPU (--gpus-per-task) drives that one.
+
+def _slurm_local_devices(environ) -> Optional[list]:
+  """The GPUs a task of an srun step drives: JAX's SLURM rule (task i on a
+  node drives GPU i), made to use every GPU.
+
+  One task per node drives all of that node's GPUs (JAX alone would give
+  each such task only GPU 0: jax#16788); a task that SLURM bound to a single
+  GPU (--gpus-per-task) drives that one; JAX_LOCAL_DEVICE_IDS, the user's
+  choice, is left for JAX to read (None).
   """
-  ntasks = _env_int(environ, 'SLURM_NTASKS', 1)
-  if ntasks == 1:
-    return Start('single')
+  ntasks = _env_int(environ, 'SLURM_NTASKS', 1) or 1
   nodes = (_env_int(environ, 'SLURM_STEP_NUM_NODES', 1) or
            _env_int(environ, 'SLURM_NNODES', 1) or 1)
   gpus = _visible_gpus(environ)
   if environ.get('JAX_LOCAL_DEVICE_IDS'):
-    local = None  # The user's choice; JAX reads it.
-  elif ntasks == nodes:
-    local = gpus if gpus else []
-  elif gpus is not None and len(gpus) == 1:
-    local = [0]
-  else:
-    local = [_env_int(environ, 'SLURM_LOCALID', 0)]
+    return None
+  if ntasks == nodes:
+    return gpus if gpus else []
+  if gpus is not None and len(gpus) == 1:
+    return [0]
+  return [_env_int(environ, 'SLURM_LOCALID', 0)]
+
+
+def _slurm(environ) -> Start:
+  """JAX's SLURM mode with `_slurm_local_devices`; one task in all
+  (`srun --pty python ...`) is a plain single process on every local GPU."""
+  ntasks = _env_int(environ, 'SLURM_NTASKS', 1)
+  if ntasks == 1:
+    return Start('single')
   return Start('slurm', slurm_coordinator(environ), ntasks,
-               _env_int(environ, 'SLURM_PROCID', 0), local)
+               _env_int(environ, 'SLURM_PROCID', 0),
+               _slurm_local_devices(environ))
 
 
 def slurm_coordinator(environ) -> str:
@@ -148,7 +170,7 @@ def plan_start(coordinator_address=None, num_processes=None, process_id=None,
   if (coordinator_address is not None or num_processes is not None or
       process_id is not None or any(environ.get(k) for k in _JAX_ENV)):
     return _explicit(coordinator_address, num_processes, process_id, environ)
-  if all(k in environ for k in _SLURM_ENV):
+  if _in_srun(environ):
     return _slurm(environ)
   return Start('auto')
 
@@ -175,10 +197,43 @@ def _one_line(e: BaseException) -> str:
   return ' '.join(f'{type(e).__name__}: {e}'.split())[:300]
 
 
-def _auto(timeout_seconds: int) -> bool:
+@dataclasses.dataclass(frozen=True)
+class Timeouts:
+  """How long a process waits, in seconds; the defaults are the documented ones.
+
+  `start`: for every process to reach the coordinator. `heartbeat`: JAX's
+  heartbeat timeout, after which JAX itself ends every process of a job that
+  lost one; the watchdog (runtime/liveness.py) declares a silent process lost
+  after half of it, so that its one line comes first. `shutdown`: how long a
+  process that finished waits at exit for the others to finish too (process
+  0 writes the final metrics and curves after the others are done).
+  """
+  start: int = 300
+  heartbeat: int = 60
+  shutdown: int = 300
+
+  def lost_after(self) -> float:
+    return self.heartbeat / 2
+
+
+def timeout_kwargs(timeouts: Timeouts, initialize_fn=None) -> dict:
+  """`jax.distributed.initialize`'s timeout arguments, for the JAX installed.
+
+  JAX 0.10 and 0.11 take all three; one that lacks one is not given it (it
+  keeps JAX's default) rather than failing to start.
+  """
+  params = inspect.signature(
+      initialize_fn or jax.distributed.initialize).parameters
+  wanted = {'initialization_timeout': timeouts.start,
+            'heartbeat_timeout_seconds': timeouts.heartbeat,
+            'shutdown_timeout_seconds': timeouts.shutdown}
+  return {k: v for k, v in wanted.items() if k in params}
+
+
+def _auto(timeouts: Timeouts) -> bool:
   """JAX's cluster detection; no cluster found means a single process."""
   try:
-    jax.distributed.initialize(initialization_timeout=timeout_seconds)
+    jax.distributed.initialize(**timeout_kwargs(timeouts))
     return True
   except ValueError as e:
     if 'coordinator_address' in str(e):  # No cluster found.
@@ -193,41 +248,49 @@ def _auto(timeout_seconds: int) -> bool:
       f'({detail}); to start by hand, {_HOW_BY_HAND}')
 
 
-def _join(start: Start, timeout_seconds: int):
+def _join(start: Start, timeouts: Timeouts):
   address, pid, n = start.coordinator_address, start.process_id, start.num_processes
+  wait = timeouts.start
   if pid != 0:
-    reason = _wait_for_coordinator(address, timeout_seconds)
+    reason = _wait_for_coordinator(address, wait)
     if reason:
       raise DistributedError(
           f'process {pid} could not reach the coordinator at {address} within '
-          f'{timeout_seconds} s ({reason}); start process 0 there first, or '
-          'fix --coordinator_address')
+          f'{wait} s ({reason}); start process 0 there first, or fix '
+          '--coordinator_address')
   else:
     # If the others never arrive, JAX aborts after the timeout with a C++
     # error; this line says what it was waiting for.
     print(f'process 0: coordinator at {address} ({start.how} start), waiting '
-          f'up to {timeout_seconds} s for {n} processes', file=sys.stderr,
-          flush=True)
+          f'up to {wait} s for {n} processes', file=sys.stderr, flush=True)
   try:
+    # Everything is given, so no detector may second-guess it.
     jax.distributed.initialize(
         coordinator_address=address, num_processes=n, process_id=pid,
         local_device_ids=start.local_device_ids,
-        initialization_timeout=timeout_seconds)
+        cluster_detection_method='deactivate', **timeout_kwargs(timeouts))
   except Exception as e:  # XLA runtime errors carry no stable type.
     raise DistributedError(
         f'process {pid} could not join the job through the coordinator at '
-        f'{address} within {timeout_seconds} s: {_one_line(e)}') from None
+        f'{address} within {wait} s: {_one_line(e)}') from None
 
 
 def initialize(coordinator_address=None, num_processes=None, process_id=None,
-               timeout_seconds: int = 300) -> bool:
-  """Joins the multi-process job if there is one; returns whether it did."""
+               timeouts: Timeouts = Timeouts()) -> bool:
+  """Joins the multi-process job if there is one; returns whether it did.
+
+  A joined process also starts the lost-process watchdog.
+  """
   start = plan_start(coordinator_address, num_processes, process_id)
   if start.how == 'single':
     return False
   if start.how == 'auto':
-    return _auto(timeout_seconds)
-  _join(start, timeout_seconds)
+    if not _auto(timeouts):
+      return False
+  else:
+    _join(start, timeouts)
+  if jax.process_count() > 1:
+    liveness.start(timeouts.lost_after())
   return True
 
 
