@@ -185,7 +185,8 @@ def make_garbled_archive(tmp_path):
 # (overrides of cli.cli_args, or special arguments; what the one line says)
 BAD_INPUT = [
     ({'model': 'vgg16'}, "unknown model 'vgg16'; valid: alexnet_paper, "
-     'alexnet_paper_one_tower, alexnet_bn, alexnet_torchvision, alexnet_cifar'),
+     'alexnet_paper_one_tower, alexnet_bn, alexnet_torchvision, alexnet_cifar, '
+     'alexnet_cifar_bn, alexnet_tiny'),
     ({'dataset': 'mnist'}, "unknown dataset 'mnist'; valid: cifar10, fake, "
      'image_folder, imagenet2012, imagenette'),
     ({'schedule': 'linear'}, "unknown schedule 'linear'; valid: plateau, "

@@ -207,6 +207,10 @@ AlexNetCifar = functools.partial(
 AlexNetTiny = functools.partial(
     AlexNetCifar, widths=(16, 32, 32, 32, 32), hidden=64)
 
+# The CIFAR form with AlexNet-BN's batch norm (in place of nothing: the
+# CIFAR form has no LRN): the large-batch comparison at CIFAR scale.
+AlexNetCifarBN = functools.partial(AlexNetCifar, batch_norm=True)
+
 # The tiny net with AlexNet-BN's batch norm, for tests only.
 AlexNetTinyBN = functools.partial(AlexNetTiny, batch_norm=True)
 
@@ -216,6 +220,7 @@ MODELS = {
     'alexnet_bn': AlexNetBN,
     'alexnet_torchvision': AlexNetTorchvision,
     'alexnet_cifar': AlexNetCifar,
+    'alexnet_cifar_bn': AlexNetCifarBN,
     'alexnet_tiny': AlexNetTiny,
     'alexnet_tiny_bn': AlexNetTinyBN,
 }
@@ -225,7 +230,7 @@ MODELS = {
 NATIVE_INPUT_SIZE = {
     'alexnet_paper': 227, 'alexnet_paper_one_tower': 227, 'alexnet_bn': 227,
     'alexnet_torchvision': 224, 'alexnet_cifar': 32, 'alexnet_tiny': 32,
-    'alexnet_tiny_bn': 32,
+    'alexnet_cifar_bn': 32, 'alexnet_tiny_bn': 32,
 }
 
 
