@@ -458,8 +458,9 @@ def evaluate_targets(report: dict) -> list:
   why_none = None
   if report['smoke']:
     why_none = '--smoke (tiny shapes)'
-  elif device.get('platform') != 'gpu':
-    why_none = f"not on a GPU ({device.get('platform', 'no device facts')})"
+  elif device.get('platform', (row or {}).get('device', '')[:3]) != 'gpu':
+    why_none = ('not on a GPU ('
+                f"{device.get('platform') or (row or {}).get('device', '?')})")
   out = []
   for key, what, threshold, higher in TARGETS:
     value = values[key]
