@@ -67,13 +67,13 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, step=None,
   mesh = mesh_lib.make_mesh(config.model_parallelism)
   side = config_lib.input_side(config)
   feed = feeds.make_feed(config, mesh, side)
-  step, model, params = workdir_lib.load_model(config, workdir, step,
+  step, model, variables = workdir_lib.load_model(config, workdir, step,
                                                feed.num_classes)
   config_lib.check_input_side(config, model, side)
   evaluator = evaluation.make_evaluator(config, feed, evaluation.make_logits_fn(
       config, model, feed.spec.mean, feed.spec.std, side), mesh)
   metrics = evaluation.split_metrics(evaluator(
-      jax.device_put(params, mesh_lib.replicated(mesh)), 'test'))
+      jax.device_put(variables, mesh_lib.replicated(mesh)), 'test'))
   return {'step': step, 'dataset': config.dataset, 'split': 'test',
           'examples': feed.sizes['test'], 'ten_crop': bool(config.ten_crop),
           **metrics}

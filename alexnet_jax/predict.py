@@ -54,16 +54,16 @@ def predict(workdir: str, paths, step=None, batch_size: int = 16):
   config = workdir_lib.load_config(workdir)
   prep = workdir_lib.Preprocessing.from_config(config)
   pixels = np.stack([prep.pixels(workdir_lib.open_image(p)) for p in paths])
-  step, model, params = workdir_lib.load_model(config, workdir, step)
+  step, model, variables = workdir_lib.load_model(config, workdir, step)
   names = registry.get(config.dataset).class_names(config, model.num_classes)
 
   @jax.jit
-  def logits_fn(params, x):
-    return model.apply({'params': params}, prep.normalize(x, model.dtype),
+  def logits_fn(variables, x):
+    return model.apply(variables, prep.normalize(x, model.dtype),
                        train=False).astype(np.float32)
 
   logits = np.concatenate([
-      np.asarray(logits_fn(params, pixels[i:i + batch_size]))
+      np.asarray(logits_fn(variables, pixels[i:i + batch_size]))
       for i in range(0, len(pixels), batch_size)])
   return step, names, logits
 

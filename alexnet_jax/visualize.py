@@ -44,7 +44,7 @@ EVAL_SPLITS = ('test', 'val')
 
 
 def _load(workdir: str, step=None, dataset=None, data_dir=None):
-  """(config, step, model, numpy params); `dataset`/`data_dir` override the
+  """(config, step, model, numpy variables); `dataset`/`data_dir` override the
   workdir's (converted torchvision weights know no ImageNet folder)."""
   config = workdir_lib.load_config(workdir)
   if dataset is not None:
@@ -75,7 +75,7 @@ def filters(workdir: str, out=None, step=None):
   """Draws conv1's kernels; (path written, [inspection.Tower])."""
   config, step, model, params = _load(workdir, step)
   out = _out(out, workdir, 'filters.png')
-  towers = inspection.conv1_towers(params, model.groups)
+  towers = inspection.conv1_towers(params['params'], model.groups)
   blocks = [(f'{t.title}  |  mean chroma {t.chroma.mean():.3f}',
              pictures.kernel_grid(t.kernels)) for t in towers]
   title = (f'{workdir}: {config.model}, step {step}, conv1 (each kernel '

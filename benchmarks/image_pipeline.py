@@ -11,14 +11,15 @@ and with `--workers` Grain worker processes:
   * store (jpeg) / store (raw): the store's records (decode a 256x256 JPEG,
     or nothing); the crop runs on the device, not timed here;
   * DALI CPU (`--dali`, if installed): the store decoded by DALI's CPU
-    operators on one thread and on `--workers` threads;
+    operators on one thread and on `--workers` threads; DALI GPU
+    (`--dali_gpu`): the same on GPU 0 (nvJPEG), host threads likewise;
   * tf.data (`--vs_tfdata`): the folder path's work in tf.data.
 The setups run interleaved, one stream each per repeat; prints images/s,
 medians of `--repeats` streams, and each one's factor over the folder path
 on the same number of cores.
 
   python -m benchmarks.image_pipeline [--images 512] [--workers 2] \\
-      [--dali] [--vs_tfdata] [--json]
+      [--dali] [--dali_gpu] [--vs_tfdata] [--json]
 """
 
 import argparse
@@ -74,19 +75,23 @@ def grain_stream(source, workers: int, batch: int, steps: int, seed: int,
       resize_size=256, crop_size=crop_size, workers=workers, threads=1))
 
 
-def dali_stream(root: str, threads: int, batch: int, steps: int, seed: int):
-  """The store's JPEGs decoded by DALI's CPU operators, in the project's
-  order (the records come from the same shuffle as the Grain path)."""
+def dali_stream(root: str, threads: int, batch: int, steps: int, seed: int,
+                device_id=None):
+  """The store's JPEGs decoded by DALI's CPU operators (device_id None), or
+  on GPU `device_id` (nvJPEG; the batch stays on the GPU, as training hands
+  it to JAX), in the project's order (the records come from the same
+  shuffle as the Grain path)."""
   from alexnet_jax.data import dali  # pylint: disable=g-import-not-at-top
   source = store.StoreSource(root, 'train')
-  pipe = dali._pipeline(batch, None, threads, resize=False)  # pylint: disable=protected-access
+  pipe = dali._pipeline(batch, device_id, threads, resize=False)  # pylint: disable=protected-access
   pick = streaming.TrainExample(streaming.shuffled(source, seed), source,
                                 seed, 256, 0, False)
   for step in range(steps):
     encoded = [np.frombuffer(pick.record(step * batch + j)[0]['image'],
                              np.uint8) for j in range(batch)]
     pipe.feed_input('encoded', encoded)
-    yield np.asarray(pipe.run()[0].as_tensor())
+    images = pipe.run()[0].as_tensor()  # run() returns once it is decoded.
+    yield np.asarray(images) if device_id is None else images
 
 
 def tfdata_stream(source, threads: int, batch: int, seed: int):
@@ -112,6 +117,9 @@ def setups(sources: dict, roots: dict, args, steps: int) -> dict:
     if args.dali:
       out[f'DALI CPU, {tag}'] = functools.partial(
           dali_stream, roots['jpeg'], cores, args.batch, steps)
+    if getattr(args, 'dali_gpu', False):
+      out[f'DALI GPU, {tag}'] = functools.partial(
+          dali_stream, roots['jpeg'], cores, args.batch, steps, device_id=0)
     if args.vs_tfdata:
       out[f'tf.data, {tag}'] = functools.partial(
           tfdata_stream, sources['folder'], cores, args.batch)
@@ -161,6 +169,9 @@ def main(argv=None):
                       help='also time the same augmentation in tf.data')
   parser.add_argument('--dali', action='store_true',
                       help='also time DALI\'s CPU decoder on the store')
+  parser.add_argument('--dali_gpu', action='store_true',
+                      help='also time DALI\'s GPU decoder (nvJPEG) on the '
+                      'store, on GPU 0')
   parser.add_argument('--json', action='store_true')
   args = parser.parse_args(argv)
   for name in ('batch', 'epochs', 'repeats'):
@@ -172,12 +183,12 @@ def main(argv=None):
     parser.error(f'--images {args.images} must be at least twice --batch '
                  f'{args.batch}')
   flags.FLAGS.mark_as_parsed()
-  if args.dali:
+  if args.dali or args.dali_gpu:
     try:
       import nvidia.dali  # pylint: disable=g-import-not-at-top,unused-import
     except ImportError:
-      parser.error('--dali needs NVIDIA DALI: pip install -r '
-                   'requirements-dali.txt')
+      parser.error(f'--dali{"_gpu" if args.dali_gpu else ""} needs NVIDIA '
+                   'DALI: pip install -r requirements-dali.txt')
   with tempfile.TemporaryDirectory() as root:
     folder = os.path.join(root, 'folder')
     write_jpegs(folder, args.images)

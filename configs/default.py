@@ -91,6 +91,12 @@ def get_config():
 
   # --- Optimization: SGD with momentum in the paper's update rule ---------
   # v <- momentum * v - weight_decay * lr * w - lr * g;  w <- w + v
+  # 'sgd' (the paper's), or 'lars' (large batches: each kernel's step scaled
+  # by lars_trust_coefficient * ||w|| / ||g + wd * w||, lars_eps added below;
+  # biases get neither that nor weight decay).
+  c.optimizer = 'sgd'
+  c.lars_trust_coefficient = 0.001
+  c.lars_eps = 0.0
   c.batch_size = 128  # Global, over all devices; must divide by device count.
   # Global; rounded up to a multiple of the device count; the split's last
   # batch is padded and masked, so every example counts once.
@@ -100,13 +106,15 @@ def get_config():
   c.weight_decay = 5e-4  # On conv/FC kernels; biases are not decayed.
   # 'plateau': the paper's /10 when validation error stops improving,
   # `plateau_reductions` times; 'step': x`lr_step_factor` at each of
-  # `lr_step_epochs`; 'cosine': linear warmup then cosine to 0; 'constant'.
+  # `lr_step_epochs`; 'cosine': linear warmup then cosine to 0; 'poly':
+  # linear warmup then (1 - t)^poly_power to 0 (the LARS recipe); 'constant'.
   c.schedule = 'plateau'
   c.warmup_epochs = 0.0
   c.lr_step_epochs = (30, 60, 80)
   c.lr_step_factor = 0.1
   c.plateau_patience = 5  # Evaluations without improvement before /10.
   c.plateau_reductions = 3
+  c.poly_power = 2.0
   c.label_smoothing = 0.0
 
   # --- Duration and bookkeeping -------------------------------------------

@@ -105,7 +105,9 @@ def assert_one_error_line(result, expected):
 
 def evaluate_arrays(config, model, params, images, labels, num_classes=10):
   """The trainer's evaluation (views, padded and masked batches) of host
-  arrays: {'loss', 'top1', 'top5'}."""
+  arrays: {'loss', 'top1', 'top5'}. `params` may be the model's variables
+  ({'params', 'batch_stats'})."""
+  variables = params if 'params' in params else {'params': params}
   from alexnet_jax.data import registry  # pylint: disable=g-import-not-at-top
   from alexnet_jax.runtime import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   from alexnet_jax.task import evaluation  # pylint: disable=g-import-not-at-top
@@ -114,5 +116,5 @@ def evaluate_arrays(config, model, params, images, labels, num_classes=10):
       evaluation.make_logits_fn(config, model, spec.mean, spec.std,
                                 images.shape[1]),
       config.eval_batch_size, mesh_lib.make_mesh(), num_classes)
-  return evaluation.split_metrics(evaluate(params, jax.numpy.asarray(images),
+  return evaluation.split_metrics(evaluate(variables, jax.numpy.asarray(images),
                                            jax.numpy.asarray(labels)))

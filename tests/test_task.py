@@ -115,7 +115,7 @@ def test_ten_crop_averages_the_softmax_of_the_ten_views():
   rng = np.random.default_rng(2)  # fc8 starts at zero under He init.
   params = jax.tree.map(
       lambda p: p + 0.05 * rng.standard_normal(p.shape, np.float32), params)
-  got = evaluation.make_logits_fn(config, model, MEAN, STD, 32)(params,
+  got = evaluation.make_logits_fn(config, model, MEAN, STD, 32)({'params': params},
                                                                 images)
   x = np.asarray(images, np.float64)
   corners = [(0, 0), (0, 8), (8, 0), (8, 8), (4, 4)]

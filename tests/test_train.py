@@ -7,6 +7,7 @@ kill -9, damaged checkpoints, full disks) are in test_faults.py."""
 import json
 import os
 import pickle
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -184,7 +185,8 @@ def make_garbled_archive(tmp_path):
 # (overrides of cli.cli_args, or special arguments; what the one line says)
 BAD_INPUT = [
     ({'model': 'vgg16'}, "unknown model 'vgg16'; valid: alexnet_paper, "
-     'alexnet_paper_one_tower, alexnet_torchvision, alexnet_cifar'),
+     'alexnet_paper_one_tower, alexnet_bn, alexnet_torchvision, alexnet_cifar, '
+     'alexnet_cifar_bn, alexnet_tiny'),
     ({'dataset': 'mnist'}, "unknown dataset 'mnist'; valid: cifar10, fake, "
      'image_folder, imagenet2012, imagenette'),
     ({'schedule': 'linear'}, "unknown schedule 'linear'; valid: plateau, "
@@ -423,3 +425,21 @@ def test_reporter_rewrites_metrics_only_when_something_was_written(tmp_path):
   reporter.write(2, 'train', loss=0.5)
   reporter.close()
   assert [r['step'] for r in read_jsonl(str(tmp_path))] == [1, 2]
+
+
+def test_reporter_without_tensorflow_still_writes_metrics(tmp_path, capsys,
+                                                          monkeypatch):
+  """A machine without TensorFlow (clu's writers import it): one line says
+  so; steps/s, metrics.jsonl and the console line work as always."""
+  monkeypatch.setitem(sys.modules, 'tensorflow', None)  # Import fails.
+  reporter = reporting.Reporter(str(tmp_path), total_steps=5, log_every=2)
+  assert ('TensorBoard events off: tensorflow is not installed'
+          in capsys.readouterr().out)
+  rates = [reporter.after_step(step) for step in range(1, 6)]
+  assert [r is not None for r in rates] == [False, True, False, True, True]
+  assert all(r > 0 for r in rates if r is not None)
+  reporter.write(5, 'train', loss=0.5)
+  reporter.progress(5, 1.0, 0.5, 0.25, 0.01, 123.)
+  reporter.close()
+  assert 'step 5/5 | epoch   1.00 | loss 0.5000' in capsys.readouterr().out
+  assert [r['step'] for r in read_jsonl(str(tmp_path))] == [5]

@@ -146,7 +146,8 @@ def independent_features(model, params, images):
 @pytest.fixture(scope='module')
 def features(run):
   config = workdir_lib.load_config(run)
-  _, model, params = workdir_lib.load_model(config, run)
+  _, model, variables = workdir_lib.load_model(config, run)
+  params = variables['params']
   data = in_memory.load_dataset(config)
   return (data, independent_features(model, params, data.train.images),
           independent_features(model, params, data.test.images))
@@ -181,7 +182,8 @@ def test_neighbours_match_brute_force_numpy(run, features, tmp_path):
 
 def test_confusion_trace_is_the_evaluations_top1_count(run, tmp_path):
   config = workdir_lib.load_config(run)
-  _, model, params = workdir_lib.load_model(config, run)
+  _, model, variables = workdir_lib.load_model(config, run)
+  params = variables['params']
   test = in_memory.load_dataset(config).test
   metrics = cli.evaluate_arrays(config, model, params, test.images,
                                 test.labels)
@@ -285,7 +287,8 @@ def test_streamed_neighbours_and_errors_match_independent_ones(streamed_run,
   from alexnet_jax.data import streaming  # pylint: disable=g-import-not-at-top
   workdir, root = streamed_run
   config = workdir_lib.load_config(workdir)
-  _, model, params = workdir_lib.load_model(config, workdir)
+  _, model, variables = workdir_lib.load_model(config, workdir)
+  params = variables['params']
 
   def model_input(folder):
     """The stored 40x40 squares centre-cropped to 32 by hand, standardized

@@ -66,6 +66,10 @@ class AlexNet(nn.Module):
       the paper's two-GPU net, 1 its single-tower form. conv1 and conv3 are
       always full (every tower sees all of their inputs, as in the paper).
     lrn: local response normalization after ReLU of conv1 and conv2.
+    batch_norm: AlexNet-BN (You, Gitman & Ginsburg 2017, as the authors'
+      nvcaffe `alexnet_bn` nets put it): batch normalization of the inputs of
+      conv2..conv5 (after pool1, pool2, relu3, relu4) in place of LRN, no
+      learned scale or shift, epsilon 1e-4, running averages at 0.9.
     pool_padding: padding of the overlapping 3x3/2 max-pools (0 in the paper).
     adaptive_pool: torchvision's AdaptiveAvgPool2d to this size, or None.
     hidden: width of fc6 and fc7.
@@ -82,6 +86,7 @@ class AlexNet(nn.Module):
   paddings: Sequence[int] = (0, 2, 1, 1, 1)
   groups: int = 2
   lrn: bool = True
+  batch_norm: bool = False
   pool_padding: int = 0
   adaptive_pool: Optional[int] = None
   hidden: int = 4096
@@ -130,6 +135,10 @@ class AlexNet(nn.Module):
       name = f'conv{i}'
       kinit, binit = _initializers(self.init_scheme, name)
       groups = self.groups if i in grouped else 1
+      if self.batch_norm and i >= 2:
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
+                         epsilon=1e-4, use_scale=False, use_bias=False,
+                         dtype=self.dtype, name=f'bn{i}')(x)
       x = Conv(width, k, s, p, groups, dtype=self.dtype,
                param_dtype=jnp.float32, kernel_init=kinit, bias_init=binit,
                name=name)(x)
@@ -167,6 +176,14 @@ AlexNetPaper = functools.partial(AlexNet)
 # 62,378,344 parameters.
 AlexNetPaperOneTower = functools.partial(AlexNet, groups=1)
 
+# AlexNet-BN for large batches (You, Gitman & Ginsburg 2017, with LARS): the
+# two-tower net with batch normalization where the paper had LRN and before
+# conv4/conv5 (`batch_norm`), Caffe's Gaussian init (the authors' nvcaffe
+# nets draw the same std's): 60,965,224 parameters, the paper's count (the
+# normalization learns none; its running averages are train state).
+AlexNetBN = functools.partial(AlexNet, lrn=False, batch_norm=True,
+                              init_scheme='caffe')
+
 # torchvision.models.alexnet (Krizhevsky 2014, "One weird trick"), layer for
 # layer, on 224x224x3: 61,100,840 parameters.
 AlexNetTorchvision = functools.partial(
@@ -190,19 +207,30 @@ AlexNetCifar = functools.partial(
 AlexNetTiny = functools.partial(
     AlexNetCifar, widths=(16, 32, 32, 32, 32), hidden=64)
 
+# The CIFAR form with AlexNet-BN's batch norm (in place of nothing: the
+# CIFAR form has no LRN): the large-batch comparison at CIFAR scale.
+AlexNetCifarBN = functools.partial(AlexNetCifar, batch_norm=True)
+
+# The tiny net with AlexNet-BN's batch norm, for tests only.
+AlexNetTinyBN = functools.partial(AlexNetTiny, batch_norm=True)
+
 MODELS = {
     'alexnet_paper': AlexNetPaper,
     'alexnet_paper_one_tower': AlexNetPaperOneTower,
+    'alexnet_bn': AlexNetBN,
     'alexnet_torchvision': AlexNetTorchvision,
     'alexnet_cifar': AlexNetCifar,
+    'alexnet_cifar_bn': AlexNetCifarBN,
     'alexnet_tiny': AlexNetTiny,
+    'alexnet_tiny_bn': AlexNetTinyBN,
 }
 
 # The input side each preset was built for: the crop a streaming dataset
 # (ImageNet) is cut to when config.image_size is 0.
 NATIVE_INPUT_SIZE = {
-    'alexnet_paper': 227, 'alexnet_paper_one_tower': 227,
+    'alexnet_paper': 227, 'alexnet_paper_one_tower': 227, 'alexnet_bn': 227,
     'alexnet_torchvision': 224, 'alexnet_cifar': 32, 'alexnet_tiny': 32,
+    'alexnet_cifar_bn': 32, 'alexnet_tiny_bn': 32,
 }
 
 

@@ -218,10 +218,10 @@ class _Run:
     self.ckpt.save(step, state, metrics)
     return state
 
-  def evaluate_split(self, name: str, params, step: int, record: bool = True):
+  def evaluate_split(self, name: str, state, step: int, record: bool = True):
     """{'loss', 'top1', 'top5'} of a split (logged, and recorded), and the
     on-device sums they came from."""
-    sums = self.evaluator(params, name)
+    sums = self.evaluator(state_lib.eval_variables(state), name)
     metrics = evaluation.split_metrics(sums)
     if record:
       self.reporter.write(step, name, epoch=self.durations.epoch(step),
@@ -233,7 +233,7 @@ class _Run:
 
   def validate(self, state, step: int):
     """Val metrics, the plateau schedule's input, a ranked checkpoint, curves."""
-    self.val_metrics, sums = self.evaluate_split('val', state.params, step)
+    self.val_metrics, sums = self.evaluate_split('val', state, step)
     state = state.replace(
         plateau_value=1. - sums.top1.total / sums.top1.count)
     self.save(state, step, {checkpoints.BEST_METRIC: self.val_metrics['top1']})
@@ -253,17 +253,17 @@ class _Run:
   def finish(self, state, step: int, abstract_state) -> dict:
     """Val (if not just done) and test; the best-val checkpoint's test too."""
     if self.val_metrics is None and self.feed.sizes['val']:
-      self.val_metrics, _ = self.evaluate_split('val', state.params, step)
-    test_metrics, _ = self.evaluate_split('test', state.params, step)
+      self.val_metrics, _ = self.evaluate_split('val', state, step)
+    test_metrics, _ = self.evaluate_split('test', state, step)
     self.ckpt.wait()
     best = self.ckpt.best_step()
     best_test = None
     if best == step:
       best_test = test_metrics
     elif best is not None:
-      params = self.ckpt.restore(best, abstract_state).params
+      restored = self.ckpt.restore(best, abstract_state)
       self.reporter.log(f'best val checkpoint, step {best}:')
-      best_test, _ = self.evaluate_split('test', params, best, record=False)
+      best_test, _ = self.evaluate_split('test', restored, best, record=False)
     final = {'step': step, 'val': self.val_metrics, 'test': test_metrics,
              'best_val_step': best, 'best_val_test': best_test}
     self.reporter.write_json('final_metrics.json', final)

@@ -322,9 +322,10 @@ def read_array_metadata(path: epath.Path):
   return getattr(metadata, 'tree', metadata)
 
 
-def load_params_on_host(workdir: str, step: Optional[int] = None):
-  """(step, params as numpy) of a saved train state, without its optimizer
-  state (half the bytes): what inference and fine-tuning need.
+def load_variables_on_host(workdir: str, step: Optional[int] = None):
+  """(step, {'params', ['batch_stats']} as numpy) of a saved train state,
+  without its optimizer state (half the bytes): what inference and
+  fine-tuning need.
 
   A missing workdir, no checkpoints or a step that is not there is a
   CheckpointError naming what is.
@@ -343,9 +344,10 @@ def load_params_on_host(workdir: str, step: Optional[int] = None):
   path = workdir_path(workdir) / 'checkpoints' / str(step) / 'default'
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   try:
-    target = {'params': jax.tree.map(
+    saved = read_array_metadata(path)
+    target = {key: jax.tree.map(
         lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-        read_array_metadata(path)['params'])}
+        saved[key]) for key in ('params', 'batch_stats') if saved.get(key)}
     restored = ocp.PyTreeCheckpointer().restore(
         path, args=ocp.args.PyTreeRestore(
             item=target, partial_restore=True,
@@ -353,7 +355,7 @@ def load_params_on_host(workdir: str, step: Optional[int] = None):
   except Exception as e:  # A torn or foreign step: JSON, KeyError, OS errors.
     raise CheckpointError(f'checkpoint step {step} in {path.parent.parent} '
                           f'cannot be read ({_first_line(e, 120)})') from None
-  return step, jax.device_get(restored['params'])
+  return step, jax.device_get(restored)
 
 
 def saved_params_signature(workdir: str, step: int) -> dict:

@@ -8,7 +8,9 @@ What is ours: the console line, and `metrics.jsonl`, one JSON record per
 (step, split), rewritten whole (temporary file, then rename) since object
 stores cannot append; on resume the records after the restored step are
 dropped, so the log never holds what the restored state did not do. Every
-path goes through `etils.epath`, so the workdir may be `gs://...`.
+path goes through `etils.epath`, so the workdir may be `gs://...`. Where
+TensorFlow (which clu's writers import) is not installed, the run trains all
+the same, without TensorBoard events, and says so in one line.
 """
 
 import contextlib
@@ -88,6 +90,56 @@ def _progress_action(total_steps: int, every_steps: int, writer):
                   every_steps=every_steps, every_secs=None)
 
 
+class _LogOnlyWriter:
+  """Where clu's writers cannot load (no TensorFlow): no TensorBoard events;
+  metrics.jsonl and curves.png are written as always."""
+
+  def write_scalars(self, step, scalars):
+    pass
+
+  def flush(self):
+    pass
+
+  def close(self):
+    pass
+
+
+class _StepRate:
+  """clu's ReportProgress trigger without clu: the steps/s over the window
+  closed every `every_steps` steps and at the last step (never on the first
+  call)."""
+
+  def __init__(self, total_steps: int, every_steps: int):
+    self.total_steps, self.every_steps = total_steps, every_steps
+    self.steps_per_sec = None
+    self._previous = None
+
+  def __call__(self, step: int, t: float) -> bool:
+    if self._previous is None:
+      self._previous = (step, t)
+      return False
+    due = step % self.every_steps == 0 or step == self.total_steps
+    if not due or step == self._previous[0]:
+      return False
+    self.steps_per_sec = (step - self._previous[0]) / (t - self._previous[1])
+    self._previous = (step, t)
+    return True
+
+
+def _writers(workdir, enabled: bool, total_steps: int, every_steps: int):
+  """(writer, progress action, None) from clu; without TensorFlow, which
+  clu's writers import, (log-only writer, _StepRate, the missing module)."""
+  from alexnet_jax.runtime import tf_cpu  # pylint: disable=g-import-not-at-top
+  try:
+    tf_cpu.tensorflow()  # Before clu pulls TensorFlow in: CPU only.
+    from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    return _LogOnlyWriter(), _StepRate(total_steps, every_steps), e.name
+  writer = metric_writers.create_default_writer(
+      str(workdir), just_logging=not enabled, asynchronous=True)
+  return writer, _progress_action(total_steps, every_steps, writer), None
+
+
 class Reporter:
   """The run's console, metrics.jsonl, TensorBoard, curves.png and profile."""
 
@@ -105,14 +157,15 @@ class Reporter:
       old = curves.read_records(self.workdir, missing_ok=True)
       self._records = [r for r in old if r.get('step', 0) <= resume_step]
       self._dirty = len(self._records) != len(old)
-    from alexnet_jax.runtime import tf_cpu  # pylint: disable=g-import-not-at-top
-    tf_cpu.tensorflow()  # Before clu pulls TensorFlow in: CPU only.
-    from clu import metric_writers  # pylint: disable=g-import-not-at-top
-    self._writer = metric_writers.create_default_writer(
-        str(self.workdir), just_logging=not self.enabled, asynchronous=True)
-    self._progress = _progress_action(total_steps, log_every, self._writer)
+    self._writer, self._progress, missing = _writers(
+        self.workdir, self.enabled, total_steps, log_every)
+    if missing:
+      self.log(f'TensorBoard events off: {missing} is not installed '
+               '(metrics.jsonl and curves.png are written as always)')
     self._profile = None
-    if profile_steps and self.enabled:
+    if profile_steps and self.enabled and missing:
+      self.log(f'profile_steps ignored: clu\'s profiler needs {missing}')
+    elif profile_steps and self.enabled:
       from clu import periodic_actions  # pylint: disable=g-import-not-at-top
       self._profile = periodic_actions.Profile(
           logdir=str(self.workdir), num_profile_steps=profile_steps,

@@ -72,6 +72,10 @@ _RANGES = {
     'profile_steps': (lambda v: _integer(v) and v >= 0,
                       'an integer >= 0 (0: no profile)'),
     'max_bad_fraction': (lambda v: _finite(v) and 0 <= v <= 1, 'in [0, 1]'),
+    'lars_trust_coefficient': (lambda v: _finite(v) and v > 0,
+                               'a positive finite number'),
+    'lars_eps': (lambda v: _finite(v) and v >= 0, 'a finite number >= 0'),
+    'poly_power': (lambda v: _finite(v) and v > 0, 'a positive finite number'),
 }
 INPUT_PIPELINES = ('grain', 'dali')
 DALI_DEVICES = ('gpu', 'cpu')
@@ -102,6 +106,13 @@ def _check_parallelism(config):
                       f'data_shards {shards}')
 
 
+def _check_optimizer(config):
+  if config.optimizer == 'lars' and config.schedule == 'plateau':
+    raise ConfigError("optimizer lars takes schedule poly, cosine, step or "
+                      "constant, not plateau (its reductions act on SGD's "
+                      'momentum input)')
+
+
 def _check_dataset_fields(config):
   if (config.schedule == 'plateau' and config.val_fraction == 0 and
       config.val_examples == 0):
@@ -130,6 +141,7 @@ def validate_config(config: ml_collections.ConfigDict):
   _choice(config, 'dataset', tuple(registry.DATASETS))
   _choice(config, 'input_scaling', INPUT_SCALINGS)
   _choice(config, 'schedule', optim.SCHEDULES)
+  _choice(config, 'optimizer', optim.OPTIMIZERS)
   _choice(config, 'input_pipeline', INPUT_PIPELINES)
   _choice(config, 'dali_device', DALI_DEVICES)
   _choice(config, 'init', ('',) + alexnet.INIT_SCHEMES,
@@ -141,6 +153,7 @@ def validate_config(config: ml_collections.ConfigDict):
     raise ConfigError(f'num_epochs {config.num_epochs} must be positive (or '
                       f'set num_steps > 0; it is {config.num_steps})')
   _check_parallelism(config)
+  _check_optimizer(config)
   _check_dataset_fields(config)
 
 

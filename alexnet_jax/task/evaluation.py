@@ -21,7 +21,8 @@ from alexnet_jax.runtime import mesh as mesh_lib
 from alexnet_jax.task import config as config_lib
 from alexnet_jax.task import steps
 
-# (params, uint8 images) -> log of the softmax averaged over the test views.
+# (variables, uint8 images) -> log of the softmax averaged over the test
+# views; variables = {'params', ['batch_stats']} (`state.variables`).
 LogitsFn = Callable[..., jax.Array]
 
 
@@ -43,14 +44,15 @@ def eval_views(config, images, side: int):
 
 
 def make_logits_fn(config, model, mean, std, side: int) -> LogitsFn:
-  """(params, uint8 images) -> log of the softmax averaged over the views;
-  one view gives plain log-softmax."""
+  """(variables, uint8 images) -> log of the softmax averaged over the
+  views; one view gives plain log-softmax. Batch norm uses its running
+  averages."""
   mean, std, scale = config_lib.input_transform(config, mean, std)
 
-  def logits_fn(params, images):
+  def logits_fn(variables, images):
     views = eval_views(config, images, side)
     log_probs = [jax.nn.log_softmax(model.apply(
-        {'params': params},
+        variables,
         augment.normalize(v, mean, std, side, model.dtype, scale),
         train=False).astype(jnp.float32)) for v in views]
     if len(log_probs) == 1:
@@ -98,13 +100,13 @@ def balanced_batch(n: int, eval_batch_size: int, devices: int) -> int:
 
 def scan_evaluator(logits_fn: LogitsFn, eval_batch_size: int, mesh,
                    num_classes: int):
-  """jit(params, images, labels) -> EvalMetrics over every example of
+  """jit(variables, images, labels) -> EvalMetrics over every example of
   on-device arrays, walked in equal batches (`balanced_batch`) by a scan;
   the last batch is padded (repeating the final example) and masked."""
   data_sharding = mesh_lib.batch(mesh)
 
   @jax.jit
-  def evaluate(params, images, labels):
+  def evaluate(variables, images, labels):
     n = labels.shape[0]
     batch = balanced_batch(n, eval_batch_size, mesh.size)
 
@@ -113,7 +115,7 @@ def scan_evaluator(logits_fn: LogitsFn, eval_batch_size: int, mesh,
       idx = jax.lax.with_sharding_constraint(jnp.minimum(pos, n - 1),
                                              data_sharding)
       return metrics.merge(_batch_metrics(
-          logits_fn(params, images[idx]), labels[idx], num_classes,
+          logits_fn(variables, images[idx]), labels[idx], num_classes,
           pos < n)), None
 
     return jax.lax.scan(body, EvalMetrics.empty(),
@@ -124,29 +126,30 @@ def scan_evaluator(logits_fn: LogitsFn, eval_batch_size: int, mesh,
 
 def streaming_evaluator(feed, logits_fn: LogitsFn, eval_batch_size: int,
                         mesh, num_classes: int):
-  """(params, split name) -> EvalMetrics over a streamed split: Grain's
+  """(variables, split name) -> EvalMetrics over a streamed split: Grain's
   padded batches, one jitted update each."""
   batch = -(-eval_batch_size // mesh.size) * mesh.size
 
   @jax.jit
-  def add(metrics, params, images, labels, mask):
-    return metrics.merge(_batch_metrics(logits_fn(params, images), labels,
+  def add(metrics, variables, images, labels, mask):
+    return metrics.merge(_batch_metrics(logits_fn(variables, images), labels,
                                         num_classes, mask > 0))
 
-  def evaluate(params, name):
+  def evaluate(variables, name):
     metrics = EvalMetrics.empty()
     for images, labels, mask in feed.eval_batches(name, batch):
-      metrics = add(metrics, params, images, labels, mask)
+      metrics = add(metrics, variables, images, labels, mask)
     return metrics
 
   return evaluate
 
 
 def make_evaluator(config, feed, logits_fn: LogitsFn, mesh):
-  """(params, split name) -> EvalMetrics over every example of that split."""
+  """(variables, split name) -> EvalMetrics over every example of that
+  split."""
   if feed.spec.streamed:
     return streaming_evaluator(feed, logits_fn, config.eval_batch_size, mesh,
                                feed.num_classes)
   scan = scan_evaluator(logits_fn, config.eval_batch_size, mesh,
                         feed.num_classes)
-  return lambda params, name: scan(params, *feed.eval_arrays[name])
+  return lambda variables, name: scan(variables, *feed.eval_arrays[name])

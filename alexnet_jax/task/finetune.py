@@ -52,17 +52,21 @@ def init_from(config, workdir: str, state, log=_log):
                       f'be read ({type(e).__name__}: {e})') from None
   wanted = checkpoints.tree_signature(state.params)
   keep_head = _check_shapes(source, config.model, saved, wanted)
-  _, params = checkpoints.load_params_on_host(source, step)
+  _, variables = checkpoints.load_variables_on_host(source, step)
+  params = variables['params']
   merged = {layer: (state.params[layer] if layer == HEAD and keep_head
                     else _place(params[layer], state.params[layer]))
             for layer in state.params}
+  stats = variables.get('batch_stats')  # AlexNet-BN's running averages.
+  batch_stats = (_place(stats, state.batch_stats) if stats and
+                 state.batch_stats else state.batch_stats)
   loaded = ('every layer but fc8 loaded; fc8 re-initialized '
             f'({saved["fc8/bias"][0][0]} classes there, '
             f'{wanted["fc8/bias"][0][0]} here)' if keep_head
             else 'every layer loaded')
   log(f'initialized from {source} (step {step}): {loaded}; fresh optimizer '
       'state, step 0')
-  return state.replace(params=merged)
+  return state.replace(params=merged, batch_stats=batch_stats)
 
 
 def _check_shapes(source: str, model: str, saved: dict, wanted: dict) -> bool:

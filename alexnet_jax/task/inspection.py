@@ -193,16 +193,16 @@ def sample_indices(n: int, count: Optional[int], seed: int = SAMPLE_SEED):
 
 
 def make_feature_fn(config, model, mean, std, side: int):
-  """(params, uint8 images) -> float32 [N, hidden]: fc7 after ReLU of each
+  """(variables, uint8 images) -> float32 [N, hidden]: fc7 after ReLU of each
   image's evaluation view (centre, unmirrored), normalized as evaluation
   normalizes it."""
   mean, std, scale = config_lib.input_transform(config, mean, std)
   one_view = types.SimpleNamespace(ten_crop=False, eval_flip=False)
 
-  def features(params, images):
+  def features(variables, images):
     view = evaluation.eval_views(one_view, images, side)[0]
     _, state = model.apply(
-        {'params': params},
+        variables,
         augment.normalize(view, mean, std, side, model.dtype, scale),
         train=False, mutable=['intermediates'])
     return state['intermediates']['penultimate'][0].astype(jnp.float32)
@@ -214,10 +214,12 @@ class Network:
   """A workdir's model on all devices: parameters replicated, each batch
   split over the devices (a one-axis data mesh, whatever the run used)."""
 
-  def __init__(self, config, model, params, batch_size: int):
+  def __init__(self, config, model, variables, batch_size: int):
+    """`variables`: {'params', ['batch_stats']}, as `workdir.load_model`
+    returns them."""
     self.mesh = mesh_lib.make_mesh(1)
     self.sharding = mesh_lib.batch(self.mesh)
-    self.params = jax.device_put(params, mesh_lib.replicated(self.mesh))
+    self.params = jax.device_put(variables, mesh_lib.replicated(self.mesh))
     self.batch = -(-batch_size // self.mesh.size) * self.mesh.size
     spec = registry.get(config.dataset)
     side = config_lib.input_side(config)

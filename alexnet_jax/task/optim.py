@@ -1,19 +1,27 @@
-"""SGD with momentum and weight decay in the 2012 paper's update rule.
+"""The optimizers: SGD in the 2012 paper's update rule, and LARS for large
+batches; and the learning-rate schedules.
 
-The paper (Sec. 5) updates
+SGD (`optimizer='sgd'`). The paper (Sec. 5) updates
     v <- 0.9 * v - 0.0005 * lr * w - lr * dL/dw
     w <- w + v
 i.e. momentum accumulates the *learning-rate-scaled* step. optax.sgd instead
 accumulates raw gradients and scales afterwards, which differs whenever the
 learning rate changes. The chain below is the paper's order: decay, scale by
 the (scheduled) learning rate, [plateau scale], then momentum.
+
+LARS (`optimizer='lars'`; You, Gitman & Ginsburg 2017): optax.lars, the
+same order with each layer's step scaled by its trust ratio
+eta * ||w|| / ||g + wd * w|| first. Weight decay and the trust ratio apply to
+conv/FC kernels only: optax's default applies both to biases and
+normalization parameters too, which the recipe does not.
 """
 
 import flax
 import jax
 import optax
 
-SCHEDULES = ('plateau', 'step', 'cosine', 'constant')
+SCHEDULES = ('plateau', 'step', 'cosine', 'poly', 'constant')
+OPTIMIZERS = ('sgd', 'lars')
 
 
 def learning_rate_schedule(config, durations):
@@ -23,7 +31,11 @@ def learning_rate_schedule(config, durations):
     return optax.warmup_cosine_decay_schedule(
         init_value=0., peak_value=lr, warmup_steps=warmup,
         decay_steps=max(durations.total_steps, warmup + 1), end_value=0.)
-  if config.schedule == 'step':
+  if config.schedule == 'poly':  # The LARS recipe's: to 0 at the last step.
+    main = optax.polynomial_schedule(
+        init_value=lr, end_value=0., power=config.poly_power,
+        transition_steps=max(durations.total_steps - warmup, 1))
+  elif config.schedule == 'step':
     # After warmup, join_schedules counts steps from the join.
     main = optax.piecewise_constant_schedule(
         lr, {b - warmup: config.lr_step_factor
@@ -54,6 +66,13 @@ def make_optimizer(config, durations):
   so each decision sees exactly one validation measurement.
   """
   schedule = learning_rate_schedule(config, durations)
+  if config.optimizer == 'lars':
+    return optax.lars(
+        schedule, weight_decay=config.weight_decay,
+        weight_decay_mask=_kernels_only,
+        trust_coefficient=config.lars_trust_coefficient,
+        eps=config.lars_eps, trust_ratio_mask=_kernels_only,
+        momentum=config.momentum), schedule
   steps_per_eval = durations.steps_per_eval or durations.total_steps
   chain = [
       optax.add_decayed_weights(config.weight_decay, mask=_kernels_only),

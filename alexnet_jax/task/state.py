@@ -27,10 +27,24 @@ class TrainState(train_state.TrainState):
   plateau_value: the last validation top-1 error (the plateau schedule).
   sums: train metrics summed since the last logged step, so a run resumed
     between two logs writes the same records as one never stopped.
+  batch_stats: batch normalization's running averages (AlexNet-BN; empty
+    otherwise), saved and restored with the rest.
   """
   rng: jax.Array
   plateau_value: jax.Array
   sums: dict
+  batch_stats: dict
+
+
+def variables(params, batch_stats=None) -> dict:
+  """What `model.apply` takes: the parameters, and batch norm's running
+  averages where the model has them."""
+  return {'params': params, **({'batch_stats': batch_stats}
+                               if batch_stats else {})}
+
+
+def eval_variables(state) -> dict:
+  return variables(state.params, state.batch_stats)
 
 
 def make_model(config, num_classes: int) -> alexnet.AlexNet:
@@ -46,10 +60,11 @@ def create_train_state(model, tx, image_shape, seed: int, mesh):
   def init(key):
     params_key, train_key = jax.random.split(key)
     x = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
-    params = model.init({'params': params_key}, x, train=False)['params']
-    return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
-                             rng=jax.random.key_data(train_key),
-                             plateau_value=jnp.float32(1.), sums=zero_sums())
+    initial = model.init({'params': params_key}, x, train=False)
+    return TrainState.create(apply_fn=model.apply, params=initial['params'],
+                             tx=tx, rng=jax.random.key_data(train_key),
+                             plateau_value=jnp.float32(1.), sums=zero_sums(),
+                             batch_stats=initial.get('batch_stats', {}))
 
   key = jax.random.key(seed)
   abstract = jax.eval_shape(init, key)

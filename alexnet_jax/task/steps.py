@@ -91,20 +91,25 @@ def make_train_step(config, model, num_classes, mean, std, side,
                       mean, std, crop_on_device)
 
     def loss_fn(params):
-      logits = state.apply_fn({'params': params}, x, train=True,
-                              rngs={'dropout': dropout_key})
+      # Batch statistics over the global batch: under jit, the mean over a
+      # batch sharded across devices is the mean over all of them.
+      mutable = ['batch_stats'] if state.batch_stats else False
+      out = state.apply_fn(state_lib.variables(params, state.batch_stats), x,
+                           train=True, rngs={'dropout': dropout_key},
+                           mutable=mutable)
+      logits, updated = out if mutable else (out, {})
       loss = cross_entropy(logits, labels, num_classes, config.label_smoothing)
-      return loss.mean(), logits
+      return loss.mean(), (logits, updated.get('batch_stats', {}))
 
-    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params)
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state.params)
     extra = {'value': state.plateau_value} if plateau else {}
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params,
                                          **extra)
     step = state.step + 1
     return state.replace(
         step=step, params=optax.apply_updates(state.params, updates),
-        opt_state=opt_state,
+        opt_state=opt_state, batch_stats=batch_stats,
         sums=_add_sums(state.sums, step, config.log_every_steps, loss, logits,
                        batch, num_classes))
 

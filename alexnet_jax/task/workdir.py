@@ -65,11 +65,12 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 # --- Model and weights -------------------------------------------------------
 
 
-def _check_params(params, model, side: int, where: str, name: str):
-  """Saved params must be the model's own, layer for layer."""
+def _check_variables(variables, model, side: int, where: str, name: str):
+  """Saved parameters (and batch norm statistics) must be the model's own,
+  layer for layer."""
   wanted = jax.eval_shape(lambda: model.init(
-      jax.random.key(0), jnp.zeros((1, side, side, 3)))['params'])
-  saved_sig = checkpoints.tree_signature(params)
+      jax.random.key(0), jnp.zeros((1, side, side, 3))))
+  saved_sig = checkpoints.tree_signature(variables)
   wanted_sig = checkpoints.tree_signature(wanted)
   if saved_sig != wanted_sig:
     raise CheckpointError(
@@ -79,21 +80,22 @@ def _check_params(params, model, side: int, where: str, name: str):
 
 def load_model(config, workdir: str, step: Optional[int] = None,
                num_classes: Optional[int] = None):
-  """(step, model, numpy params) of a workdir's checkpoint (latest or `step`).
+  """(step, model, numpy variables) of a workdir's checkpoint (latest or
+  `step`); variables = {'params', ['batch_stats']}, what `model.apply` takes.
 
   The class count is the checkpoint's own (fc8), unless `num_classes` asks
   for one: then a different count is an error naming both.
   """
-  step, params = checkpoints.load_params_on_host(workdir, step)
-  saved_classes = params['fc8']['kernel'].shape[-1]
+  step, variables = checkpoints.load_variables_on_host(workdir, step)
+  saved_classes = variables['params']['fc8']['kernel'].shape[-1]
   if num_classes is not None and num_classes != saved_classes:
     raise CheckpointError(
         f'the checkpoint (step {step} in {workdir}) has {saved_classes} '
         f'classes, dataset {config.dataset!r} has {num_classes}')
   model = state_lib.make_model(config, saved_classes)
-  _check_params(params, model, config_lib.input_side(config),
-                f'checkpoint step {step} in {workdir}', config.model)
-  return step, model, params
+  _check_variables(variables, model, config_lib.input_side(config),
+                   f'checkpoint step {step} in {workdir}', config.model)
+  return step, model, variables
 
 
 # --- Input -------------------------------------------------------------------
