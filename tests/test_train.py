@@ -190,7 +190,7 @@ BAD_INPUT = [
     ({'dataset': 'mnist'}, "unknown dataset 'mnist'; valid: cifar10, fake, "
      'image_folder, imagenet2012, imagenette'),
     ({'schedule': 'linear'}, "unknown schedule 'linear'; valid: plateau, "
-     'step, cosine, constant'),
+     'step, cosine, poly, constant'),
     ({'init': 'xavier'}, "unknown init 'xavier'; valid: paper, caffe, he"),
     ({'modle': 'x'}, "unknown config key 'modle' (did you mean 'model'?)"),
     ({'batch_size': 'abc'}, "--config.batch_size=abc: invalid literal for "

@@ -9,9 +9,9 @@ examples out of its training split. Config checks, the feeds, inference,
 
 import dataclasses
 import importlib.resources
-import os
 from typing import Optional
 
+from etils import epath
 import numpy as np
 
 from alexnet_jax.errors import DataError
@@ -103,9 +103,9 @@ class DatasetSpec:
       names = imagenet_classes()
       return tuple(names[i] for i in _IMAGENETTE_IN_IMAGENET)
     if self.name == 'image_folder' and config.data_dir:
-      root = os.path.join(config.data_dir, 'train')
-      if os.path.isdir(root):
-        folders = sorted(e.name for e in os.scandir(root) if e.is_dir())
+      root = epath.Path(config.data_dir) / 'train'  # Local or gs://.
+      if root.is_dir():
+        folders = sorted(p.name for p in root.iterdir() if p.is_dir())
         if len(folders) == num_classes:
           return tuple(folders)
     return tuple(f'class {k}' for k in range(num_classes))

@@ -33,6 +33,7 @@ import threading
 import time
 from typing import Optional, Sequence
 
+from etils import epath
 import grain
 import numpy as np
 
@@ -41,6 +42,42 @@ from alexnet_jax.data import registry
 from alexnet_jax.errors import DataError
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
+
+
+def is_uri(path: str) -> bool:
+  return '://' in str(path)
+
+
+def _is_image(name: str) -> bool:
+  return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _list_image_folder(root: str) -> dict:
+  """{class folder: sorted image paths} under root/<class>/<image>."""
+  missing = DataError(f'image folder {root!r} does not exist (expected '
+                      f'{root}/<class>/<image>.jpg|png)')
+  if is_uri(root):
+    try:
+      entries = list(epath.Path(root).glob('*/*'))
+    except Exception as e:  # pylint: disable=broad-except
+      raise DataError(f'cannot list image folder {root!r}: '
+                      f'{type(e).__name__}: {e}') from None
+    if not entries and not epath.Path(root).exists():
+      raise missing
+    found = {}
+    for path in entries:
+      if _is_image(path.name):
+        found.setdefault(path.parent.name, []).append(str(path))
+    return {k: sorted(v) for k, v in found.items()}
+  if not os.path.isdir(root):
+    raise missing
+  found = {}
+  for folder in sorted((e for e in os.scandir(root) if e.is_dir()),
+                       key=lambda e: e.name):
+    found[folder.name] = [e.path for e in sorted(os.scandir(folder.path),
+                                                 key=lambda e: e.name)
+                          if e.is_file() and _is_image(e.name)]
+  return found
 
 
 # --- Sources -------------------------------------------------------------------
@@ -57,11 +94,10 @@ class ImageFolderSource:
 
   @classmethod
   def scan(cls, root: str, classes: Optional[Sequence[str]] = None):
-    if not os.path.isdir(root):
-      raise DataError(f'image folder {root!r} does not exist (expected '
-                      f'{root}/<class>/<image>.jpg|png)')
-    found = sorted(e.name for e in os.scandir(root) if e.is_dir())
-    classes = tuple(classes) if classes is not None else tuple(found)
+    """Local folders through os.scandir; a URI (gs://...) through etils'
+    epath, listed in one glob (a pod's hosts read the same bucket)."""
+    found = _list_image_folder(root)
+    classes = tuple(classes) if classes is not None else tuple(sorted(found))
     if not classes:
       raise DataError(f'image folder {root!r} has no class folders (expected '
                       f'{root}/<class>/<image>.jpg|png)')
@@ -71,13 +107,9 @@ class ImageFolderSource:
                       f'{", ".join(extra[:5])}')
     paths, labels = [], []
     for label, name in enumerate(classes):
-      folder = os.path.join(root, name)
-      if not os.path.isdir(folder):
-        continue  # A class with no examples in this split.
-      for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-        if entry.is_file() and entry.name.lower().endswith(IMAGE_EXTENSIONS):
-          paths.append(entry.path)
-          labels.append(label)
+      # A class may have no examples in this split.
+      paths += found.get(name, [])
+      labels += [label] * len(found.get(name, []))
     if not paths:
       raise DataError(f'no .jpg/.jpeg/.png images under {root!r}')
     return cls(tuple(paths), tuple(labels), classes)
@@ -86,9 +118,13 @@ class ImageFolderSource:
     return len(self.paths)
 
   def __getitem__(self, index):
-    with open(self.paths[index], 'rb') as f:
-      return {'image': f.read(), 'label': self.labels[index],
-              'index': int(index)}
+    path = self.paths[index]
+    if is_uri(path):
+      data = epath.Path(path).read_bytes()
+    else:
+      with open(path, 'rb') as f:
+        data = f.read()
+    return {'image': data, 'label': self.labels[index], 'index': int(index)}
 
   def describe(self, index: int) -> str:
     return self.paths[index]
