@@ -258,6 +258,9 @@ def run_devices(n: int, args) -> list:
   env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') +
                       f' --xla_force_host_platform_device_count={n}').strip()
   env['JAX_PLATFORMS'] = 'cpu'
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env['PYTHONPATH'] = os.pathsep.join(
+      filter(None, [repo, env.get('PYTHONPATH', '')]))
   env.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   cmd = [sys.executable, '-m', 'benchmarks.comm_volume', '--worker', str(n),
          '--models', args.models, '--layouts', args.layouts, '--dtypes',
