@@ -195,17 +195,23 @@ def test_kill_9_of_one_process_stops_the_other_then_rerun_resumes(
     assert after[step] == files, f'checkpoint {step} changed'
   last = max(after)
 
-  procs = start_job(2, args, setup['env'], tmp_path / 'again')
+  finish_from(start_job(2, args, setup['env'], tmp_path / 'again'),
+              tmp_path / 'again', workdir, last, long_reference)
+
+
+
+def finish_from(procs, logs, workdir, step, reference):
+  """The restarted job runs to the end from checkpoint `step`, and ends
+  where the uninterrupted reference ends."""
   try:
     for p in procs:
       p.wait(timeout=600)
   finally:
     stop_all(procs)
-  out, err = read_logs(tmp_path / 'again', 0)
+  out, err = read_logs(logs, 0)
   assert [p.returncode for p in procs] == [0, 0], err[-3000:]
-  assert f'resuming from {workdir}/checkpoints at step {last}' in out
-  assert_same_final_params(workdir, long_reference)
-
+  assert f'resuming from {workdir}/checkpoints at step {step}' in out
+  assert_same_final_params(workdir, reference)
 
 # --- A second SIGTERM --------------------------------------------------------
 
@@ -311,13 +317,6 @@ def test_kubernetes_pods_train_together_and_resume(setup, long_reference,
   step = stopped_step(out0)
   assert stopped_step(err1, 'process 1: stopped by SIGTERM at step ') == step
 
-  pods = start_job(2, args, {}, tmp_path / 'again', port, env_of=pod_env)
-  try:
-    for p in pods:
-      p.wait(timeout=600)
-  finally:
-    stop_all(pods)
-  out0, err0 = read_logs(tmp_path / 'again', 0)
-  assert [p.returncode for p in pods] == [0, 0], err0[-3000:]
-  assert f'resuming from {workdir}/checkpoints at step {step}' in out0
-  assert_same_final_params(workdir, long_reference)
+  finish_from(start_job(2, args, {}, tmp_path / 'again', port,
+                        env_of=pod_env),
+              tmp_path / 'again', workdir, step, long_reference)
