@@ -210,6 +210,10 @@ AlexNetTiny = functools.partial(
 # The tiny net with AlexNet-BN's batch norm, for tests only.
 AlexNetTinyBN = functools.partial(AlexNetTiny, batch_norm=True)
 
+# The tiny net as the paper's two towers (grouped conv2/4/5, LRN), for tests
+# of the tower layout (`towers.py`) only.
+AlexNetTinyTowers = functools.partial(AlexNetTiny, groups=2, lrn=True)
+
 MODELS = {
     'alexnet_paper': AlexNetPaper,
     'alexnet_paper_one_tower': AlexNetPaperOneTower,
@@ -218,6 +222,7 @@ MODELS = {
     'alexnet_cifar': AlexNetCifar,
     'alexnet_tiny': AlexNetTiny,
     'alexnet_tiny_bn': AlexNetTinyBN,
+    'alexnet_tiny_towers': AlexNetTinyTowers,
 }
 
 # The input side each preset was built for: the crop a streaming dataset
@@ -225,7 +230,7 @@ MODELS = {
 NATIVE_INPUT_SIZE = {
     'alexnet_paper': 227, 'alexnet_paper_one_tower': 227, 'alexnet_bn': 227,
     'alexnet_torchvision': 224, 'alexnet_cifar': 32, 'alexnet_tiny': 32,
-    'alexnet_tiny_bn': 32,
+    'alexnet_tiny_bn': 32, 'alexnet_tiny_towers': 32,
 }
 
 
