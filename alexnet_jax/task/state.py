@@ -66,9 +66,11 @@ def make_apply(config, model, mesh):
 
 
 def create_train_state(model, tx, image_shape, seed: int, mesh,
-                       apply_fn=None):
+                       apply_fn=None, abstract_only: bool = False):
   """(state, its abstract twin carrying the shardings, for restores).
-  `apply_fn`: the state's forward pass (default `model.apply`)."""
+  `apply_fn`: the state's forward pass (default `model.apply`).
+  `abstract_only`: (None, the abstract twin), nothing allocated (to lower
+  the train step for a layout without initializing the model)."""
   def init(key):
     params_key, train_key = jax.random.split(key)
     x = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
@@ -82,6 +84,8 @@ def create_train_state(model, tx, image_shape, seed: int, mesh,
   key = jax.random.key(seed)
   abstract = jax.eval_shape(init, key)
   shardings = mesh_lib.state_shardings(abstract, mesh)
+  if abstract_only:
+    return None, checkpoints.abstract_with_shardings(abstract, shardings)
   state = jax.jit(init, out_shardings=shardings)(key)
   return state, checkpoints.abstract_with_shardings(abstract, shardings)
 
