@@ -138,8 +138,8 @@ def test_towers_communicate_where_the_papers_gpus_did(subprocess_env):
   gradients over 'data' and 1 all-gather of the logits over 'data' for the
   train metrics' top-k: 10, the data-parallel run's 2 plus the towers' 8.
   conv2, conv4 and conv5 exchange nothing. (jit with GSPMD, the kernels
-  sharded over 'tower' and feature_group_count=2, inserted about 10
-  all-gathers in the forward pass alone.)
+  sharded over 'tower' and feature_group_count=2, was measured at about
+  10 all-gathers in the forward pass alone when this was specified.)
   """
   counts = run_child(_COUNTS, subprocess_env, devices=4)
   none = dict(all_to_all=0, collective_permute=0)
