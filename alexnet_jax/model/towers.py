@@ -42,6 +42,11 @@ from jax.sharding import PartitionSpec as P
 from alexnet_jax.model import layers
 from alexnet_jax.runtime import mesh as mesh_lib
 
+try:
+  _shard_map = jax.shard_map
+except AttributeError:  # Before jax.shard_map was public.
+  from jax.experimental.shard_map import shard_map as _shard_map  # pylint: disable=g-import-not-at-top
+
 TOWERS = 2
 GROUPED = (2, 4, 5)  # The layers that see only their own tower's maps.
 LRN_SIZE = 5  # layers.local_response_norm's window.
@@ -148,7 +153,7 @@ def make_apply(model, mesh):
           {}, (x.shape[0], model.hidden), rngs=rngs)
     specs = jax.tree_util.tree_map_with_path(
         lambda path, leaf: mesh_lib.param_spec(path, leaf, mesh), params)
-    logits = jax.shard_map(
+    logits = _shard_map(
         lambda p, x, m: _forward(model, p, x, m), mesh=mesh,
         in_specs=(specs, batch, P(mesh_lib.BATCH_AXES, 'tower')),
         out_specs=batch)(params, x, masks)
