@@ -112,7 +112,7 @@ def counts(devices, towers):
   c.dataset, c.num_classes, c.batch_size = 'fake', 1000, 8
   c.image_size = 227
   c.model, c.tower_parallelism = 'alexnet_paper', towers
-  hlo = steps.lower_train_step(c, jax.devices()[:devices]).compile().as_text()
+  hlo = steps.lower_train_step(c, devices).compile().as_text()
   return steps.count_collectives(hlo)
 
 print(json.dumps({'pair': counts(2, 2), 'data_x_tower': counts(4, 2),

@@ -127,7 +127,8 @@ def lower_train_step(config, devices=None, num_classes=None, side=None,
                      batch_size=None):
   """The train step exactly as `train_and_evaluate` builds it for `config`'s
   layout (data parallelism, `model_parallelism`, `tower_parallelism`) on
-  `devices` (default: all), lowered on abstract inputs: nothing is
+  `devices` (a list, or a count: the first that many; default all),
+  lowered on abstract inputs: nothing is
   initialized or read. `.compile().as_text()` is the HLO a run executes, for
   counting its collectives (tests/test_towers.py) or its bytes on the wire.
 
@@ -140,6 +141,8 @@ def lower_train_step(config, devices=None, num_classes=None, side=None,
   from alexnet_jax.data import registry  # pylint: disable=g-import-not-at-top
   from alexnet_jax.runtime import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   from alexnet_jax.task import optim  # pylint: disable=g-import-not-at-top
+  if isinstance(devices, int):
+    devices = jax.devices()[:devices]
   spec = registry.get(config.dataset)
   num_classes = num_classes or spec.classes(config) or 1000
   side = side or config_lib.input_side(config)
