@@ -135,6 +135,11 @@ def get_config():
   # mesh axis (Krizhevsky's "one weird trick"); convolutions stay
   # data-parallel on every device. Must divide the device count.
   c.model_parallelism = 1
+  # 2: the paper's own split (alexnet_paper): each tower of the two-tower net
+  # on its own device of a 'tower' pair, exchanging activations only before
+  # conv3, fc6, fc7 and fc8 (model/towers.py); the batch is split over the
+  # pairs. 1: both towers on every device.
+  c.tower_parallelism = 1
   # Shards of the training set; the global batch takes batch_size/data_shards
   # examples from each, and each process keeps only its shards. 0: one per
   # process. Fix it (to a multiple of every process count you will use) to get

@@ -119,7 +119,8 @@ def test_cifar_form_shapes():
 
 @pytest.mark.parametrize('name', sorted(alexnet.MODELS))
 def test_every_preset_builds_through_the_factory(name):
-  size = 32 if name in ('alexnet_cifar', 'alexnet_tiny') else (
+  size = 32 if name in ('alexnet_cifar', 'alexnet_tiny',
+                        'alexnet_tiny_towers') else (
       224 if name == 'alexnet_torchvision' else 227)
   shapes, _ = layer_shapes(alexnet.create_model(name, num_classes=7), size)
   assert shapes['fc8'] == (7,)

@@ -134,11 +134,11 @@ class InMemoryFeed:
     self.gather = jax.jit(self._gather, static_argnums=(4,))
 
   def _gather(self, images, labels, perms, step_in_epoch, batch):
-    n_devices = self.mesh.size
+    parts = mesh_lib.batch_shards(self.mesh)
     batch_sharding = mesh_lib.batch(self.mesh)
     idx = batch_indices(perms, step_in_epoch, batch, jax.process_count())
     idx = jax.lax.with_sharding_constraint(
-        idx.reshape(n_devices, batch // n_devices), batch_sharding)
+        idx.reshape(parts, batch // parts), batch_sharding)
     take = jax.vmap(lambda rows, i: rows[i])
     x = take(images, idx).reshape((batch,) + images.shape[2:])
     y = take(labels, idx).reshape(batch)

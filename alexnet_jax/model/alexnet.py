@@ -214,6 +214,10 @@ AlexNetCifarBN = functools.partial(AlexNetCifar, batch_norm=True)
 # The tiny net with AlexNet-BN's batch norm, for tests only.
 AlexNetTinyBN = functools.partial(AlexNetTiny, batch_norm=True)
 
+# The tiny net as the paper's two towers (grouped conv2/4/5, LRN), for tests
+# of the tower layout (`towers.py`) only.
+AlexNetTinyTowers = functools.partial(AlexNetTiny, groups=2, lrn=True)
+
 MODELS = {
     'alexnet_paper': AlexNetPaper,
     'alexnet_paper_one_tower': AlexNetPaperOneTower,
@@ -223,6 +227,7 @@ MODELS = {
     'alexnet_cifar_bn': AlexNetCifarBN,
     'alexnet_tiny': AlexNetTiny,
     'alexnet_tiny_bn': AlexNetTinyBN,
+    'alexnet_tiny_towers': AlexNetTinyTowers,
 }
 
 # The input side each preset was built for: the crop a streaming dataset
@@ -230,7 +235,7 @@ MODELS = {
 NATIVE_INPUT_SIZE = {
     'alexnet_paper': 227, 'alexnet_paper_one_tower': 227, 'alexnet_bn': 227,
     'alexnet_torchvision': 224, 'alexnet_cifar': 32, 'alexnet_tiny': 32,
-    'alexnet_cifar_bn': 32, 'alexnet_tiny_bn': 32,
+    'alexnet_cifar_bn': 32, 'alexnet_tiny_bn': 32, 'alexnet_tiny_towers': 32,
 }
 
 

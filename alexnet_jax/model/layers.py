@@ -131,15 +131,23 @@ class Conv(nn.Module):
                         self.param_dtype)
     bias = self.param('bias', self.bias_init, (self.features,),
                       self.param_dtype)
-    x, kernel, bias = (a.astype(self.dtype) for a in (x, kernel, bias))
-    conv = lambda x, w: jax.lax.conv_general_dilated(
-        x, w, (self.stride, self.stride), ((self.padding, self.padding),) * 2,
-        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-    ins, outs = x.shape[-1] // g, self.features // g
-    y = jnp.concatenate([  # One part, returned as is, when g == 1.
-        conv(x[..., i * ins:(i + 1) * ins],
-             kernel[..., i * outs:(i + 1) * outs]) for i in range(g)], axis=-1)
-    return y + bias
+    return conv(x, kernel, bias, self.stride, self.padding, g, self.dtype)
+
+
+def conv(x, kernel, bias, stride: int, padding: int, groups: int = 1,
+         dtype: Any = jnp.float32):
+  """`Conv`'s computation on given parameters: each of `groups` towers its
+  own convolution, outputs concatenated. A function, so the tower-parallel
+  forward pass (`towers.py`) runs the very numbers of the model."""
+  x, kernel, bias = (a.astype(dtype) for a in (x, kernel, bias))
+  one = lambda x, w: jax.lax.conv_general_dilated(
+      x, w, (stride, stride), ((padding, padding),) * 2,
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  ins, outs = x.shape[-1] // groups, kernel.shape[-1] // groups
+  y = jnp.concatenate([  # One part, returned as is, when groups == 1.
+      one(x[..., i * ins:(i + 1) * ins], kernel[..., i * outs:(i + 1) * outs])
+      for i in range(groups)], axis=-1)
+  return y + bias
 
 
 def adaptive_avg_pool(x, out_size: int):

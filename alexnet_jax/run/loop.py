@@ -64,7 +64,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   SIGINT has been answered by saving the current step.
   """
   config_lib.validate_config(config)
-  mesh = mesh_lib.make_mesh(config.model_parallelism)
+  mesh = mesh_lib.make_mesh(config.model_parallelism,
+                            config.tower_parallelism)
   side = config_lib.input_side(config)
   feed = feeds.make_feed(config, mesh, side)
   durations = config_lib.Durations.from_config(config, feed.sizes['train'],
@@ -72,8 +73,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   model = state_lib.make_model(config, feed.num_classes)
   config_lib.check_input_side(config, model, side)
   tx, lr_schedule = optim.make_optimizer(config, durations)
+  apply_fn = state_lib.make_apply(config, model, mesh)
   state, abstract_state = state_lib.create_train_state(
-      model, tx, (side, side, 3), config.seed, mesh)
+      model, tx, (side, side, 3), config.seed, mesh, apply_fn)
   state = finetune.init_from(config, workdir, state)
   distributed.check_shared_workdir(workdir)
   done = finished_run(workdir, durations.total_steps)
@@ -121,24 +123,31 @@ class _Run:
         feed.crops_on_device)
     self.evaluator = evaluation.make_evaluator(
         config, feed, evaluation.make_logits_fn(
-            config, model, feed.spec.mean, feed.spec.std, side), mesh)
+            config, model, feed.spec.mean, feed.spec.std, side,
+            state_lib.make_apply(config, model, mesh)), mesh)
     self.val_metrics = None
 
   def log_header(self, state, start_step):
     c, d, sizes = self.config, self.durations, self.feed.sizes
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
+    n, parts = jax.device_count(), mesh_lib.batch_shards(self.mesh)
+    split = (f'{c.batch_size // n} per device x {n} devices' if parts == n
+             else f'{c.batch_size // parts} per tower pair x {parts} pairs')
     self.reporter.log(
         f'{c.model}: {n_params:,} parameters | {c.dataset}: '
         f'{sizes["train"]} train / {sizes["val"]} val / '
-        f'{sizes["test"]} test | global batch {c.batch_size} = '
-        f'{c.batch_size // jax.device_count()} per device x '
-        f'{jax.device_count()} devices ({jax.process_count()} processes, mesh '
+        f'{sizes["test"]} test | global batch {c.batch_size} = {split} '
+        f'({jax.process_count()} processes, mesh '
         f'{dict(self.mesh.shape)}) | {d.total_steps} steps '
         f'({d.steps_per_epoch}/epoch)')
     if c.model_parallelism > 1:
       self.reporter.log(
           f"FC layers split over 'model' ({c.model_parallelism} ways): fc6 "
           f"kernel sharded {tuple(state.params['fc6']['kernel'].sharding.spec)}")
+    if c.tower_parallelism > 1:
+      self.reporter.log(
+          f"the two towers on a 'tower' pair of devices: conv2 kernel sharded "
+          f"{tuple(state.params['conv2']['kernel'].sharding.spec)}")
     if start_step is not None:  # Step 0 too: weights from alexnet_jax.convert.
       self.reporter.log(f'resuming from {self.ckpt.directory} at step '
                         f'{start_step}')

@@ -1,11 +1,15 @@
 """Where arrays live: the device mesh, the batch and parameter shardings, and
 the placement of each process's share of the training set.
 
-The mesh has two axes, ('data', 'model'). The batch is split over both, so the
-convolutions are data-parallel on every device. With model parallelism > 1
-the FC layers' weights (and their optimizer state) are split over 'model' --
-Krizhevsky's "one weird trick" (2014): data parallelism where the compute is,
-model parallelism where the parameters are. Everything else is replicated.
+The mesh has three axes, ('data', 'model', 'tower'). The batch is split over
+'data' and 'model', so the convolutions are data-parallel on every device of
+a 'model' group. With model parallelism > 1 the FC layers' weights (and
+their optimizer state) are split over 'model' -- Krizhevsky's "one weird
+trick" (2014): data parallelism where the compute is, model parallelism where
+the parameters are. With tower parallelism 2 (the paper's two GPUs,
+`model/towers.py`) each device of a 'tower' pair holds one tower's half of
+conv2..conv5, fc6 and fc7, and both see the same images: the batch is
+replicated over 'tower'. Everything else is replicated.
 """
 
 import jax
@@ -13,26 +17,40 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+AXES = ('data', 'model', 'tower')
 BATCH_AXES = ('data', 'model')
 FC_LAYERS = ('fc6', 'fc7', 'fc8')
+# Split over 'tower' along their outputs: tower t holds outputs
+# [t * C / 2, (t + 1) * C / 2), which for the grouped conv2/conv4/conv5 is
+# exactly group t's kernel. conv1 and fc8 stay whole on both (`towers.py`).
+TOWER_LAYERS = ('conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7')
 
 
-def make_mesh(model_parallelism: int = 1, devices=None):
-  """A (data, model) mesh over every device of every process, process-major."""
+def make_mesh(model_parallelism: int = 1, tower_parallelism: int = 1,
+              devices=None):
+  """A (data, model, tower) mesh over every device of every process,
+  process-major; 'tower' innermost, so the devices of a tower pair are
+  neighbours (one host, the fastest link)."""
   devices = list(devices if devices is not None else jax.devices())
-  if model_parallelism < 1 or len(devices) % model_parallelism:
+  inner = model_parallelism * tower_parallelism
+  if model_parallelism < 1 or tower_parallelism < 1 or len(devices) % inner:
     raise ValueError(
-        f'model_parallelism {model_parallelism} must be a positive divisor of '
-        f'the device count {len(devices)}')
+        f'model_parallelism {model_parallelism} x tower_parallelism '
+        f'{tower_parallelism} must divide the device count {len(devices)}')
   mesh = jax.make_mesh(
-      (len(devices) // model_parallelism, model_parallelism), ('data', 'model'),
-      axis_types=(jax.sharding.AxisType.Auto,) * 2, devices=devices)
+      (len(devices) // inner, model_parallelism, tower_parallelism), AXES,
+      axis_types=(jax.sharding.AxisType.Auto,) * 3, devices=devices)
   # Each process feeds the rows of the batch that sit on its own devices, so
   # the flattened mesh must list each process's devices contiguously.
   owners = [d.process_index for d in mesh.devices.flat]
   if owners != sorted(owners):
     raise ValueError(f'mesh devices are not grouped by process: {owners}')
   return mesh
+
+
+def batch_shards(mesh) -> int:
+  """How many parts the batch is cut into (devices of a tower pair share one)."""
+  return mesh.shape['data'] * mesh.shape['model']
 
 
 def batch(mesh) -> NamedSharding:
@@ -43,23 +61,30 @@ def replicated(mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+def param_spec(path, leaf, mesh) -> P:
+  """Where a parameter (or its optimizer state) lives: split along its output
+  axis over 'tower' (TOWER_LAYERS) or over 'model' (FC_LAYERS), else whole.
+  One rule for the state's shardings and `towers.py`'s shard_map."""
+  keys = [getattr(k, 'key', None) for k in path]
+  if keys[-1:] not in (['kernel'], ['bias']):
+    return P()
+  lead = [None] * (leaf.ndim - 1)
+  for axis, layers in (('tower', TOWER_LAYERS), ('model', FC_LAYERS)):
+    n = mesh.shape[axis]
+    if n > 1 and any(k in layers for k in keys) and leaf.shape[-1] % n == 0:
+      return P(*lead, axis)
+  return P()
+
+
 def state_shardings(abstract_state, mesh):
-  """Shardings for a train state: FC weights over 'model', the rest replicated.
+  """Shardings for a train state, by `param_spec`.
 
   Applies to parameters and to the optimizer state alike, since optax states
   mirror the parameter tree (their paths contain the same layer names).
   """
-  model = mesh.shape['model']
-
-  def rule(path, leaf):
-    keys = [getattr(k, 'key', None) for k in path]
-    split = (model > 1 and any(k in FC_LAYERS for k in keys) and
-             keys[-1] in ('kernel', 'bias') and leaf.shape[-1] % model == 0)
-    if split:
-      return NamedSharding(mesh, P(*([None] * (leaf.ndim - 1)), 'model'))
-    return replicated(mesh)
-
-  return jax.tree_util.tree_map_with_path(rule, abstract_state)
+  return jax.tree_util.tree_map_with_path(
+      lambda path, leaf: NamedSharding(mesh, param_spec(path, leaf, mesh)),
+      abstract_state)
 
 
 def put_replicated(array: np.ndarray, mesh) -> jax.Array:
@@ -69,14 +94,15 @@ def put_replicated(array: np.ndarray, mesh) -> jax.Array:
 
 
 def put_process_share(local: np.ndarray, mesh) -> jax.Array:
-  """This process's share [n, ...] -> global [devices, n, ...].
+  """This process's share [n, ...] -> global [batch_shards, n, ...].
 
-  Row d of the global array lives on device d and holds the share of the
-  process that owns device d, so every device can gather its part of any batch
+  Row r of the global array lives on the device(s) holding part r of the
+  batch (`batch_shards`; a tower pair shares one) and holds the share of the
+  process that owns them, so every device can gather its part of any batch
   locally, with no communication.
   """
-  n_local_devices = sum(d.process_index == jax.process_index()
-                        for d in mesh.devices.flat)
-  stacked = np.broadcast_to(local[None], (n_local_devices,) + local.shape)
+  rows = sum(d.process_index == jax.process_index()
+             for d in mesh.devices.flat) // mesh.shape['tower']
+  stacked = np.broadcast_to(local[None], (rows,) + local.shape)
   return jax.make_array_from_process_local_data(
-      batch(mesh), stacked, (mesh.size,) + local.shape)
+      batch(mesh), stacked, (batch_shards(mesh),) + local.shape)

@@ -15,6 +15,7 @@ import ml_collections
 from alexnet_jax.data import registry
 from alexnet_jax.errors import ConfigError
 from alexnet_jax.model import alexnet
+from alexnet_jax.model import towers
 from alexnet_jax.task import optim
 
 # How images become model input: 'standardize' ((x - mean) / std on 0..1
@@ -96,6 +97,7 @@ def _check_parallelism(config):
   if not _integer(mp) or mp < 1 or n % mp:
     raise ConfigError(f'model_parallelism {mp!r} must be a positive divisor of '
                       f'the device count {n}')
+  _check_towers(config, n)
   shards = config.data_shards or jax.process_count()
   if shards < 1 or shards % jax.process_count():
     raise ConfigError(f'data_shards {config.data_shards} must be a positive '
@@ -104,6 +106,35 @@ def _check_parallelism(config):
   if config.batch_size % shards:
     raise ConfigError(f'batch_size {config.batch_size} is not divisible by '
                       f'data_shards {shards}')
+
+
+def _check_towers(config, n: int):
+  """tower_parallelism 2: the paper's two towers on two devices each step."""
+  tp = config.tower_parallelism
+  if not _integer(tp) or tp not in (1, towers.TOWERS):
+    raise ConfigError(f'tower_parallelism {tp!r} must be 1 or {towers.TOWERS} '
+                      "(the paper's net has two towers)")
+  if tp == 1:
+    return
+  able = [name for name, preset in alexnet.MODELS.items()
+          if not towers.unsupported(preset())]
+  why = towers.unsupported(alexnet.create_model(config.model))
+  if why:
+    raise ConfigError(f'tower_parallelism {tp} runs {", ".join(able)}, not '
+                      f'{config.model!r} ({why})')
+  if config.model_parallelism != 1:
+    raise ConfigError(
+        f'tower_parallelism {tp} with model_parallelism '
+        f'{config.model_parallelism}: choose one (the towers already split '
+        'fc6 and fc7 over the tower pair)')
+  if n % tp or jax.local_device_count() % tp:
+    raise ConfigError(
+        f'tower_parallelism {tp} needs a multiple of {tp} devices in every '
+        f'process (a tower pair runs in one process); this one has '
+        f'{jax.local_device_count()} of {n}')
+  if config.input_pipeline == 'dali':
+    raise ConfigError(f'tower_parallelism {tp} reads its batches with '
+                      "input_pipeline grain, not 'dali'")
 
 
 def _check_optimizer(config):

@@ -43,15 +43,18 @@ def eval_views(config, images, side: int):
   return jnp.stack(views)
 
 
-def make_logits_fn(config, model, mean, std, side: int) -> LogitsFn:
+def make_logits_fn(config, model, mean, std, side: int,
+                   apply_fn=None) -> LogitsFn:
   """(variables, uint8 images) -> log of the softmax averaged over the
   views; one view gives plain log-softmax. Batch norm uses its running
-  averages."""
+  averages. `apply_fn`: the run's forward pass (`state.make_apply`; default
+  `model.apply`)."""
   mean, std, scale = config_lib.input_transform(config, mean, std)
+  apply_fn = apply_fn or model.apply
 
   def logits_fn(variables, images):
     views = eval_views(config, images, side)
-    log_probs = [jax.nn.log_softmax(model.apply(
+    log_probs = [jax.nn.log_softmax(apply_fn(
         variables,
         augment.normalize(v, mean, std, side, model.dtype, scale),
         train=False).astype(jnp.float32)) for v in views]

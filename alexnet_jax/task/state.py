@@ -6,6 +6,7 @@ import jax.numpy as jnp
 from flax.training import train_state
 
 from alexnet_jax.model import alexnet
+from alexnet_jax.model import towers
 from alexnet_jax.runtime import checkpoints
 from alexnet_jax.runtime import mesh as mesh_lib
 
@@ -55,13 +56,27 @@ def make_model(config, num_classes: int) -> alexnet.AlexNet:
   return alexnet.create_model(config.model, **kwargs)
 
 
-def create_train_state(model, tx, image_shape, seed: int, mesh):
-  """(state, its abstract twin carrying the shardings, for restores)."""
+def make_apply(config, model, mesh):
+  """How the run applies the model: `model.apply`, or with
+  tower_parallelism 2 the same function run as the paper's two towers over
+  the mesh's 'tower' axis (`towers.py`). Same variables, same numbers."""
+  if config.get('tower_parallelism', 1) > 1:
+    return towers.make_apply(model, mesh)
+  return model.apply
+
+
+def create_train_state(model, tx, image_shape, seed: int, mesh,
+                       apply_fn=None, abstract_only: bool = False):
+  """(state, its abstract twin carrying the shardings, for restores).
+  `apply_fn`: the state's forward pass (default `model.apply`).
+  `abstract_only`: (None, the abstract twin), nothing allocated (to lower
+  the train step for a layout without initializing the model)."""
   def init(key):
     params_key, train_key = jax.random.split(key)
     x = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
     initial = model.init({'params': params_key}, x, train=False)
-    return TrainState.create(apply_fn=model.apply, params=initial['params'],
+    return TrainState.create(apply_fn=apply_fn or model.apply,
+                             params=initial['params'],
                              tx=tx, rng=jax.random.key_data(train_key),
                              plateau_value=jnp.float32(1.), sums=zero_sums(),
                              batch_stats=initial.get('batch_stats', {}))
@@ -69,6 +84,8 @@ def create_train_state(model, tx, image_shape, seed: int, mesh):
   key = jax.random.key(seed)
   abstract = jax.eval_shape(init, key)
   shardings = mesh_lib.state_shardings(abstract, mesh)
+  if abstract_only:
+    return None, checkpoints.abstract_with_shardings(abstract, shardings)
   state = jax.jit(init, out_shardings=shardings)(key)
   return state, checkpoints.abstract_with_shardings(abstract, shardings)
 

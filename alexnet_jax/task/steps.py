@@ -121,3 +121,71 @@ def all_finite(tree) -> jax.Array:
   """Whether every parameter is finite (checked before each save)."""
   return jnp.all(jnp.stack([jnp.isfinite(x).all()
                             for x in jax.tree.leaves(tree)]))
+
+
+def lower_train_step(config, devices=None, num_classes=None, side=None,
+                     batch_size=None):
+  """The train step exactly as `train_and_evaluate` builds it for `config`'s
+  layout (data parallelism, `model_parallelism`, `tower_parallelism`) on
+  `devices` (a list, or a count: the first that many; default all),
+  lowered on abstract inputs: nothing is
+  initialized or read. `.compile().as_text()` is the HLO a run executes, for
+  counting its collectives (tests/test_towers.py) or its bytes on the wire.
+
+  num_classes: default the dataset's (config.num_classes for 'fake');
+  side: the model's input side, default `config_lib.input_side`; the batch
+  is uint8 images of that side (no host-side crop; for CIFAR the stored 32);
+  batch_size: default config.batch_size (a multiple of the batch shards).
+  Returns a `jax.stages.Lowered`.
+  """
+  from alexnet_jax.data import registry  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.runtime import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.task import optim  # pylint: disable=g-import-not-at-top
+  if isinstance(devices, int):
+    devices = jax.devices()[:devices]
+  spec = registry.get(config.dataset)
+  num_classes = num_classes or spec.classes(config) or 1000
+  side = side or config_lib.input_side(config)
+  batch_size = batch_size or config.batch_size
+  mesh = mesh_lib.make_mesh(config.model_parallelism,
+                            config.get('tower_parallelism', 1), devices)
+  model = state_lib.make_model(config, num_classes)
+  durations = config_lib.Durations.from_steps_per_epoch(config, 100)
+  tx, _ = optim.make_optimizer(config, durations)
+  _, abstract = state_lib.create_train_state(
+      model, tx, (side, side, 3), config.seed, mesh,
+      state_lib.make_apply(config, model, mesh), abstract_only=True)
+  batch = mesh_lib.batch(mesh)
+  images = jax.ShapeDtypeStruct((batch_size, side, side, 3), jnp.uint8,
+                                sharding=batch)
+  labels = jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=batch)
+  step = make_train_step(config, model, num_classes, spec.mean, spec.std,
+                         side)
+  return step.lower(abstract, {'images': images, 'labels': labels})
+
+
+COLLECTIVES = ('all-gather', 'all-reduce', 'collective-permute',
+               'all-to-all', 'reduce-scatter')
+
+
+def count_collectives(hlo_text: str) -> dict:
+  """{collective: how many} in a compiled module's HLO text: each op once
+  (an async pair's -start; -done not again), leaving out those whose every
+  replica group is one device (a psum over a size-1 mesh axis that XLA on
+  CPU keeps as an all-reduce of {{0},{1}}: it sends nothing)."""
+  import re  # pylint: disable=g-import-not-at-top
+  counts = dict.fromkeys(COLLECTIVES, 0)
+  for line in hlo_text.splitlines():
+    if ' = ' not in line:
+      continue
+    for name in COLLECTIVES:
+      if re.search(rf' {name}(-start)?\(', line):
+        groups = re.search(r'replica_groups=(\{[{}0-9,]*\}|\[\d+,1\]<=)',
+                           line)
+        lone = groups and (groups.group(1).endswith(',1]<=') or all(
+            ',' not in g for g in re.findall(r'\{([0-9,]*)\}',
+                                             groups.group(1))))
+        if not lone:
+          counts[name] += 1
+        break
+  return counts
