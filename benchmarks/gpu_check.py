@@ -40,8 +40,9 @@ log). Here, once, from the checkout's root (Python 3.12 wheels, x86-64):
       portpicker==1.6.0 simplejpeg==1.9.0
   mkdir -p .gpu_data && cp -r ../shared/data/cifar10-subset/cifar-10-batches-py .gpu_data/
 
-(.whl/ and .gpu_data/ are git-ignored; together about 23 MB.) Then `run`
-with carry [".whl", ".gpu_data"], timeout_s 600, and the command
+(.whl/ and .gpu_data/ are git-ignored; together about 23 MB; .gpu_data is
+a temporary copy for the device call only: `rm -rf .gpu_data` after it.)
+Then `run` with carry [".whl", ".gpu_data"], timeout_s 600, and the command
 
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit; PYTHONUNBUFFERED=1 timeout 560 python3 -m benchmarks.gpu_check --cifar_dir .gpu_data/cifar-10-batches-py --out $OUT/gpu_check 2>&1 | tee $OUT/gpu_check.log
 """
