@@ -157,9 +157,10 @@ def eval_rate(args) -> dict:
   labels = mesh_lib.put_replicated(
       rng.integers(0, config.num_classes, (n,), dtype=np.int32), mesh)
   start = time.perf_counter()
-  compiled = evaluate.lower(state.params, images, labels).compile()
+  variables = state_lib.eval_variables(state)
+  compiled = evaluate.lower(variables, images, labels).compile()
   compile_s = time.perf_counter() - start
-  run_once = lambda: jax.block_until_ready(compiled(state.params, images,
+  run_once = lambda: jax.block_until_ready(compiled(variables, images,
                                                     labels))
   run_once()
   eval_s = statistics.median(timed(run_once, 5))

@@ -13,10 +13,21 @@ pytest-xdist workers, a file to a worker (`-n 0` runs them in this process).
 """
 
 import os
+import signal
 import shutil
 import pathlib
 
 import pytest
+
+# Tests send SIGINT and SIGHUP to the processes they start and check what
+# those do. A suite started in the background (`cmd &` in a script, nohup)
+# inherits both as ignored, and children keep an ignored signal ignored
+# (bash cannot even trap it): give them back their defaults here, in every
+# pytest process (xdist workers import this file too).
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+  signal.signal(signal.SIGINT, signal.default_int_handler)
+if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN:
+  signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CIFAR_SUBSET = REPO.parent / 'shared' / 'data' / 'cifar10-subset' / \

