@@ -177,42 +177,20 @@ def _config(model, batch, half_precision, overrides):
 
 
 def compiled_step(config, side: int):
-  """The train step as training builds it, compiled for abstract inputs."""
+  """The train step as training builds it (`steps.lower_train_step`),
+  compiled for abstract inputs; (compiled, mesh, parameter bytes)."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from alexnet_jax.runtime import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
-  from alexnet_jax.task import config as config_lib  # pylint: disable=g-import-not-at-top
-  from alexnet_jax.task import optim  # pylint: disable=g-import-not-at-top
-  from alexnet_jax.task import state as state_lib  # pylint: disable=g-import-not-at-top
   from alexnet_jax.task import steps  # pylint: disable=g-import-not-at-top
-
-  towers = config.get('tower_parallelism', 1)
-  mesh = (mesh_lib.make_mesh(config.model_parallelism, towers) if towers > 1
-          else mesh_lib.make_mesh(config.model_parallelism))
-  model = state_lib.make_model(config, config.num_classes)
-  tx, _ = optim.make_optimizer(
-      config, config_lib.Durations.from_steps_per_epoch(config, 100))
-  extra = ()
-  if hasattr(state_lib, 'make_apply'):  # The code base with the towers.
-    extra = (state_lib.make_apply(config, model, mesh),)
-  abstract = jax.eval_shape(lambda: state_lib.create_train_state(
-      model, tx, (side, side, 3), 0, mesh, *extra)[0])
-  # eval_shape keeps the jit's out_shardings; set them again to be sure.
-  shardings = mesh_lib.state_shardings(abstract, mesh)
-  abstract = jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-      abstract, shardings)
-  step = steps.make_train_step(config, model, config.num_classes,
-                               (0.5,) * 3, (0.25,) * 3, side)
-  batch_sharding = mesh_lib.batch(mesh)
-  batch = {
-      'images': jax.ShapeDtypeStruct((config.batch_size, side, side, 3),
-                                     np.uint8, sharding=batch_sharding),
-      'labels': jax.ShapeDtypeStruct((config.batch_size,), np.int32,
-                                     sharding=batch_sharding)}
-  params = sum(int(np.prod(x.shape)) * x.dtype.itemsize
-               for x in jax.tree.leaves(abstract.params))
-  return step.lower(abstract, batch).compile(), mesh, params
+  lowered = steps.lower_train_step(config, num_classes=config.num_classes,
+                                   side=side)
+  state = lowered.args_info[0][0]  # The train state's abstract arguments.
+  params = sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
+               for x in jax.tree.leaves(state.params))
+  mesh = mesh_lib.make_mesh(config.model_parallelism,
+                            config.get('tower_parallelism', 1))
+  return lowered.compile(), mesh, params
 
 
 def _worker(args):

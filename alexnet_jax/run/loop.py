@@ -101,7 +101,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     reporter.write_json('config.json', state_lib.resolved_config(
         config, model, feed.num_classes, side))
     run = _Run(config, feed, durations, mesh, model, side, lr_schedule, ckpt,
-               reporter, stop)
+               reporter, stop, apply_fn)
     run.log_header(state, start_step)
     state, step = run.train(state, start_step or 0)
     return run.finish(state, step, abstract_state)
@@ -113,7 +113,7 @@ class _Run:
   """One run's loop and its pieces: train, log, evaluate, save, stop, finish."""
 
   def __init__(self, config, feed, durations, mesh, model, side, lr_schedule,
-               ckpt, reporter, stop):
+               ckpt, reporter, stop, apply_fn):
     self.config, self.feed, self.durations, self.mesh = (config, feed,
                                                          durations, mesh)
     self.lr_schedule, self.ckpt, self.reporter, self.stop = (lr_schedule, ckpt,
@@ -124,7 +124,7 @@ class _Run:
     self.evaluator = evaluation.make_evaluator(
         config, feed, evaluation.make_logits_fn(
             config, model, feed.spec.mean, feed.spec.std, side,
-            state_lib.make_apply(config, model, mesh)), mesh)
+            apply_fn), mesh)
     self.val_metrics = None
 
   def log_header(self, state, start_step):
