@@ -4,6 +4,8 @@ lost-process watchdog's verdicts, and C-level signal handlers."""
 
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import jax.numpy as jnp
@@ -25,6 +27,103 @@ def test_a_signal_becomes_a_stop_at_the_next_step(sig, capfd):
   assert signal.getsignal(sig) == before  # Handlers restored after the run.
   assert f'{signal.Signals(sig).name} received: finishing the current step' \
       in capfd.readouterr().err
+
+
+# A long XLA call (about a minute on 2 cores) inside a run's StopRequest.
+# (block_until_ready lets Python handlers run while it waits; np.asarray,
+# like a collective that waits for another process, does not.)
+_STUCK_IN_XLA = """
+import jax, jax.numpy as jnp, numpy as np
+from alexnet_jax.runtime import preemption
+spin = jax.jit(lambda x, n: jax.lax.fori_loop(
+    0, n, lambda i, x: jnp.sin(x) * 1.0001, x))
+x = jnp.ones(1024)
+spin(x, 10).block_until_ready()
+with preemption.StopRequest(lambda step: False):
+  print('computing', flush=True)
+  np.asarray(spin(x, 20_000_000))
+  print('computed', flush=True)
+"""
+
+
+def test_signals_are_seen_when_they_arrive_even_inside_an_xla_call():
+  """Python runs a handler only after the current XLA call; the first signal
+  is still acknowledged at once and the second exits at once (143), which in
+  a multi-process job must not wait for a collective with a process that
+  has gone."""
+  proc = subprocess.Popen([sys.executable, '-c', _STUCK_IN_XLA],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+  try:
+    assert proc.stdout.readline() == 'computing\n'
+    time.sleep(1)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    while 'SIGTERM received' not in proc.stderr.readline():
+      assert proc.poll() is None
+    acknowledged = time.monotonic() - started
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    took = time.monotonic() - started
+  finally:
+    proc.kill()
+  assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+  assert 'SIGTERM again: exiting at once, without saving' in err
+  assert out == ''  # The computation never finished.
+  assert acknowledged < 5 and took < 10, (acknowledged, took)
+
+
+_FORKED_CHILD_SIGNALLED = """
+import os, signal, time
+from alexnet_jax.runtime import preemption
+with preemption.StopRequest(lambda step: False) as stop:
+  child = os.fork()
+  if child == 0:
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.2)
+    os._exit(0)
+  os.waitpid(child, 0)
+  time.sleep(0.5)
+  print('stop requested:', stop.should_stop(1), flush=True)
+"""
+
+
+def test_a_forked_childs_signal_is_not_this_processs():
+  """A forked data worker inherits the wake-up fd; a SIGTERM that only it
+  receives must not count as the trainer's."""
+  proc = subprocess.run([sys.executable, '-c', _FORKED_CHILD_SIGNALLED],
+                        capture_output=True, text=True, timeout=60,
+                        check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout == 'stop requested: False\n'
+  assert 'SIGTERM received' not in proc.stderr
+
+
+# What exiting at once does while JAX aborts (process 0 went first): a final
+# word that cannot reach the gone coordinator, then abort() in another thread.
+_ABORT_WHILE_EXITING = """
+import os, threading, time
+from alexnet_jax.runtime import csignals, liveness
+class Gone:  # The coordinator's store, no longer answering.
+  def key_value_set(self, *args, **kwargs):
+    time.sleep(60)
+dog = liveness.Watchdog(Gone(), 1, 2, lost_after=30)
+liveness._current = dog
+csignals.install_hook(6, liveness._AbortHook(dog, '127.0.0.1:1'))
+threading.Thread(target=liveness.exit_now, args=(143, 'exited', 30)).start()
+time.sleep(0.5)
+os.abort()
+"""
+
+
+def test_an_abort_while_exiting_at_once_keeps_the_exit_status():
+  """The CI failure this guards against: both processes of a job got a
+  second SIGTERM; process 0 exited first, and JAX aborted process 1 while it
+  was leaving its final word (exit status -6 instead of 143)."""
+  proc = subprocess.run([sys.executable, '-c', _ABORT_WHILE_EXITING],
+                        capture_output=True, text=True, timeout=60,
+                        check=False)
+  assert proc.returncode == 143, proc.stderr[-2000:]
 
 
 def test_save_cadence_is_orbaxs_policy(tmp_path):

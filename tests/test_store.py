@@ -300,9 +300,12 @@ def test_sigterm_to_the_process_group_saves_and_resumes_exactly(
     jpeg_store, tmp_path, subprocess_env):
   """As a scheduler signals a job: SIGTERM to the trainer AND its Grain
   workers at once. The workers ignore it, the trainer saves the step and
-  exits 143; the rerun ends bit for bit where an uninterrupted run ends."""
+  exits 143; the rerun ends bit for bit where an uninterrupted run ends.
+  The tiny net on 64x64 crops of the 256 squares: the signals are the point,
+  the paper's net at 227 is trained from the store by the test above."""
   args = lambda w: store_args(w, jpeg_store, num_steps=16, data_workers=2,
-                              checkpoint_every_steps=4)
+                              checkpoint_every_steps=4, model='alexnet_tiny',
+                              image_size=64)
   twin = tmp_path / 'twin'
   done = cli.run_cli(args(twin), subprocess_env)
   assert done.returncode == 0, done.stderr[-2000:]

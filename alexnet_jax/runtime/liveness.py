@@ -167,6 +167,8 @@ class Watchdog:
 
 
 _current: Optional[Watchdog] = None
+# The status of an exit under way (exit_now): an abort meanwhile exits with it.
+_exit_status: Optional[int] = None
 
 
 def reachable(address: str, timeout: float = 2.0) -> bool:
@@ -189,6 +191,8 @@ class _AbortHook:
     self.previous = csignals.CHandler.current(signal.SIGABRT)  # faulthandler's
 
   def __call__(self, signum):
+    if _exit_status is not None:  # Exiting on purpose; process 0 went first.
+      os._exit(_exit_status)  # pylint: disable=protected-access
     if self.watchdog.judging() and not reachable(self.coordinator):
       _exit_lost(
           f'error: process 0 of {self.watchdog.n} (the coordinator at '
@@ -232,6 +236,21 @@ def active() -> bool:
 def finish(note: str = 'done'):
   if _current is not None:
     _current.finish(note)
+
+
+def exit_now(status: int, note: str, wait: float = 1.0):
+  """Exits this process at once with `status`, having left `note` for the
+  others (waiting at most `wait` seconds: the coordinator may be gone). When
+  every process of a job is told to exit at once, process 0 may go first;
+  JAX then aborts the others, and the SIGABRT hook exits with `status` too."""
+  global _exit_status
+  _exit_status = status
+  if _current is not None:
+    writer = threading.Thread(target=_current.finish, args=(note,),
+                              daemon=True)
+    writer.start()
+    writer.join(wait)
+  os._exit(status)  # pylint: disable=protected-access
 
 
 def await_verdict():

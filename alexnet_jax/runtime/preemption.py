@@ -16,12 +16,19 @@ after each step, because JAX's preemption notifier exists only after
 `jax.distributed.initialize` (orbax's `reached_preemption` is always False
 without it).
 
-Python runs a signal's handler when the main thread is back in Python, so
-"at once" means at the end of the current XLA call: within a step.
+Python runs a signal's handler only once the main thread is back in Python:
+after the current XLA call, which in a multi-process job may be a collective
+with a process that has already exited. So the second signal is not left to
+the handler: `signal.set_wakeup_fd` makes Python's C-level handler write each
+signal's number to a pipe the moment it arrives, and a daemon thread that
+reads the pipe (`_Arrivals`) says at once that the signal came and, on the
+second, exits the process at once, in the middle of a step if need be
+(runtime/liveness.py `exit_now`); the handler itself only records the stop.
 """
 
 import os
 import signal
+import threading
 from typing import Callable, Optional
 
 import jax
@@ -30,6 +37,87 @@ from alexnet_jax.runtime import liveness
 from alexnet_jax.runtime.csignals import CHandler
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_watching = False  # Whether an _Arrivals holds the wake-up fd.
+
+
+def _forget_in_a_forked_child():
+  """A forked child (a data worker) inherits the wake-up fd: its signals
+  would count as this process's."""
+  if _watching:
+    try:
+      signal.set_wakeup_fd(-1)
+    except ValueError:  # Forked from a thread that is not its main thread.
+      pass
+
+
+os.register_at_fork(after_in_child=_forget_in_a_forked_child)
+
+
+class _Arrivals:
+  """Sees SIGTERM/SIGINT as they arrive, whatever the main thread is doing:
+  says so on the first, exits at once on the second (from its own thread)."""
+
+  def __init__(self):
+    self._count = 0
+    self._previous_fd = None
+    self._read_fd = self._write_fd = None
+    self._thread = None
+
+  def start(self) -> '_Arrivals':
+    global _watching
+    self._read_fd, self._write_fd = os.pipe()
+    os.set_blocking(self._write_fd, False)  # Python's handler must not block.
+    self._previous_fd = signal.set_wakeup_fd(self._write_fd,
+                                             warn_on_full_buffer=False)
+    self._thread = threading.Thread(target=self._run, daemon=True,
+                                    name='alexnet_jax-signals')
+    self._thread.start()
+    _watching = True
+    return self
+
+  def _run(self):
+    while True:
+      try:
+        data = os.read(self._read_fd, 64)
+      except OSError:
+        return
+      if not data:
+        return  # stop() closed the pipe.
+      for signum in data:
+        if signum in _SIGNALS:
+          self._count += 1
+          if self._count == 1:
+            _say_received(signum)
+          else:
+            _exit_at_once(signum)
+
+  def stop(self):
+    """Restores the previous wake-up fd; the thread reads what is left."""
+    global _watching
+    _watching = False
+    signal.set_wakeup_fd(self._previous_fd)
+    os.close(self._write_fd)
+    self._thread.join(timeout=5)
+    os.close(self._read_fd)
+
+
+def _say_received(signum: int):
+  name = signal.Signals(signum).name
+  os.write(2, f'\n{name} received: finishing the current step, saving a '
+              f'checkpoint, then exiting ({name} again exits at once)\n'
+              .encode())
+
+
+_exiting = threading.Lock()
+
+
+def _exit_at_once(signum: int):
+  """The second signal: say so, tell the other processes, exit 128 + signum."""
+  with _exiting:  # The handler and _Arrivals may both get here.
+    name = signal.Signals(signum).name
+    os.write(2, f'\n{name} again: exiting at once, without saving '
+                '(the last checkpoint is intact)\n'.encode())
+    liveness.exit_now(128 + signum, f'exited: {name} again, at once')
 
 
 class StopRequest:
@@ -42,6 +130,7 @@ class StopRequest:
     self._previous = {}
     self._multi = False
     self._notifier: Optional[CHandler] = None
+    self._arrivals: Optional[_Arrivals] = None
 
   def __enter__(self):
     self._multi = jax.process_count() > 1
@@ -51,9 +140,11 @@ class StopRequest:
       if self._multi and sig == signal.SIGTERM and self._notifier is None:
         continue  # No notifier to call: leave SIGTERM to whatever owns it.
       self._previous[sig] = signal.signal(sig, self._handle)
+    self._arrivals = _Arrivals().start()
     return self
 
   def __exit__(self, *exc):
+    self._arrivals.stop()
     for sig, handler in self._previous.items():
       if sig == signal.SIGTERM and self._notifier is not None:
         self._notifier.reinstall()  # XLA's, as it was.
@@ -62,17 +153,10 @@ class StopRequest:
     self._previous.clear()
 
   def _handle(self, signum, frame):
-    del frame
-    name = signal.Signals(signum).name
+    del frame  # _Arrivals has said so already (and exits on a second one).
     if self.signum is not None:
-      os.write(2, f'\n{name} again: exiting at once, without saving '
-                  '(the last checkpoint is intact)\n'.encode())
-      liveness.finish(f'exited: {name} again, at once')
-      os._exit(128 + signum)  # pylint: disable=protected-access
+      _exit_at_once(signum)
     self.signum = signum
-    os.write(2, f'\n{name} received: finishing the current step, saving a '
-                f'checkpoint, then exiting ({name} again exits at once)\n'
-                .encode())
     if self._multi:  # Let JAX's preemption sync point decide the step.
       self.signum = signal.SIGTERM
       if self._notifier is not None:
