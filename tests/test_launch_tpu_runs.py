@@ -104,11 +104,12 @@ def test_a_start_retried_after_a_drop_starts_no_second_trainer(cloud):
 def test_preempted_brought_back_through_stockouts_and_resumed(cloud):
   """A Spot preemption mid-run: the trainers save on SIGTERM, the VM goes;
   the launcher recreates it, waiting out two stockouts with back-off, and
-  training resumes from the saved step on the new VM."""
+  training resumes from the saved step on the new VM, on every worker,
+  even one that starts late."""
   world = dict(node('READY'), train=[{'preempt_after': 1.5}],
                create_errors=[STOCKOUT, STOCKOUT])
   result = cloud.launch(*TPU_ARGS, world=world, DUMMY_STEPS='40',
-                        DUMMY_STEP_SECONDS='0.1')
+                        DUMMY_STEP_SECONDS='0.1', DUMMY_LATE_WORKER='1=0.5')
   assert result.returncode == 0, result.stderr
   first, second = cloud.starts()[:2], cloud.starts()[2:]
   assert len(first) == len(second) == 2

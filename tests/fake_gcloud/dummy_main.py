@@ -6,11 +6,15 @@ FAKE_GCS_ROOT) the way checkpoints do: worker 0 writes the step reached,
 and a new start resumes from it. SIGTERM makes it finish the step, say
 `stopped by SIGTERM at step S/N` and exit 143. Every start is recorded in
 FAKE_GCS_ROOT/starts.jsonl: worker, pid, session id, the step it resumed
-from, its arguments.
+from, its arguments. Like the real trainers (which meet in
+`jax.distributed.initialize` before restoring one checkpoint together), the
+workers of a start wait for each other before the first step, so all of
+them resume from the same step however late one of them starts.
 
 Environment: DUMMY_STEPS (default 20) steps of DUMMY_STEP_SECONDS (0.05);
 DUMMY_EXITS, e.g. "75,0": this worker's first start exits 75 after 3 steps,
-its second finishes (0); the last entry repeats (default "0").
+its second finishes (0); the last entry repeats (default "0");
+DUMMY_LATE_WORKER, e.g. "1=0.5": worker 1 starts 0.5 s late (a slow host).
 """
 
 import json
@@ -27,6 +31,16 @@ def read_starts(path):
     return [json.loads(line) for line in f]
 
 
+def wait_for_the_others(starts, workers, timeout=60.0):
+  """Returns once every worker of this start has recorded its start (the
+  starts of a VM's workers come in rounds of `workers` records)."""
+  mine = len(read_starts(starts))  # This start's record is the last so far.
+  needed = -(-mine // workers) * workers
+  deadline = time.monotonic() + timeout
+  while len(read_starts(starts)) < needed and time.monotonic() < deadline:
+    time.sleep(0.02)
+
+
 def main(argv):
   args = dict(a.split('=', 1) for a in argv if a.startswith('--') and '=' in a)
   root = os.environ['FAKE_GCS_ROOT']
@@ -34,6 +48,9 @@ def main(argv):
   worker = int(os.environ['TPU_WORKER_ID'])
   steps = int(os.environ.get('DUMMY_STEPS', '20'))
   pause = float(os.environ.get('DUMMY_STEP_SECONDS', '0.05'))
+  late = os.environ.get('DUMMY_LATE_WORKER', '').split('=')
+  if late[0] == str(worker):
+    time.sleep(float(late[1]))
   os.makedirs(workdir, exist_ok=True)
   step_file = os.path.join(workdir, 'dummy_step')
   first = 0
@@ -50,6 +67,7 @@ def main(argv):
                         'argv': argv}) + '\n')
   stop = []
   signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
+  wait_for_the_others(starts, int(os.environ['FAKE_TPU_WORKER_COUNT']))
   print(f'resuming from step {first}' if first else 'starting', flush=True)
   last = steps if status == 0 else min(steps, first + 3)
   for step in range(first + 1, last + 1):

@@ -60,8 +60,9 @@ def install(rest, world):
   return 0
 
 
-def worker_env(i, home):
+def worker_env(i, home, world):
   return dict(os.environ, HOME=home, TPU_WORKER_ID=str(i),
+              FAKE_TPU_WORKER_COUNT=str(len(homes(world))),
               PATH=os.environ.get('FAKE_WORKER_PATH', os.environ['PATH']),
               FAKE_GCLOUD_WORKER='1')
 
@@ -69,7 +70,7 @@ def worker_env(i, home):
 def execute(command, rest, world, outcome):
   """The command on each selected worker, as sshd would run it."""
   procs = [subprocess.Popen(['bash', '-c', command], cwd=home,
-                            env=worker_env(i, home), start_new_session=True)
+                            env=worker_env(i, home, world), start_new_session=True)
            for i, home in selected(rest, world)]
   hang_up = lambda *_: [os.killpg(p.pid, signal.SIGHUP) for p in procs
                         if p.poll() is None]
