@@ -65,15 +65,6 @@ def _image_sources(config):
           spec.num_classes)
 
 
-def _own(array: np.ndarray) -> np.ndarray:
-  """A copy out of the shared memory a Grain worker handed the batch over
-  in, so that memory is unlinked as soon as Grain's array is dropped
-  (on a CPU backend a jax.Array may alias its host buffer, and an
-  evaluation cache keeps its batches for the whole run: both would keep it
-  alive to the end, and Python warns of leaked shared memory at exit)."""
-  return np.array(array, copy=True)
-
-
 class BadImages:
   """Records that cannot be decoded: each named once in the log (with the
   decoder's reason), counted, and the run stopped with one line once more
@@ -182,9 +173,11 @@ class StreamingFeed:
         crop_size=0 if self.crops_on_device else self.image_shape[0],
         inception_crop=c.random_resized_crop, workers=c.data_workers,
         process_index=jax.process_index(), process_count=jax.process_count())
-    ds = ds.map(lambda b: (self.to_global(_own(b[0])),
-                           self.to_global(_own(b[1])), _own(b[2])))
-    return iter(grain.experimental.ThreadPrefetchIterDataset(
+    # Out of shared memory before the arrays go anywhere: on a CPU backend
+    # a jax.Array may alias its host buffer (`streaming.passes`).
+    ds = ds.map(streaming.owned).map(
+        lambda b: (self.to_global(b[0]), self.to_global(b[1]), b[2]))
+    return streaming.passes(grain.experimental.ThreadPrefetchIterDataset(
         ds, prefetch_buffer_size=1))
 
   def eval_batches(self, name: str, global_batch: int) -> Iterator:
@@ -194,14 +187,14 @@ class StreamingFeed:
     key = (name, global_batch)
     if key not in self._eval_cache:
       local = []
-      for images, labels, mask, bad in streaming.eval_batches(
+      for images, labels, mask, bad in streaming.passes(streaming.eval_batches(
           self.splits[name], global_batch=global_batch,
           resize_size=self.config.resize_size,
           workers=self.config.data_workers,
           process_index=jax.process_index(),
-          process_count=jax.process_count()):
+          process_count=jax.process_count())):
         self.bad.note(name, bad)
-        local.append((_own(images), _own(labels), _own(mask)))
+        local.append((images, labels, mask))
       self._eval_cache[key] = local
     for images, labels, mask in self._eval_cache[key]:
       yield self.to_global(images), self.to_global(labels), self.to_global(mask)

@@ -27,6 +27,7 @@ training takes a random `crop_size` window of that (or, with
 
 import dataclasses
 import functools
+import gc
 import os
 import signal
 import threading
@@ -319,6 +320,49 @@ class _Batch:
     examples = [self.example(self.positions(k * self.local_batch + j))
                 for j in range(self.local_batch)]
     return tuple(np.stack(parts) for parts in zip(*examples))
+
+
+def passes(ds):
+  """Iterates Grain dataset `ds` once, its arrays copied out of the shared
+  memory Grain's workers hand batches over in; when the pass ends, frees
+  that memory before going on.
+
+  A batch still in shared memory when the process ends makes Python warn of
+  leaked shared memory, and Grain (0.2.18) unlinks it late: in a deleter
+  thread, once the batch is collected, and it keeps each worker's last batch
+  alive in a reference cycle (the StopIteration that ends a worker's stream
+  holds, through its traceback, the frame that holds the batch). So nothing
+  downstream holds Grain's arrays (a loop variable would keep the last one
+  to the end of its function), and a pass that ends collects and waits.
+  (One left unfinished, by a stopping run, is left to Grain.)
+  """
+  for element in ds:
+    element = owned(element)  # Grain's arrays dropped here,
+    yield element  # not held while this copy is in use.
+  release_shared_memory()
+
+
+def owned(element):
+  """A batch (an array or a tuple of them) with each array that lies in
+  Grain's shared memory copied out of it; that memory is unlinked as soon
+  as Grain's array is dropped."""
+  if isinstance(element, tuple):
+    return tuple(owned(x) for x in element)
+  if isinstance(element, grain.multiprocessing.SharedMemoryArray):
+    return np.array(element, copy=True)
+  return element
+
+
+def release_shared_memory():
+  """Collects the batches Grain handed over that nothing references, and
+  waits until their shared memory is unlinked."""
+  gc.collect()
+  # Grain unlinks in one thread, in order (SharedMemoryArray.enable_async_del(1)):
+  # a task that runs after those queued so far finds them done.
+  deleter = getattr(grain.multiprocessing.SharedMemoryArray,
+                    '_del_thread_pool', None)
+  if deleter is not None:
+    deleter.apply_async(int).wait(timeout=10)
 
 
 def _loader(ds, workers: int, threads: int = 2):

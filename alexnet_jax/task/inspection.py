@@ -158,9 +158,9 @@ class StreamedSplit:
     if len(order) != len(self.source) or np.any(order != np.arange(len(order))):
       records = streaming.Subset(self.source, order)
     padded = _padded(order, batch)
-    for images, labels, _, _ in streaming.eval_batches(
+    for images, labels, _, _ in streaming.passes(streaming.eval_batches(
         records, global_batch=batch, resize_size=self.resize_size,
-        workers=self.workers):
+        workers=self.workers)):
       idx, mask = next(padded)
       yield images, labels, idx, mask
 
