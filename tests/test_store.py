@@ -326,6 +326,8 @@ def test_sigterm_to_the_process_group_saves_and_resumes_exactly(
   assert proc.returncode == 143, err[-3000:]
   assert 'stopped by SIGTERM at step' in out, out[-2000:]
   assert 'Worker process was terminated' not in err
+  # The stopping run closed its stream: no batch left in shared memory.
+  assert 'leaked shared_memory' not in err, err[-2000:]
   resumed = cli.run_cli(args(stopped), subprocess_env)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   cli.assert_states_bitwise_equal(str(stopped), str(twin), 16)

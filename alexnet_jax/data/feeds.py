@@ -15,6 +15,7 @@ checkpoint's step resumes the data exactly. Evaluation over a feed's splits
 is `task/evaluation.py`.
 """
 
+import contextlib
 import os
 from typing import Iterator
 
@@ -155,10 +156,11 @@ class StreamingFeed:
       batches = dali.train_batches(self, start_step, total_steps)
     else:
       batches = self._grain_train(start_step, total_steps)
-    for images, labels, replaced in batches:
-      self.bad.note('train', replaced)
-      yield {'images': images, 'labels': labels,
-             'replaced': self.to_global((replaced != -1).astype(np.int8))}
+    with contextlib.closing(batches):  # A stopping run stops the workers.
+      for images, labels, replaced in batches:
+        self.bad.note('train', replaced)
+        yield {'images': images, 'labels': labels,
+               'replaced': self.to_global((replaced != -1).astype(np.int8))}
 
   def _grain_train(self, start_step: int, total_steps: int) -> Iterator:
     """Grain's thread prefetch keeps the next batch decoded and its

@@ -333,12 +333,19 @@ def passes(ds):
   alive in a reference cycle (the StopIteration that ends a worker's stream
   holds, through its traceback, the frame that holds the batch). So nothing
   downstream holds Grain's arrays (a loop variable would keep the last one
-  to the end of its function), and a pass that ends collects and waits.
-  (One left unfinished, by a stopping run, is left to Grain.)
+  to the end of its function), and a pass that ends collects and waits. A
+  pass left unfinished (a run that stops) closes Grain's iterator when it
+  is closed: its workers end and the batches they had ready are unlinked.
   """
-  for element in ds:
-    element = owned(element)  # Grain's arrays dropped here,
-    yield element  # not held while this copy is in use.
+  batches = iter(ds)
+  try:
+    for element in batches:
+      element = owned(element)  # Grain's arrays dropped here,
+      yield element  # not held while this copy is in use.
+  except GeneratorExit:
+    getattr(batches, 'close', lambda: None)()
+    release_shared_memory()
+    raise
   release_shared_memory()
 
 
@@ -355,14 +362,20 @@ def owned(element):
 
 def release_shared_memory():
   """Collects the batches Grain handed over that nothing references, and
-  waits until their shared memory is unlinked."""
+  waits until their shared memory is unlinked (in the main thread only: a
+  generator closed by the collector may be closed in Grain's own thread)."""
   gc.collect()
+  if threading.current_thread() is not threading.main_thread():
+    return
   # Grain unlinks in one thread, in order (SharedMemoryArray.enable_async_del(1)):
   # a task that runs after those queued so far finds them done.
   deleter = getattr(grain.multiprocessing.SharedMemoryArray,
                     '_del_thread_pool', None)
   if deleter is not None:
-    deleter.apply_async(int).wait(timeout=10)
+    try:
+      deleter.apply_async(int).wait(timeout=10)
+    except ValueError:  # Its pool already stopped: the process is ending.
+      pass
 
 
 def _loader(ds, workers: int, threads: int = 2):

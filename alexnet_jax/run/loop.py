@@ -154,30 +154,32 @@ class _Run:
 
   def train(self, state, start_step: int):
     d, step = self.durations, start_step
-    batches = self.feed.train(start_step, d.steps_per_epoch, d.total_steps)
-    for batch in batches:
-      state = self.train_step(state, batch)
-      step += 1
-      log_now = step % self.config.log_every_steps == 0 or (
-          step == d.total_steps)
-      # Wait for the step where it is timed: after compilation, and when
-      # its metrics are logged.
-      sums = jax.device_get(state.sums) if (
-          log_now or step == start_step + 1) else None
-      steps_per_sec = self.reporter.after_step(step)
-      eval_now = d.evaluates_at(step) and self.feed.sizes['val'] > 0
-      stop_now = self.stop.should_stop(step)
-      save_now = eval_now or stop_now or self.ckpt.should_save(step)
-      if log_now:
-        self.log_train(state, sums, step, steps_per_sec)
-      if save_now:
-        jax.block_until_ready(state.step)  # The step's time is training's.
-        with self.reporter.paused():  # Off the clock of img/s and the ETA.
-          state = (self.validate(state, step) if eval_now
-                   else self.save(state, step))
-      self.reporter.flush(force=save_now)
-      if stop_now:
-        self.interrupted(step)
+    # Closed when the loop ends, by a stop too: Grain's workers end with it.
+    with contextlib.closing(self.feed.train(start_step, d.steps_per_epoch,
+                                            d.total_steps)) as batches:
+      for batch in batches:
+        state = self.train_step(state, batch)
+        step += 1
+        log_now = step % self.config.log_every_steps == 0 or (
+            step == d.total_steps)
+        # Wait for the step where it is timed: after compilation, and when
+        # its metrics are logged.
+        sums = jax.device_get(state.sums) if (
+            log_now or step == start_step + 1) else None
+        steps_per_sec = self.reporter.after_step(step)
+        eval_now = d.evaluates_at(step) and self.feed.sizes['val'] > 0
+        stop_now = self.stop.should_stop(step)
+        save_now = eval_now or stop_now or self.ckpt.should_save(step)
+        if log_now:
+          self.log_train(state, sums, step, steps_per_sec)
+        if save_now:
+          jax.block_until_ready(state.step)  # The step's time is training's.
+          with self.reporter.paused():  # Off the clock of img/s and the ETA.
+            state = (self.validate(state, step) if eval_now
+                     else self.save(state, step))
+        self.reporter.flush(force=save_now)
+        if stop_now:
+          self.interrupted(step)
     return state, step
 
   def learning_rate(self, state, step: int) -> float:
