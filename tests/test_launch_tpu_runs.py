@@ -106,17 +106,17 @@ def test_preempted_brought_back_through_stockouts_and_resumed(cloud):
   the launcher recreates it, waiting out two stockouts with back-off, and
   training resumes from the saved step on the new VM, on every worker,
   even one that starts late."""
-  world = dict(node('READY'), train=[{'preempt_after': 1.5}],
+  world = dict(node('READY'), train=[{'preempt_after': 3}],
                create_errors=[STOCKOUT, STOCKOUT])
-  result = cloud.launch(*TPU_ARGS, world=world, DUMMY_STEPS='40',
+  result = cloud.launch(*TPU_ARGS, world=world, DUMMY_STEPS='60',
                         DUMMY_STEP_SECONDS='0.1', DUMMY_LATE_WORKER='1=0.5')
   assert result.returncode == 0, result.stderr
   first, second = cloud.starts()[:2], cloud.starts()[2:]
   assert len(first) == len(second) == 2
   saved = second[0]['resumed_from']
-  assert 0 < saved < 40 and all(t['resumed_from'] == saved for t in second)
+  assert 0 < saved < 60 and all(t['resumed_from'] == saved for t in second)
   assert f'resuming from step {saved}' in cloud.worker_log(0)
-  assert steps_saved(cloud) == 40
+  assert steps_saved(cloud) == 60
   assert cloud.sleeps() == [60, 120]
   decisions = cloud.decisions()
   assert [d for d in decisions if d.startswith('restart ')] == [

@@ -6,10 +6,10 @@ FAKE_GCS_ROOT) the way checkpoints do: worker 0 writes the step reached,
 and a new start resumes from it. SIGTERM makes it finish the step, say
 `stopped by SIGTERM at step S/N` and exit 143. Every start is recorded in
 FAKE_GCS_ROOT/starts.jsonl: worker, pid, session id, the step it resumed
-from, its arguments. Like the real trainers (which meet in
-`jax.distributed.initialize` before restoring one checkpoint together), the
-workers of a start wait for each other before the first step, so all of
-them resume from the same step however late one of them starts.
+from, the start it belongs to, its arguments. Like the real trainers (which
+meet in `jax.distributed.initialize` before restoring one checkpoint
+together), the workers of a start wait for each other before the first
+step, so all of them resume from the same step however late one starts.
 
 Environment: DUMMY_STEPS (default 20) steps of DUMMY_STEP_SECONDS (0.05);
 DUMMY_EXITS, e.g. "75,0": this worker's first start exits 75 after 3 steps,
@@ -27,18 +27,24 @@ import time
 def read_starts(path):
   if not os.path.exists(path):
     return []
-  with open(path) as f:
-    return [json.loads(line) for line in f]
+  with open(path) as f:  # A line still being written is not a start yet.
+    return [json.loads(line) for line in f if line.endswith('\n')]
 
 
-def wait_for_the_others(starts, workers, timeout=60.0):
-  """Returns once every worker of this start has recorded its start (the
-  starts of a VM's workers come in rounds of `workers` records)."""
-  mine = len(read_starts(starts))  # This start's record is the last so far.
-  needed = -(-mine // workers) * workers
+def wait_for_the_others(starts, stop, timeout=60.0):
+  """True once every worker this start runs on has recorded its start
+  (records carrying this start's FAKE_TPU_START); False on SIGTERM."""
+  token, workers = (os.environ['FAKE_TPU_START'],
+                    int(os.environ['FAKE_TPU_START_WORKERS']))
   deadline = time.monotonic() + timeout
-  while len(read_starts(starts)) < needed and time.monotonic() < deadline:
+  while sum(s.get('start') == token for s in read_starts(starts)) < workers:
+    if stop:
+      return False
+    if time.monotonic() > deadline:
+      raise SystemExit(f'the {workers} workers of start {token} did not all '
+                       f'start within {timeout:.0f} s')
     time.sleep(0.02)
+  return True
 
 
 def main(argv):
@@ -48,6 +54,8 @@ def main(argv):
   worker = int(os.environ['TPU_WORKER_ID'])
   steps = int(os.environ.get('DUMMY_STEPS', '20'))
   pause = float(os.environ.get('DUMMY_STEP_SECONDS', '0.05'))
+  stop = []
+  signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
   late = os.environ.get('DUMMY_LATE_WORKER', '').split('=')
   if late[0] == str(worker):
     time.sleep(float(late[1]))
@@ -64,10 +72,11 @@ def main(argv):
   with open(starts, 'a') as f:
     f.write(json.dumps({'worker': worker, 'pid': os.getpid(),
                         'sid': os.getsid(0), 'resumed_from': first,
+                        'start': os.environ['FAKE_TPU_START'],
                         'argv': argv}) + '\n')
-  stop = []
-  signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
-  wait_for_the_others(starts, int(os.environ['FAKE_TPU_WORKER_COUNT']))
+  if not wait_for_the_others(starts, stop):
+    print('stopped by SIGTERM before the first step', flush=True)
+    return 143
   print(f'resuming from step {first}' if first else 'starting', flush=True)
   last = steps if status == 0 else min(steps, first + 3)
   for step in range(first + 1, last + 1):

@@ -60,18 +60,23 @@ def install(rest, world):
   return 0
 
 
-def worker_env(i, home, world):
+def worker_env(i, home, start, workers):
+  """What sshd gives the command on worker i; `start` names this call, run
+  on `workers` workers (the dummy trainers of one start wait for each
+  other)."""
   return dict(os.environ, HOME=home, TPU_WORKER_ID=str(i),
-              FAKE_TPU_WORKER_COUNT=str(len(homes(world))),
+              FAKE_TPU_START=start, FAKE_TPU_START_WORKERS=str(workers),
               PATH=os.environ.get('FAKE_WORKER_PATH', os.environ['PATH']),
               FAKE_GCLOUD_WORKER='1')
 
 
 def execute(command, rest, world, outcome):
   """The command on each selected worker, as sshd would run it."""
+  chosen, start = selected(rest, world), str(time.time_ns())
   procs = [subprocess.Popen(['bash', '-c', command], cwd=home,
-                            env=worker_env(i, home, world), start_new_session=True)
-           for i, home in selected(rest, world)]
+                            env=worker_env(i, home, start, len(chosen)),
+                            start_new_session=True)
+           for i, home in chosen]
   hang_up = lambda *_: [os.killpg(p.pid, signal.SIGHUP) for p in procs
                         if p.poll() is None]
   def interrupted(signum, frame):  # Ctrl-C here: the connections close.
