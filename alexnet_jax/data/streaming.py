@@ -343,8 +343,11 @@ def passes(ds):
       element = owned(element)  # Grain's arrays dropped here,
       yield element  # not held while this copy is in use.
   except GeneratorExit:
-    getattr(batches, 'close', lambda: None)()
-    release_shared_memory()
+    # Closed in the main thread (a stopping run); one the collector closes
+    # in a Grain thread is left to Grain, which cannot join itself.
+    if threading.current_thread() is threading.main_thread():
+      getattr(batches, 'close', lambda: None)()
+      release_shared_memory()
     raise
   release_shared_memory()
 
@@ -362,12 +365,9 @@ def owned(element):
 
 def release_shared_memory():
   """Collects the batches Grain handed over that nothing references, and
-  waits until their shared memory is unlinked (in the main thread only: a
-  generator closed by the collector may be closed in Grain's own thread)."""
+  waits until their shared memory is unlinked."""
   gc.collect()
-  if threading.current_thread() is not threading.main_thread():
-    return
-  # Grain unlinks in one thread, in order (SharedMemoryArray.enable_async_del(1)):
+  # Grain unlinks in one thread, in order (enable_async_del(1)):
   # a task that runs after those queued so far finds them done.
   deleter = getattr(grain.multiprocessing.SharedMemoryArray,
                     '_del_thread_pool', None)
