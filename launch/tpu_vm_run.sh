@@ -16,9 +16,11 @@ make_tarball() {
 # Training processes a previous launcher left on the workers (one that ran
 # training in the foreground of its ssh) hold the TPU. SIGTERM makes them
 # save a checkpoint and exit; SIGKILL after the grace period. The pattern is
-# the venv's python running alexnet_jax.main; `[.]` keeps it from matching
-# the shell that runs this command, whose text holds the pattern itself.
-stop_cmd="pat=\"\$HOME/alexnet_jax_venv/bin/python -m alexnet_jax[.]main\"; \
+# the venv's python running alexnet_jax.main, at the start of the command
+# line: not tpu_worker.sh's wrapper, whose arguments hold the trainer's
+# command (it must outlive the trainer to record its exit status and copy
+# the last of its log), nor the shell that runs this command.
+stop_cmd="pat=\"^\$HOME/alexnet_jax_venv/bin/python -m alexnet_jax[.]main\"; \
 me=\$(id -u); \
 pids=\$(pgrep -u \"\$me\" -f \"\$pat\") || exit 0; \
 echo \"\$(hostname): stopping training processes\" \$pids >&2; \

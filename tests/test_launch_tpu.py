@@ -358,6 +358,30 @@ def start_dummy(home, out, ignore_term=False):
   return proc
 
 
+def test_stop_leaves_the_wrapper_whose_arguments_name_the_trainer(
+    worker_home, tmp_path, bare_path):
+  """tpu_worker.sh's wrapper runs the trainer and outlives it to record its
+  exit status: the stop signals the trainer, whose command line starts with
+  the venv's python, never a process that only mentions it."""
+  out = tmp_path / 'out'
+  proc = start_dummy(worker_home, out)
+  trainer = f'{worker_home}/alexnet_jax_venv/bin/python -m alexnet_jax.main'
+  wrapper = subprocess.Popen(  # `; true`: bash stays, not exec'd into sleep.
+      [BASH, '-c', 'sleep 60; true', 'tpu_worker.sh', '_run', trainer],
+      start_new_session=True)
+  try:
+    result = run_stop(stop_command(5, bare_path), worker_home)
+    assert result.returncode == 0, result.stderr
+    assert proc.wait(timeout=5) == 143
+    assert f'stopping training processes {proc.pid}\n' in result.stderr
+    assert wrapper.poll() is None
+  finally:
+    for p in (proc, wrapper):
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+
+
 def run_stop(command, home):
   env = dict(os.environ, HOME=str(home))
   return subprocess.run([BASH, '-c', command], env=env, capture_output=True,

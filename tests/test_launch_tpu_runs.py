@@ -136,5 +136,11 @@ def test_stop_stops_the_run_that_a_launcher_follows(cloud):
   err = text(cloud.tmp / 'launcher.err')
   assert 'training on TPU VM my-tpu was stopped with --stop; it saved a ' \
       'checkpoint' in err
+  # The trainer's own status, recorded by the wrapper the stop left alone,
+  # which also copied the last of the log to the workdir.
+  assert 'training was stopped on purpose (exit status 143)' in err
   assert 'stopped by SIGTERM at step' in cloud.worker_log(0)
+  [log] = [p for p in (cloud.gcs / 'bucket' / 'runs' / 'a1' / 'logs').iterdir()
+           if p.name != 'launcher.log']  # Worker 0's.
+  assert 'stopped by SIGTERM at step' in log.read_text()
   assert steps_saved(cloud) < 200
