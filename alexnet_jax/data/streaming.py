@@ -25,6 +25,7 @@ training takes a random `crop_size` window of that (or, with
 `random_resized_crop`, torchvision's Inception-style crop of the original).
 """
 
+import atexit
 import dataclasses
 import functools
 import gc
@@ -347,8 +348,10 @@ def passes(ds):
     # in a Grain thread is left to Grain, which cannot join itself.
     if threading.current_thread() is threading.main_thread():
       getattr(batches, 'close', lambda: None)()
+      del batches
       release_shared_memory()
     raise
+  del batches
   release_shared_memory()
 
 
@@ -365,7 +368,14 @@ def owned(element):
 
 def release_shared_memory():
   """Collects the batches Grain handed over that nothing references, and
-  waits until their shared memory is unlinked."""
+  waits until their shared memory is unlinked.
+
+  Also run at exit, once Grain's workers have been used, before
+  multiprocessing stops Grain's deleter thread: a pass's end can come while
+  a Grain thread is still returning from the frame that holds a batch (on a
+  busy machine), and that batch becomes garbage only after the pass's
+  collection.
+  """
   gc.collect()
   # Grain unlinks in one thread, in order (enable_async_del(1)):
   # a task that runs after those queued so far finds them done.
@@ -378,10 +388,18 @@ def release_shared_memory():
       pass
 
 
+@functools.cache
+def _release_at_exit():
+  # Exit handlers run last-registered first: this one before
+  # multiprocessing's, registered when Grain imported it.
+  atexit.register(release_shared_memory)
+
+
 def _loader(ds, workers: int, threads: int = 2):
   ds = ds.to_iter_dataset(
       grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2))
   if workers > 0:
+    _release_at_exit()
     from absl import flags  # pylint: disable=g-import-not-at-top
     if not flags.FLAGS.is_parsed():
       # Grain's worker pool reads its absl flags; outside an absl app (a
