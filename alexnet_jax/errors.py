@@ -29,6 +29,10 @@ class DistributedError(UserError):
   """The processes of a multi-process run could not form one job."""
 
 
+class PlatformError(UserError):
+  """The accelerator asked for (--config.platform) is not the one JAX found."""
+
+
 class WorkdirError(UserError):
   """The workdir cannot be written (permissions, a full disk)."""
 

@@ -33,6 +33,7 @@ from alexnet_jax.run import loop
 from alexnet_jax.runtime import cli
 from alexnet_jax.runtime import distributed
 from alexnet_jax.runtime import liveness
+from alexnet_jax.runtime import accelerator
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -134,8 +135,10 @@ def main(argv):
                                   FLAGS.heartbeat_timeout,
                                   FLAGS.shutdown_timeout)
   try:
+    accelerator.select(FLAGS.config.platform)
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                            FLAGS.process_id, timeouts)
+    accelerator.check(FLAGS.config.platform)
     loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     liveness.finish('done')
   except UserError as e:

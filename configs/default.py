@@ -130,7 +130,13 @@ def get_config():
   # reads it (`tensorboard --logdir WORKDIR`, tensorboard-plugin-profile).
   c.profile_steps = 0
 
-  # --- Parallelism (docs/clusters.md) --------
+  # --- Hardware and parallelism (docs/clusters.md) --------
+  # What the run trains on: 'auto' (whatever JAX finds; an accelerator that
+  # failed to start is said in one line), or 'gpu', 'tpu', 'cpu': anything
+  # else found is an error before anything is written. Launchers and
+  # manifests set it for their hardware, so a broken driver never means a
+  # silent run on the CPU.
+  c.platform = 'auto'
   # Devices per FC-layer group: > 1 splits fc6/fc7/fc8 weights over a 'model'
   # mesh axis (Krizhevsky's "one weird trick"); convolutions stay
   # data-parallel on every device. Must divide the device count.
