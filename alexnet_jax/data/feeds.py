@@ -17,6 +17,7 @@ is `task/evaluation.py`.
 
 import contextlib
 import os
+import re
 from typing import Iterator
 
 import grain
@@ -94,12 +95,15 @@ class BadImages:
 
 
 def _reason(source, index: int) -> str:
+  """The decoder's own words, without the address of the buffer it read
+  (PIL names it: 'cannot identify image file <_io.BytesIO object at 0x...>')."""
   from alexnet_jax.data import images  # pylint: disable=g-import-not-at-top
   try:
     images.decode(source[index]['image'])
     return 'decodes here'
   except Exception as e:  # pylint: disable=broad-except
-    return f'{type(e).__name__}: {e}'[:160]
+    words = re.sub(r' ?<[^<>]* at 0x[0-9a-f]+>', '', str(e))
+    return f'{type(e).__name__}: {words}'[:160]
 
 
 class StreamingFeed:
