@@ -130,6 +130,43 @@ def test_a_pass_with_worker_processes_leaves_no_shared_memory(tree, through):
   assert 'leaked shared_memory' not in result.stderr, result.stderr[-2000:]
 
 
+HELD_BY_GRAIN_AT_EXIT = """
+import os, sys
+import grain
+import numpy as np
+from alexnet_jax.data import streaming
+Shm = grain.multiprocessing.SharedMemoryArray
+# A worker's side: a batch written into shared memory, handed over by name.
+sent = Shm((4, 8, 8, 3), np.uint8)
+sent[...] = 7
+metadata = sent.metadata
+del sent
+# This side, as Grain opens what a worker sent: it unlinks when collected.
+held = Shm.from_metadata(metadata)
+held.unlink_on_del()
+batch = streaming.owned((held, np.arange(4)))
+assert batch[0].sum() == 7 * held.size and type(batch[0]) is np.ndarray
+print('segment', os.path.exists('/dev/shm/' + metadata.name.lstrip('/')))
+# `held` stays referenced to the end, as Grain's reference cycle keeps a
+# worker's last batch: the exit must find nothing to unlink.
+"""
+
+
+def test_a_batch_taken_from_grain_is_unlinked_at_once_whoever_holds_it(
+    subprocess_env):
+  """The shared memory of a batch is unlinked the moment the pass takes the
+  batch, not when Grain's array is collected: a process that ends while
+  Grain still holds the array (its reference cycle, a busy machine's
+  late thread) leaves nothing behind, every time, not only when the
+  collector happened to run first."""
+  result = subprocess.run([sys.executable, '-c', HELD_BY_GRAIN_AT_EXIT],
+                          cwd=cli.REPO, env=subprocess_env,
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout == 'segment False\n'
+  assert 'leaked shared_memory' not in result.stderr, result.stderr[-2000:]
+
+
 def test_one_epoch_sees_every_record_once_split_over_processes(tree):
   """Per-process slices are disjoint, together complete, and their
   concatenation is the single-process batch, bit for bit."""

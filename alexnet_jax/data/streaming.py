@@ -324,19 +324,21 @@ class _Batch:
 
 
 def passes(ds):
-  """Iterates Grain dataset `ds` once, its arrays copied out of the shared
-  memory Grain's workers hand batches over in; when the pass ends, frees
-  that memory before going on.
+  """Iterates Grain dataset `ds` once, each batch copied out of the shared
+  memory Grain's workers hand it over in, and that memory unlinked before
+  the batch is used (`owned`).
 
   A batch still in shared memory when the process ends makes Python warn of
-  leaked shared memory, and Grain (0.2.18) unlinks it late: in a deleter
-  thread, once the batch is collected, and it keeps each worker's last batch
+  leaked shared memory. Grain (0.2.18) would unlink it late: in a deleter
+  thread, once its array is collected; and it keeps each worker's last batch
   alive in a reference cycle (the StopIteration that ends a worker's stream
-  holds, through its traceback, the frame that holds the batch). So nothing
-  downstream holds Grain's arrays (a loop variable would keep the last one
-  to the end of its function), and a pass that ends collects and waits. A
-  pass left unfinished (a run that stops) closes Grain's iterator when it
-  is closed: its workers end and the batches they had ready are unlinked.
+  holds, through its traceback, the frame that holds the batch), which the
+  collector frees whenever it runs, if before the exit at all. So the pass
+  unlinks each batch itself as it takes it: whatever Grain still holds is a
+  name already gone. A pass left unfinished (a run that stops) closes
+  Grain's iterator when it is closed: its workers end and the batches they
+  had ready are unlinked; the batches Grain had opened in this process are
+  collected and their unlinking waited for.
   """
   batches = iter(ds)
   try:
@@ -351,30 +353,32 @@ def passes(ds):
       del batches
       release_shared_memory()
     raise
-  del batches
-  release_shared_memory()
 
 
 def owned(element):
   """A batch (an array or a tuple of them) with each array that lies in
-  Grain's shared memory copied out of it; that memory is unlinked as soon
-  as Grain's array is dropped."""
+  Grain's shared memory copied out of it and that memory unlinked at once:
+  the batch is ours, and Grain's array, however long something holds it,
+  only closes its mapping when it goes (it no longer unlinks)."""
   if isinstance(element, tuple):
     return tuple(owned(x) for x in element)
   if isinstance(element, grain.multiprocessing.SharedMemoryArray):
-    return np.array(element, copy=True)
+    copy = np.array(element, copy=True)
+    if getattr(element, '_unlink_on_del', False) and element.shm is not None:
+      element._unlink_on_del = False  # pylint: disable=protected-access
+      element.shm.unlink()
+    return copy
   return element
 
 
 def release_shared_memory():
-  """Collects the batches Grain handed over that nothing references, and
-  waits until their shared memory is unlinked.
+  """Collects the batches Grain opened here that nothing references (those
+  a stopped pass never took), and waits until their shared memory is
+  unlinked.
 
-  Also run at exit, once Grain's workers have been used, before
-  multiprocessing stops Grain's deleter thread: a pass's end can come while
-  a Grain thread is still returning from the frame that holds a batch (on a
-  busy machine), and that batch becomes garbage only after the pass's
-  collection.
+  Run when a pass is closed early, and at exit once Grain's workers have
+  been used, before multiprocessing stops Grain's deleter thread (whose
+  pending unlinks it would drop).
   """
   gc.collect()
   # Grain unlinks in one thread, in order (enable_async_del(1)):
