@@ -42,9 +42,9 @@ from tests import k8s_render
 @dataclasses.dataclass(frozen=True)
 class FailedPod:
   """A pod the Job controller sees as failed: its completion index, the
-  exit code of the manifest's one container (the trainer), and its True conditions (e.g.
-  DisruptionTarget, which Kubernetes adds to a pod it preempts, evicts or
-  shuts down with its node)."""
+  exit code of the manifest's one container (the trainer), and its True
+  conditions (e.g. DisruptionTarget, which Kubernetes adds to a pod it
+  preempts, evicts or shuts down with its node)."""
   index: int
   exit_code: int
   conditions: Tuple[str, ...] = ()
@@ -96,7 +96,8 @@ def _exit_code_matches(requirement, container: str, pod: FailedPod) -> bool:
 def _condition_matches(patterns, pod: FailedPod) -> Optional[str]:
   for condition in pod.conditions:
     for pattern in patterns:
-      if condition == pattern['type'] and pattern.get('status', 'True') == 'True':
+      status = pattern.get('status', 'True')  # The API's default.
+      if condition == pattern['type'] and status == 'True':
         return condition
   return None
 

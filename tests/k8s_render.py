@@ -153,8 +153,8 @@ def container_env(container, meta) -> dict:
     if entry.get('value'):
       env[entry['name']] = expand(entry['value'], env)
     elif 'valueFrom' in entry:
-      env[entry['name']] = field_value(meta,
-                                       entry['valueFrom']['fieldRef']['fieldPath'])
+      path = entry['valueFrom']['fieldRef']['fieldPath']
+      env[entry['name']] = field_value(meta, path)
     else:
       env[entry['name']] = ''
   return env
@@ -168,8 +168,8 @@ def render(manifest, index, name=None, dirs=None):
   _, _, _, container = pod_of(doc)
   env = container_env(container, pod_metadata(doc, index))
   argv = [expand(a, env) for a in container['command'] + container['args']]
-  return ({**dockerfile_env(dirs=dirs), **env}, argv[:len(container['command'])],
-          argv[len(container['command']):])
+  split = len(container['command'])
+  return {**dockerfile_env(dirs=dirs), **env}, argv[:split], argv[split:]
 
 
 def pod_environment(manifest, index, coordinator=None, name=None, dirs=None):

@@ -214,7 +214,7 @@ def test_the_arguments_parse_with_the_trainers_flags(path, tmp_path):
     assert flags['tfds'].startswith(mount + '/')
 
 
-# --- Failures ------------------------------------------------------------------
+# --- Failures ---------------------------------------------------------------
 
 
 def failures_of(path, *batches, status=None):
@@ -397,7 +397,7 @@ def test_dockerfile_installs_the_pinned_training_requirements():
   assert {'.git', '.venv', 'workdirs'} <= set(ignored)
 
 
-# --- What the user edits --------------------------------------------------------
+# --- What the user edits ----------------------------------------------------
 
 # Docker's reference grammar (github.com/distribution/reference, regexp.go).
 _COMPONENT = r'[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*'
@@ -407,7 +407,8 @@ _DOMAIN = (r'(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])'
 IMAGE_REFERENCE = re.compile(
     rf'^(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*'
     r'(?::[\w][\w.-]{0,127})?'
-    r'(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$')
+    r'(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*'
+    r':[0-9a-fA-F]{32,})?$')
 # Cloud Storage bucket names (its "Bucket naming" rules, without dots).
 BUCKET = re.compile(r'^[a-z0-9][a-z0-9_-]{1,61}[a-z0-9]$')
 DNS1123_SUBDOMAIN = re.compile(
@@ -479,7 +480,7 @@ def test_every_value_to_edit_is_valid_marked_and_listed(path):
     assert 'service account' in header
 
 
-# --- The docs and the requirements -------------------------------------------------
+# --- The docs and the requirements ------------------------------------------
 
 
 def test_the_jobset_release_named_is_the_one_the_schema_comes_from():
