@@ -271,8 +271,10 @@ def test_timeouts_follow_the_installed_jax():
      'process id 2 is not in 0..1'),
     ({}, {'coordinator_address': 'h', 'num_processes': 2, 'process_id': 0},
      "coordinator address 'h' is not HOST:PORT"),
+    ({'JAX_COORDINATOR_ADDRESS': ':8476', 'JAX_NUM_PROCESSES': '2',
+      'JAX_PROCESS_ID': '1'}, {}, "coordinator address ':8476' is not HOST:PORT"),
 ], ids=['no-address', 'no-count', 'bad-count', 'negative-id', 'id-too-big',
-        'no-port'])
+        'no-port', 'no-host'])
 def test_plan_start_errors_name_the_value(environ, flags, message):
   with pytest.raises(distributed.DistributedError, match=re.escape(message)):
     distributed.plan_start(environ=environ, **flags)

@@ -283,23 +283,29 @@ def test_second_sigterm_exits_at_once_with_several_processes(
 def test_kubernetes_pods_train_together_and_resume(setup, long_reference,
                                                    tmp_path):
   """The two pods of launch/k8s/gpu-jobset.yaml, run here as processes with
-  exactly the environment the manifest gives pod 0 and pod 1 (the completion
-  index through the downward API, and the image's ENV) and nothing else,
-  except JAX_COORDINATOR_ADDRESS: it names pod 0 through the cluster's DNS,
-  which this machine has not, and becomes 127.0.0.1:PORT. The command is the
-  manifest's; the arguments are the test's (the tiny net on the subset
-  instead of the volume's paths). They train as one job; SIGTERM to pod 1
+  exactly the environment Kubernetes gives pod 0 and pod 1 (rendered by
+  tests/k8s_render.py: the controllers' labels and annotations through the
+  downward API, $(VAR) expansion, the image's ENV with its /app and HOME
+  mapped here) and nothing else, except JAX_COORDINATOR_ADDRESS: it names
+  pod 0 through the cluster's DNS, which this machine has not, and becomes
+  127.0.0.1:PORT. The command is the manifest's; the arguments are the
+  test's (the tiny net on the subset on a CPU instead of the volume's paths
+  and --config.platform=gpu). They train as one job; SIGTERM to pod 1
   (its node is preempted) makes both save one step and exit 143; started
   again, as JobSet restarts every pod, they resume and end bit for bit where
   an uninterrupted run ends."""
   from tests.multiproc import free_port  # pylint: disable=g-import-not-at-top
-  from tests.test_k8s import K8S, command_of, pod_environment  # pylint: disable=g-import-not-at-top
+  from tests.k8s_render import K8S, command_of, pod_environment  # pylint: disable=g-import-not-at-top
   manifest = K8S / 'gpu-jobset.yaml'
   assert command_of(manifest) == ['python', '-m', 'alexnet_jax.main']
   port = free_port()
-  base = {'PATH': os.environ['PATH'], 'HOME': os.environ.get('HOME', '/')}
+  home = tmp_path / 'home'  # The image's user's home, writable.
+  home.mkdir()
+  dirs = {'/app': str(REPO), '/home/alexnet': str(home)}
+  base = {'PATH': os.environ['PATH']}
   def pod_env(i, _):
-    return {**base, **pod_environment(manifest, i, f'127.0.0.1:{port}')}
+    return {**base, **pod_environment(manifest, i, f'127.0.0.1:{port}',
+                                      dirs=dirs)}
   workdir = str(tmp_path / 'w')
   args = main_args(workdir, setup['cifar'], LONG)
   pods = start_job(2, args, {}, tmp_path / 'first', port, env_of=pod_env)

@@ -94,7 +94,10 @@ def _explicit(coordinator_address, num_processes, process_id, environ):
     raise DistributedError(
         f'process id {process_id} is not in 0..{num_processes - 1} '
         f'(--num_processes={num_processes})')
-  if address.count(':') < 1 or not address.rpartition(':')[2].isdigit():
+  host, _, port = address.rpartition(':')
+  if not host.strip('[]') or not port.isdigit():
+    # No host: ':8476' is what a Kubernetes pod gets from
+    # $(COORDINATOR_HOST):8476 when no coordinator annotation was set.
     raise DistributedError(
         f'coordinator address {address!r} is not HOST:PORT')
   # Inside srun the GPUs follow the SLURM rule; elsewhere every visible GPU
