@@ -2,6 +2,7 @@
 fake-data path trains without any download."""
 
 import importlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -64,3 +65,39 @@ def test_cifar_upsampled_into_the_paper_net_input_size():
                                registry.CIFAR10_MEAN,
                                registry.CIFAR10_STD, config.image_size)
   assert x.shape == (2, 227, 227, 3)
+
+
+# (field, a value at the edge of what it may be, the first value past it).
+RANGE_EDGES = [
+    ('batch_size', 1, 0), ('eval_batch_size', 1, 0),
+    ('learning_rate', 1e-9, 0.0), ('momentum', 0.999, 1.0),
+    ('momentum', 0.0, -0.1), ('weight_decay', 0.0, -1e-9),
+    ('dropout_rate', 0.0, 1.0), ('label_smoothing', 0.0, 1.0),
+    ('eval_every_epochs', 0.0, -1.0),
+    ('warmup_epochs', 0.0, -1.0), ('log_every_steps', 1, 0),
+    ('checkpoint_every_steps', 0, -1), ('keep_checkpoints', 1, 0),
+    ('plateau_patience', 1, 0), ('plateau_reductions', 0, -1),
+    ('image_size', 0, -1), ('crop_padding', 0, -1),
+    ('val_fraction', 0.0, 1.0), ('val_fraction', 0.5, -0.1),
+    ('val_examples', 0, -1), ('resize_size', 1, 0), ('data_workers', 0, -1),
+    ('pca_lighting', 0.0, -0.1), ('max_bad_fraction', 1.0, 1.01),
+    ('max_bad_fraction', 0.0, -0.01), ('lars_trust_coefficient', 1e-9, 0.0),
+    ('lars_eps', 0.0, -1e-9), ('poly_power', 1e-9, 0.0),
+    ('profile_steps', 0, -1), ('learning_rate', 1.0, float('nan')),
+    ('lr_step_epochs', (30,), (0,)),
+]
+
+
+@pytest.mark.parametrize('field, edge, past', RANGE_EDGES,
+                         ids=[f'{f}={p}' for f, _, p in RANGE_EDGES])
+def test_every_range_takes_its_edge_and_refuses_what_lies_past_it(
+    field, edge, past):
+  """Each field's documented range, at its boundary: the edge passes, the
+  first value past it is one ConfigError naming the field and its value."""
+  config = importlib.import_module('configs.cifar10').get_config()
+  config.unlock()
+  config[field] = edge
+  config_lib.validate_config(config)
+  config[field] = past
+  with pytest.raises(ConfigError, match=re.escape(f'{field} {past!r} must be ')):
+    config_lib.validate_config(config)

@@ -282,6 +282,20 @@ def test_shards_give_the_same_batches_for_any_process_count():
   assert sorted(batches[1] // 10) == [0, 0, 1, 1, 2, 2, 3, 3]
 
 
+def test_an_epochs_batches_take_every_example_once():
+  """4 shards of 10, batch 8: the epoch's 5 batches together are the 40
+  examples of the shards, each once; on 1, 2 or 4 processes alike."""
+  perms = in_memory.epoch_permutations(jax.random.PRNGKey(1), 3, 4, 10)
+  for procs in (1, 2, 4):
+    taken = []
+    for step in range(5):
+      idx = np.asarray(in_memory.batch_indices(perms, step, 8, procs))
+      for p in range(procs):  # Process p's share starts at shard p*4/procs.
+        mine = idx[p * 8 // procs:(p + 1) * 8 // procs]
+        taken += (mine + p * (40 // procs)).tolist()
+    assert sorted(taken) == list(range(40)), procs
+
+
 def test_crop_flip_moves_pixels_only_and_is_deterministic(cifar_dir):
   train, _ = cifar.load_cifar10_archive(cifar_dir)
   images = jnp.asarray(train.images[:64])

@@ -100,6 +100,39 @@ def test_eval_batches_cover_every_record_once_with_a_mask(tree):
   assert labels[:12].tolist() == list(test.labels)
 
 
+def test_an_unreadable_evaluation_image_is_masked_out_and_named(tree, tmp_path):
+  """A val file that cannot be decoded counts nowhere: mask 0, its index
+  reported (for the log), the others' masks and labels untouched."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  root = tmp_path / 'val'
+  shutil.copytree(os.path.join(tree, 'val'), root)
+  (root / 'rocket' / 'broken.jpg').write_bytes(b'not an image')
+  test = streaming.ImageFolderSource.scan(str(root))
+  broken = [i for i, p in enumerate(test.paths) if p.endswith('broken.jpg')]
+  out = list(streaming.eval_batches(test, global_batch=5, resize_size=64))
+  mask = np.concatenate([b[2] for b in out])
+  bad = np.concatenate([b[3] for b in out])
+  labels = np.concatenate([b[1] for b in out])
+  assert len(test) == 13 and mask.shape == (15,)
+  want = [float(i < 13 and i not in broken) for i in range(15)]
+  assert mask.tolist() == want
+  assert bad.tolist() == [i if i in broken else -1 for i in range(15)]
+  good = [i for i in range(13) if i not in broken]
+  assert labels[good].tolist() == [test.labels[i] for i in good]
+
+
+def test_the_training_order_is_a_function_of_the_seed_and_the_epoch():
+  """Each epoch a permutation of the records, drawn from (seed, epoch): the
+  same again for the same pair, another for another seed or epoch."""
+  source = list(range(50))
+  order = lambda seed, epoch: [streaming.shuffled(source, seed)[epoch * 50 + i]
+                               for i in range(50)]
+  assert sorted(order(3, 0)) == source
+  assert order(3, 0) == order(3, 0) and order(3, 1) == order(3, 1)
+  assert order(3, 0) != order(3, 1)
+  assert order(3, 0) != order(4, 0)
+
+
 LAST_BATCH_THEN_EXIT = """
 import sys
 import numpy as np
