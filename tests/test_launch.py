@@ -12,6 +12,8 @@ import sys
 
 import pytest
 
+from tests.slurm_cluster import FAKE_SLURM, calls, cluster_env
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LAUNCH = REPO / 'launch'
 TPU = LAUNCH / 'tpu_vm.sh'
@@ -63,8 +65,6 @@ def test_sourced_parts_parse(part):
 
 
 # --- slurm_gpu.sbatch --------------------------------------------------------
-
-FAKE_SLURM = REPO / 'tests' / 'fake_slurm'
 
 
 @pytest.fixture
@@ -120,24 +120,21 @@ def test_slurm_sbatch_headers():
 
 
 def sbatch(tmp_path, *args, gpus, cpus, script=SLURM, **env):
-  """The fake sbatch on a cluster of GPUS-GPU, CPUS-CPU nodes, srun only
-  recorded: (result, srun's argv, the allocation's variables)."""
-  log = tmp_path / 'slurm.log'
-  log.write_text('')
-  env = dict(os.environ, PATH=f'{FAKE_SLURM}{os.pathsep}{os.environ["PATH"]}',
-             FAKE_SLURM_LOG=str(log), FAKE_SRUN_RECORD_ONLY='1', VENV='',
-             FAKE_SLURM_NODE_GPUS=str(gpus), FAKE_SLURM_NODE_CPUS=str(cpus),
-             **env)
+  """The fake sbatch on a cluster of GPUS-GPU, CPUS-CPU nodes whose
+  --exclusive brings every GPU, srun only recorded: (result, srun's argv,
+  the allocation's variables)."""
+  env = dict(cluster_env(tmp_path, node_gpus=gpus, node_cpus=cpus,
+                         exclusive_gres=1),
+             FAKE_SRUN_RECORD_ONLY='1', VENV='', **env)
   for name in ('GPUS_PER_NODE', 'TASKS_PER_NODE', 'CPUS_PER_TASK'):
     env.setdefault(name, '')
   result = subprocess.run([sys.executable, str(FAKE_SLURM / 'sbatch'), *args,
                            str(script), '--', '--config.batch_size=1024'],
                           cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=30)
-  lines = log.read_text().splitlines()
-  [srun] = [shlex.split(l)[1:] for l in lines if l.startswith('srun ')] or [None]
+  [srun] = [shlex.split(l)[1:] for l in calls(tmp_path, 'srun')] or [None]
   [alloc] = [dict(kv.split('=', 1) for kv in l.split()[1:])
-             for l in lines if l.startswith('allocation ')] or [None]
+             for l in calls(tmp_path, 'allocation')] or [None]
   return result, srun, alloc
 
 
