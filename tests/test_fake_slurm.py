@@ -151,7 +151,7 @@ def test_documented_options_that_the_fake_does_not_model_are_refused(env):
                  'this fake']
 
 
-# --- getopt_long's wording is glibc's ----------------------------------------
+# --- getopt_long's wording is glibc's -----------------------------------------
 
 GETOPT_CASES = [
     ['--bogus'], ['--bogus=1'], ['--gpus-per=8'], ['--gpu=1'], ['--nodes'],
@@ -175,7 +175,8 @@ def glibc_program(table, tmp_path):
     val = f"'{short}'" if short else str(1000 + i)
     rows.append(f'{{"{name}", {kinds[kind]}, 0, {val}}}')
   source = ('#include <getopt.h>\n#include <stdio.h>\n'
-            f'static struct option lo[] = {{{", ".join(rows)}, {{0, 0, 0, 0}}}};'
+            'static struct option lo[] = {'
+            f'{", ".join(rows)}, {{0, 0, 0, 0}}}};'
             '\nint main(int argc, char **argv) {\n  int c, i;\n'
             f'  while ((c = getopt_long(argc, argv, "{optstring}", lo, &i))'
             ' != -1)\n    if (c == \'?\') return 1;\n  return 0;\n}\n')
@@ -212,7 +213,7 @@ def test_getopt_messages_are_glibcs(env, tmp_path):
       assert ours == real.stderr.splitlines(), (table['prog'], args)
 
 
-# --- The allocation ------------------------------------------------------------
+# --- The allocation -----------------------------------------------------------
 
 
 @pytest.mark.parametrize('site, args, gpus', [
@@ -261,7 +262,7 @@ def test_a_step_larger_than_its_job_is_refused(env, tmp_path, job, step,
   assert err == [f'srun: error: {message}']
 
 
-# --- srun: a task that fails, and srun's signals --------------------------------
+# --- srun: a task that fails, and srun's signals ------------------------------
 
 
 def start_step(tmp_path, env, srun_args, ntasks=3):
@@ -356,12 +357,13 @@ def test_two_interrupts_within_a_second_reach_the_tasks(env, tmp_path):
   while 'sending Ctrl-C' not in err.read_text():
     os.kill(srun, signal.SIGINT)
     sent += 1
-    wait_until(lambda: answered() >= sent, proc)  # pylint: disable=cell-var-from-loop
+    # pylint: disable-next=cell-var-from-loop
+    wait_until(lambda: answered() >= sent, proc)
   assert events.take(2, proc) == ['SIGINT 0', 'SIGINT 1']
   assert finish(proc)[1][-1] == 'srun exit 130'
 
 
-# --- scancel ---------------------------------------------------------------------
+# --- scancel ------------------------------------------------------------------
 
 TRAPPING_JOB = (
     'trap \'echo "batch $1" > "$DUMMY_EVENTS"\' USR1\n'
@@ -415,7 +417,7 @@ def test_scancel_ends_the_job_with_sigterm_then_sigkill(tmp_path):
   assert calls(tmp_path)[-1] == 'job 4242: ended, exit status 137'
 
 
-# --- scontrol requeue, sbatch --signal ------------------------------------------
+# --- scontrol requeue, sbatch --signal ----------------------------------------
 
 
 @pytest.mark.parametrize('option, runs, message', [

@@ -20,7 +20,6 @@ SIGTERM or SIGINT to this process cancels the job, so that a test that
 gives up leaves nothing behind.
 """
 
-import json
 import os
 import selectors
 import signal
