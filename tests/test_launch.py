@@ -5,12 +5,15 @@ a network or a second process of alexnet_jax.main."""
 
 import os
 import pathlib
+import re
 import shlex
 import shutil
 import subprocess
 import sys
 
 import pytest
+
+from tests.slurm_cluster import FAKE_SLURM, calls, cluster_env
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LAUNCH = REPO / 'launch'
@@ -63,8 +66,11 @@ def test_sourced_parts_parse(part):
 
 
 # --- slurm_gpu.sbatch --------------------------------------------------------
+# Dry runs, and sbatch runs under the strict fake SLURM (tests/fake_slurm)
+# with srun only recording its step. The script's runs with tasks:
+# test_launch_slurm.py.
 
-FAKE_SLURM = REPO / 'tests' / 'fake_slurm'
+CLUSTERS_MD = REPO / 'docs' / 'clusters.md'
 
 
 @pytest.fixture
@@ -84,21 +90,22 @@ def test_slurm_dry_run_defaults(slurm_env):
   assert argv[main - 2:main] == ['python', '-m']
   assert argv[main + 1:] == [
       '--config=configs/cifar10.py',
-      f'--workdir={REPO}/workdirs/alexnet_jax-local']
+      f'--workdir={REPO}/workdirs/alexnet_jax-local', '--config.platform=gpu']
 
 
 def test_slurm_dry_run_in_job_with_overrides(slurm_env):
   env = dict(slurm_env, SLURM_SUBMIT_DIR=str(REPO), SLURM_JOB_NAME='aj',
              SLURM_JOB_ID='1234', SLURM_CPUS_ON_NODE='64',
-             CONFIG='configs/cifar10_227.py', DATA_DIR='/shared/cifar 10')
+             SLURM_GPUS_ON_NODE='8', CONFIG='configs/cifar10_227.py',
+             DATA_DIR='/shared/cifar 10')
   result = run(SLURM, '--', '--config.num_epochs=90', 'two words', env=env)
   assert result.returncode == 0, result.stderr
   [argv] = commands(result.stdout)
   assert '--cpus-per-task=8' in argv[:argv.index('-m')]
   assert argv[argv.index('alexnet_jax.main') + 1:] == [
       '--config=configs/cifar10_227.py', f'--workdir={REPO}/workdirs/aj-1234',
-      '--config.data_dir=/shared/cifar 10', '--config.num_epochs=90',
-      'two words']
+      '--config.platform=gpu', '--config.data_dir=/shared/cifar 10',
+      '--config.num_epochs=90', 'two words']
 
   env['WORKDIR'] = '/shared/runs/x'
   [argv] = commands(run(SLURM, '--config.seed=3', env=env).stdout)
@@ -119,34 +126,34 @@ def test_slurm_sbatch_headers():
     assert not any(h.startswith(fixed) for h in headers), fixed
 
 
-def sbatch(tmp_path, *args, gpus, cpus, script=SLURM, **env):
-  """The fake sbatch on a cluster of GPUS-GPU, CPUS-CPU nodes, srun only
-  recorded: (result, srun's argv, the allocation's variables)."""
-  log = tmp_path / 'slurm.log'
-  log.write_text('')
-  env = dict(os.environ, PATH=f'{FAKE_SLURM}{os.pathsep}{os.environ["PATH"]}',
-             FAKE_SLURM_LOG=str(log), FAKE_SRUN_RECORD_ONLY='1', VENV='',
-             FAKE_SLURM_NODE_GPUS=str(gpus), FAKE_SLURM_NODE_CPUS=str(cpus),
-             **env)
+def sbatch(tmp_path, *args, gpus, cpus, script=SLURM, site_gres=0,
+           script_args=('--', '--config.batch_size=1024'), **env):
+  """The fake sbatch on a cluster of GPUS-GPU, CPUS-CPU nodes whose
+  --exclusive brings GPUs if SITE_GRES, srun only recorded: (result, srun's
+  argv, the allocation's variables)."""
+  env = dict(cluster_env(tmp_path, node_gpus=gpus, node_cpus=cpus,
+                         exclusive_gres=site_gres),
+             FAKE_SRUN_RECORD_ONLY='1', VENV='', **env)
   for name in ('GPUS_PER_NODE', 'TASKS_PER_NODE', 'CPUS_PER_TASK'):
     env.setdefault(name, '')
   result = subprocess.run([sys.executable, str(FAKE_SLURM / 'sbatch'), *args,
-                           str(script), '--', '--config.batch_size=1024'],
+                           str(script), *script_args],
                           cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=30)
-  lines = log.read_text().splitlines()
-  [srun] = [shlex.split(l)[1:] for l in lines if l.startswith('srun ')] or [None]
+  [srun] = [shlex.split(l)[1:] for l in calls(tmp_path, 'srun')] or [None]
   [alloc] = [dict(kv.split('=', 1) for kv in l.split()[1:])
-             for l in lines if l.startswith('allocation ')] or [None]
+             for l in calls(tmp_path, 'allocation')] or [None]
   return result, srun, alloc
 
 
 @pytest.mark.parametrize('gpus, cpus', [(4, 32), (8, 64), (8, 48), (4, 128)])
-def test_readme_one_liner_fits_any_node_shape(tmp_path, gpus, cpus):
-  """`sbatch --nodes=2 launch/slurm_gpu.sbatch -- --config.batch_size=1024`
-  unchanged on 4- and 8-GPU nodes: one task per GPU, the node's CPUs shared
-  among them, all GPUs of the node asked for by the step."""
-  result, srun, alloc = sbatch(tmp_path, '--nodes=2', gpus=gpus, cpus=cpus)
+def test_documented_usage_fits_any_node_shape(tmp_path, gpus, cpus):
+  """`sbatch --nodes=2 --gpus-per-node=G launch/slurm_gpu.sbatch -- ...` on
+  G-GPU nodes, at a site whose --exclusive brings no GPUs: one task per GPU,
+  the node's CPUs shared among them, the GPUs asked for by the step, and
+  tasks that stop if they see no GPU."""
+  result, srun, alloc = sbatch(tmp_path, '--nodes=2', f'--gpus-per-node={gpus}',
+                               gpus=gpus, cpus=cpus)
   assert result.returncode == 0, result.stderr
   assert alloc['SLURM_GPUS_ON_NODE'] == str(gpus)
   assert srun[:srun.index('python')] == [
@@ -155,9 +162,38 @@ def test_readme_one_liner_fits_any_node_shape(tmp_path, gpus, cpus):
       f'--gpus-per-node={gpus}', f'--cpus-per-task={cpus // gpus}']
   assert srun[srun.index('alexnet_jax.main') + 1:] == [
       '--config=configs/cifar10.py',
-      f'--workdir={REPO}/workdirs/alexnet_jax-4242',
+      f'--workdir={REPO}/workdirs/alexnet_jax-4242', '--config.platform=gpu',
       '--config.batch_size=1024']
   assert f'2 nodes x {gpus} tasks, {gpus} GPUs per node' in result.stderr
+
+
+def test_exclusive_alone_works_where_it_brings_the_gpus(tmp_path):
+  """Where the site's --exclusive allocates every GPU, the job needs no
+  --gpus-per-node: the script asks the step for all of them."""
+  result, srun, _ = sbatch(tmp_path, '--nodes=2', gpus=4, cpus=32,
+                           site_gres=1)
+  assert result.returncode == 0, result.stderr
+  assert '--gpus-per-node=4' in srun and '--ntasks=8' in srun
+
+
+@pytest.mark.parametrize('args, env, expected', [
+    ([], {}, 'holds no GPUs'),
+    ([], {'GPUS_PER_NODE': '8'}, 'holds no GPUs'),
+    (['--gpus-per-node=4'], {'GPUS_PER_NODE': '8'},
+     'GPUS_PER_NODE=8, but job 4242 holds 4 GPUs per node'),
+], ids=['no-gpus', 'no-gpus-but-GPUS_PER_NODE', 'fewer-than-GPUS_PER_NODE'])
+def test_a_job_without_its_gpus_stops_with_one_line(tmp_path, args, env,
+                                                    expected):
+  """At a site whose --exclusive brings no GPUs, a job submitted without
+  --gpus-per-node holds none: one `error:` line naming --gpus-per-node,
+  exit status 2, no step started (not srun's refusal of the step)."""
+  result, srun, _ = sbatch(tmp_path, '--nodes=2', *args, gpus=8, cpus=64,
+                           **env)
+  assert result.stdout == 'Submitted batch job 4242\n'
+  assert_one_error_line(
+      subprocess.CompletedProcess([], result.returncode, '', result.stderr),
+      expected)
+  assert '--gpus-per-node' in result.stderr and srun is None
 
 
 def test_the_old_fixed_shape_is_refused_on_4_gpu_nodes(tmp_path):
@@ -171,15 +207,16 @@ def test_the_old_fixed_shape_is_refused_on_4_gpu_nodes(tmp_path):
   for gpus, cpus in ((4, 64), (8, 32)):
     result, _, _ = sbatch(tmp_path, gpus=gpus, cpus=cpus, script=old)
     assert result.returncode == 1 and 'ran' not in result.stdout
-    assert 'Requested node configuration is not available' in result.stderr
+    assert result.stderr == ('sbatch: error: Batch job submission failed: '
+                             'Requested node configuration is not available\n')
   result, _, _ = sbatch(tmp_path, gpus=8, cpus=64, script=old)
   assert result.returncode == 0 and 'ran' in result.stdout
 
 
 def test_account_partition_qos_and_gpus_per_node_pass_through(tmp_path):
-  """sbatch's own options go on its command line; --gpus-per-node=4 on an
-  8-GPU node gives 4 tasks of 4 GPUs; the job's account/partition/qos reach
-  the job (srun inherits them from it)."""
+  """sbatch's own options go on its command line; --gpus-per-node=a100:4 on
+  an 8-GPU node gives 4 tasks of 4 GPUs; the job's account/partition/qos
+  reach the job (srun inherits them from it)."""
   result, srun, alloc = sbatch(
       tmp_path, '--nodes=2', '--account=proj1', '--partition=a100',
       '--qos=high', '--gpus-per-node=a100:4', gpus=8, cpus=64)
@@ -193,8 +230,8 @@ def test_account_partition_qos_and_gpus_per_node_pass_through(tmp_path):
 
 
 def test_script_parameters_override_the_allocation(tmp_path):
-  result, srun, _ = sbatch(tmp_path, '--nodes=3', gpus=8, cpus=64,
-                           GPUS_PER_NODE='2', TASKS_PER_NODE='1',
+  result, srun, _ = sbatch(tmp_path, '--nodes=3', '--gpus-per-node=8', gpus=8,
+                           cpus=64, GPUS_PER_NODE='2', TASKS_PER_NODE='1',
                            CPUS_PER_TASK='12')
   assert result.returncode == 0, result.stderr
   assert srun[:srun.index('python')] == [
@@ -213,6 +250,76 @@ def test_script_parameters_override_the_allocation(tmp_path):
         'bad-tasks', 'bad-cpus'])
 def test_slurm_bad_input(slurm_env, overrides, expected):
   assert_one_error_line(run(SLURM, env=dict(slurm_env, **overrides)), expected)
+
+
+# The documentation's SLURM commands, as written.
+
+def slurm_section(text):
+  return text.split('### SLURM', 1)[1].split('\n### ', 1)[0]
+
+
+def documented_commands(word):
+  """The `WORD ...` commands of docs/clusters.md's SLURM section and
+  launchers table, README.md and the script's header (inline code may wrap
+  a line; the header's continue with a backslash)."""
+  docs = [slurm_section(CLUSTERS_MD.read_text()),
+          '\n'.join(l for l in CLUSTERS_MD.read_text().splitlines()
+                    if l.startswith('| SLURM')),
+          (REPO / 'README.md').read_text()]
+  header = '\n'.join(l[1:].strip() for l in
+                     SLURM.read_text().split('\n#SBATCH', 1)[0].splitlines())
+  docs.append(header)
+  found = [' '.join(span.split()) for text in docs
+           for span in re.findall(r'`([^`]+)`', text)
+           if span.split()[:1] == [word]]
+  found += [' '.join(l.split()) for l in
+            header.replace('\\\n', ' ').splitlines()
+            if l.startswith(word + ' ')]
+  return list(dict.fromkeys(found))
+
+
+def test_every_documented_submission_asks_for_the_gpus(tmp_path):
+  """Each `sbatch ... launch/slurm_gpu.sbatch` the docs show runs, as
+  written, on nodes with the GPUs it names, at a site whose --exclusive
+  brings none: none relies on --exclusive to allocate GPUs."""
+  submissions = [c for c in documented_commands('sbatch')
+                 if 'launch/slurm_gpu.sbatch' in c]
+  assert len(submissions) >= 2, submissions
+  for i, command in enumerate(submissions):
+    args = shlex.split(command)[1:]
+    gpus = [a.split('=')[1].split(':')[-1] for a in args
+            if a.startswith('--gpus-per-node=')]
+    assert gpus, f'relies on --exclusive for GPUs: {command}'
+    cut = args.index('launch/slurm_gpu.sbatch')
+    where = tmp_path / str(i)
+    where.mkdir()
+    result, srun, _ = sbatch(where, *args[:cut], gpus=int(gpus[0]), cpus=64,
+                             script_args=args[cut + 1:])
+    assert result.returncode == 0, (command, result.stderr)
+    assert f'--gpus-per-node={gpus[0]}' in srun, command
+    assert '--config.platform=gpu' in srun, command
+
+
+def test_docs_say_how_long_a_stopped_job_has_to_save(tmp_path):
+  """A scancel'ed, timed-out or preempted job saves only within KillWait
+  (and a partition's GraceTime): the SLURM section and the script's header
+  say so and show where to read both, and the commands they show work."""
+  for text in (slurm_section(CLUSTERS_MD.read_text()), SLURM.read_text()):
+    text = ' '.join(text.replace('\n#', ' ').split())  # Wrapped lines joined.
+    for needed in ('KillWait', 'GraceTime', 'scontrol show config',
+                   'scontrol show partition', '--signal=B:USR1@300',
+                   'SIGKILL'):
+      assert needed in text, needed
+  env = cluster_env(tmp_path, kill_wait=45, grace_time=120)
+  shown = [c for c in documented_commands('scontrol')
+           if c.startswith('scontrol show')]
+  assert any('KillWait' in c for c in shown), shown
+  for command in shown:
+    result = subprocess.run([BASH, '-c', command], env=env, text=True,
+                            capture_output=True, timeout=30)
+    assert result.returncode == 0, (command, result.stderr)
+    assert ('KillWait                = 45 sec' in result.stdout or
+            'GraceTime=120' in result.stdout), (command, result.stdout)
 
 
 # --- local_multiprocess.sh ---------------------------------------------------

@@ -21,6 +21,7 @@ from tests.multiproc import LONG, assert_same_final_params, child_pids
 from tests.multiproc import free_slurm_job_id, main_args, read_logs
 from tests.multiproc import start_job, stop_all, stopped_step
 from tests.multiproc import wait_for_checkpoint
+from tests.slurm_cluster import FAKE_SLURM, calls, cluster_env
 
 pytestmark = pytest.mark.slow  # The whole module: see conftest.py.
 
@@ -90,52 +91,49 @@ def test_sigterm_to_one_process_saves_one_step_then_rerun_resumes(
 def test_slurm_job_at_time_limit_saves_requeues_and_resumes(
     setup, long_reference, tmp_path):
   """launch/slurm_gpu.sbatch submitted through the fake sbatch (one node of
-  2 "GPUs" and 2 CPUs) and run by the fake srun, which starts its two tasks
-  on this machine with srun's variables: the tasks meet through SLURM
-  detection; SIGUSR1 to the batch shell (what --signal=B:USR1@300 sends)
-  makes it SIGTERM the tasks (scancel), which save one step, and requeue the
-  job (scontrol); the requeued job resumes and ends bit for bit where an
-  uninterrupted run ends."""
-  fake = REPO / 'tests' / 'fake_slurm'
+  2 "GPUs" and 2 CPUs, `--gpus-per-node=2` as documented) and run by the
+  fake srun, which starts its two tasks on this machine with srun's
+  variables: the tasks meet through SLURM detection. The job's
+  --signal=B:USR1@300 (SIGALRM to the fake sbatch: its clock reached that
+  time) makes the script SIGTERM the tasks through scancel; they save one
+  step and exit 143 (srun's --kill-on-bad-exit then signals whichever is
+  still exiting); the script requeues the job (scontrol), and the fake
+  controller runs it again under the same id with SLURM_RESTART_COUNT=1:
+  it resumes and ends bit for bit where an uninterrupted run ends.
+  `--config.platform=cpu` overrides the script's gpu (this machine has
+  none)."""
   job_id = free_slurm_job_id()
   workdir = tmp_path / 'w'
-  env = dict(setup['env'], PATH=f'{fake}:{os.environ["PATH"]}',
-             FAKE_SLURM_LOG=str(tmp_path / 'calls'),
-             FAKE_SLURM_DIR=str(tmp_path), FAKE_SLURM_JOB_ID=str(job_id),
-             FAKE_SLURM_NODE_GPUS='2', FAKE_SLURM_NODE_CPUS='2',
-             PYTHON=sys.executable, VENV='', WORKDIR=str(workdir),
-             DATA_DIR=setup['cifar'])
+  env = dict(cluster_env(tmp_path, node_gpus=2, node_cpus=2, job_id=job_id),
+             PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL='2',
+             JAX_PLATFORMS='cpu', PYTHON=sys.executable, VENV='',
+             WORKDIR=str(workdir), DATA_DIR=setup['cifar'])
   extra = main_args(workdir, setup['cifar'], LONG)[2:]  # Script adds the rest.
-  args = [sys.executable, str(fake / 'sbatch'), '--nodes=1', '--job-name=aj',
-          'launch/slurm_gpu.sbatch', '--', *extra]
+  args = [sys.executable, str(FAKE_SLURM / 'sbatch'), '--nodes=1',
+          '--gpus-per-node=2', '--job-name=aj', 'launch/slurm_gpu.sbatch',
+          '--', *extra, '--config.platform=cpu']
   proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
   wait_for_checkpoint(str(workdir), 20, proc)
-  proc.send_signal(signal.SIGUSR1)  # The fake sbatch became the batch shell.
-  out, err = proc.communicate(timeout=300)
-  task0 = (tmp_path / 'task_0.out').read_text()
+  proc.send_signal(signal.SIGALRM)
+  out, err = proc.communicate(timeout=900)
+  task0 = (tmp_path / 'cluster' / 'task_0.out').read_text()
+  task1 = (tmp_path / 'cluster' / 'task_1.err').read_text()
   assert proc.returncode == 0, err[-2000:] + task0[-2000:]
+  assert out.startswith(f'Submitted batch job {job_id}\n')
   step = stopped_step(task0)
   assert 20 < step < 150
-  assert stopped_step((tmp_path / 'task_1.err').read_text(),
-                      'process 1: stopped by SIGTERM at step ') == step
+  assert stopped_step(task1, 'process 1: stopped by SIGTERM at step ') == step
   coordinator = f'localhost:{job_id % 2 ** 12 + 65536 - 2 ** 12}'
   assert f'coordinator at {coordinator} (slurm start)' in (
-      tmp_path / 'task_0.err').read_text()
-  calls = [l for l in (tmp_path / 'calls').read_text().splitlines()
-           if not l.startswith(('sbatch ', 'allocation '))]
-  assert calls[0].startswith(
+      tmp_path / 'cluster' / 'task_0.err').read_text()
+  [first, again] = calls(tmp_path, 'srun')
+  assert first == again and first.startswith(
       'srun --kill-on-bad-exit=1 --gpu-bind=none --nodes=1 --ntasks=2 '
       '--ntasks-per-node=2 --gpus-per-node=2 --cpus-per-task=1 ')
-  assert calls[1:] == [f'scancel --signal=TERM {job_id}',
-                       f'scontrol requeue {job_id}']
-
-  env['SLURM_RESTART_COUNT'] = '1'  # What SLURM sets when it requeues.
-  again = subprocess.run(args, cwd=REPO, env=env, capture_output=True,
-                         text=True, timeout=600)
-  task0 = (tmp_path / 'task_0.out').read_text()
-  assert again.returncode == 0, again.stderr[-2000:] + task0[-2000:]
-  assert 'restart 1' in again.stderr
+  assert calls(tmp_path, 'scancel', 'scontrol') == [
+      f'scancel --signal=TERM {job_id}', f'scontrol requeue {job_id}']
+  assert 'restart 1' in err
   assert 'resuming from' in task0 and f'at step {step}' in task0
   assert_same_final_params(str(workdir), long_reference)
 
