@@ -31,15 +31,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax.data import registry
+from alexnet_jax import build
 from alexnet_jax.errors import ConfigError
 from alexnet_jax.model import alexnet
 from alexnet_jax.runtime import mesh as mesh_lib
-from alexnet_jax.task import config as config_lib
 from alexnet_jax.task import evaluation
-from alexnet_jax.task import optim
 from alexnet_jax.task import state as state_lib
 from alexnet_jax.task import steps
+from alexnet_jax.task import validation
 
 # Dense peak FLOP/s per device by (device_kind prefix, dtype). float32
 # matmuls on NVIDIA GPUs run as TF32 under XLA's default precision, so their
@@ -96,27 +95,24 @@ def step_flops(model, batch_size: int, side: int) -> float:
   return float(analysis.get('flops', 0.)) if analysis else None
 
 
-IMAGENET_MEAN_STD = (registry.IMAGENET_MEAN, registry.IMAGENET_STD)
-
-
 def _setup(args):
-  """(config, mesh, model, train state) as training builds them."""
+  """(config, mesh, model, train state, input spec) as training builds them."""
   config = _config(args)
   mesh = mesh_lib.make_mesh()
-  model = state_lib.make_model(config, config.num_classes)
+  model = build.model(config, config.num_classes)
   side = args.image_size
-  tx, _ = optim.make_optimizer(
-      config, config_lib.Durations.from_steps_per_epoch(config, 100))
+  tx, _ = build.optimizer(config, build.durations(config, 100))
   state, _ = state_lib.create_train_state(model, tx, (side, side, 3), 0, mesh)
-  return config, mesh, model, state
+  spec = build.input_spec(config, build.dataset(config), side)
+  return config, mesh, model, state, spec
 
 
 def jax_step(args, with_compiled=False):
   """(run_one_step, compile_s, flops_per_step[, compiled]) for our step."""
-  config, mesh, model, state = _setup(args)
+  config, mesh, model, state, spec = _setup(args)
   side = args.image_size
-  step = steps.make_train_step(config, model, config.num_classes,
-                               *IMAGENET_MEAN_STD, side)
+  step = steps.make_train_step(spec, config.num_classes,
+                               log_every=config.log_every_steps)
   rng = np.random.default_rng(0)
   batch_sharding = mesh_lib.batch(mesh)
   images = jax.device_put(rng.integers(
@@ -144,11 +140,11 @@ def eval_rate(args) -> dict:
   """The project's evaluation (the scan over a whole on-device split, padded
   and masked, each image and its reflection as every epoch's val pass),
   over `--eval_images` random images: median of 5 passes."""
-  config, mesh, model, state = _setup(args)
+  config, mesh, model, state, spec = _setup(args)
   side = args.image_size
-  evaluate = evaluation.scan_evaluator(
-      evaluation.make_logits_fn(config, model, *IMAGENET_MEAN_STD, side),
-      config.eval_batch_size, mesh, config.num_classes)
+  evaluate = evaluation.Evaluator(
+      evaluation.make_logits_fn(spec, model.apply), config.eval_batch_size,
+      mesh, config.num_classes).over_arrays
   rng = np.random.default_rng(1)
   n = args.eval_images
   # Replicated, as training keeps its val and test splits.
@@ -363,7 +359,7 @@ def parse_args(argv=None):
   if args.vs_pytorch:  # Leave PyTorch the accelerator memory it needs.
     os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
   try:
-    config_lib.validate_config(_config(args))
+    validation.validate_config(_config(args))
   except ConfigError as e:
     parser.error(str(e))
   if args.steps < 1:

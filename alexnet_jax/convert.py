@@ -23,9 +23,9 @@ from absl import logging
 import jax
 import ml_collections
 import numpy as np
-from etils import epath
 from ml_collections import config_flags
 
+from alexnet_jax import build
 from alexnet_jax.errors import CheckpointError
 from alexnet_jax.errors import ConfigError
 from alexnet_jax.errors import UserError
@@ -34,9 +34,9 @@ from alexnet_jax.runtime import checkpoints
 from alexnet_jax.runtime import cli
 from alexnet_jax.runtime import mesh as mesh_lib
 from alexnet_jax.runtime import reporting
-from alexnet_jax.task import config as config_lib
-from alexnet_jax.task import optim
+from alexnet_jax.runtime.layout import Layout
 from alexnet_jax.task import state as state_lib
+from alexnet_jax.task import validation
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), 'configs', 'imagenet_torchvision.py')
@@ -76,25 +76,25 @@ def convert(path: str, workdir: str, config: ml_collections.ConfigDict,
 
   config = ml_collections.ConfigDict(config.to_dict())  # Unlocked copy.
   config.num_classes = num_classes
-  config_lib.validate_config(config)
+  validation.validate_config(config)
   mesh = mesh_lib.make_mesh(config.model_parallelism)
-  model = state_lib.make_model(config, num_classes)
+  model = build.model(config, num_classes)
   side = config.image_size or 224
   # Durations do not change the optimizer state's structure: any will do.
-  tx, _ = optim.make_optimizer(config, config_lib.Durations.from_steps_per_epoch(config, 1))
+  tx, _ = build.optimizer(config, build.durations(config, 1))
   state, _ = state_lib.create_train_state(model, tx, (side, side, 3),
                                           config.seed, mesh)
   state = state.replace(params=place_like(params, state.params))
 
-  reporting.prepare_workdir(workdir)
-  ckpt = checkpoints.Checkpointer(workdir, config.keep_checkpoints,
-                                    log=log)
+  layout = Layout.of(workdir)
+  reporting.prepare_workdir(layout)
+  ckpt = checkpoints.Checkpointer(layout, config.keep_checkpoints, log=log)
   try:
     ckpt.save(0, state)
   finally:
     ckpt.close()
-  used = state_lib.resolved_config(config, model, num_classes, side)
-  reporting.write_text_atomically(epath.Path(workdir) / 'config.json',
+  used = build.resolved_config(config, model, num_classes, side)
+  reporting.write_text_atomically(layout.config,
                                   json.dumps(used, indent=2) + '\n')
   n_params = sum(x.size for x in jax.tree.leaves(params))
   log(f'converted {path} ({n_params:,} parameters, {num_classes} classes) '

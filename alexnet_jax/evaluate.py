@@ -25,15 +25,15 @@ import jax
 import ml_collections
 from ml_collections import config_flags
 
-from alexnet_jax.data import feeds
+from alexnet_jax import build
 from alexnet_jax.data import registry
 from alexnet_jax.errors import ConfigError
 from alexnet_jax.errors import UserError
 from alexnet_jax.runtime import cli
 from alexnet_jax.runtime import mesh as mesh_lib
-from alexnet_jax.task import config as config_lib
 from alexnet_jax.task import evaluation
-from alexnet_jax.task import workdir as workdir_lib
+from alexnet_jax.task import saved_run
+from alexnet_jax.task import validation
 
 FLAGS = flags.FLAGS
 
@@ -63,17 +63,17 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, step=None,
           f'{config.dataset!r}, whose images are the model\'s input size '
           '(set --config.dataset and --config.data_dir, or drop --ten_crop)')
     config.ten_crop = True
-  config_lib.validate_config(config)
+  validation.validate_config(config)
   mesh = mesh_lib.make_mesh(config.model_parallelism)
-  side = config_lib.input_side(config)
-  feed = feeds.make_feed(config, mesh, side)
-  step, model, variables = workdir_lib.load_model(config, workdir, step,
-                                               feed.num_classes)
-  config_lib.check_input_side(config, model, side)
-  evaluator = evaluation.make_evaluator(config, feed, evaluation.make_logits_fn(
-      config, model, feed.spec.mean, feed.spec.std, side), mesh)
-  metrics = evaluation.split_metrics(evaluator(
-      jax.device_put(variables, mesh_lib.replicated(mesh)), 'test'))
+  data = build.dataset(config)
+  side = build.input_side(config, data)
+  feed = build.feed(config, mesh, data, side)
+  step, model, variables = saved_run.load_model(config, workdir, step,
+                                                feed.num_classes)
+  build.check_input_side(config, model, side)
+  evaluator = build.evaluator(config, feed, model.apply, mesh)
+  metrics = evaluation.split_metrics(feed.evaluate(
+      evaluator, jax.device_put(variables, mesh_lib.replicated(mesh)), 'test'))
   return {'step': step, 'dataset': config.dataset, 'split': 'test',
           'examples': feed.sizes['test'], 'ten_crop': bool(config.ten_crop),
           **metrics}
@@ -117,7 +117,7 @@ def parse_flags(argv):
     cli.exit_with_error('--workdir is required: python -m alexnet_jax.evaluate '
                     '--workdir=DIR [--config.FIELD=VALUE ...]')
   try:
-    config = workdir_lib.load_config(workdir)
+    config = saved_run.load_config(workdir)
   except UserError as e:
     cli.exit_with_error(e, verbose)
   try:

@@ -1,4 +1,4 @@
-"""Command line: parse flags, then `loop.train_and_evaluate(config, workdir)`.
+"""Command line: parse flags, then `train.train_and_evaluate(config, workdir)`.
 
   python -m alexnet_jax.main --config=configs/cifar10.py --workdir=DIR \
       [--config.key=value ...] [--verbose] \
@@ -29,7 +29,7 @@ from ml_collections import config_flags
 
 from alexnet_jax.errors import Interrupted
 from alexnet_jax.errors import UserError
-from alexnet_jax.run import loop
+from alexnet_jax import train
 from alexnet_jax.runtime import cli
 from alexnet_jax.runtime import distributed
 from alexnet_jax.runtime import liveness
@@ -139,7 +139,7 @@ def main(argv):
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                            FLAGS.process_id, timeouts)
     accelerator.check(FLAGS.config.platform)
-    loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     liveness.finish('done')
   except UserError as e:
     liveness.finish(f'exited: error: {e}'[:200])

@@ -3,7 +3,7 @@
   python -m alexnet_jax.predict --workdir=DIR [--step=N] [--json] IMAGE...
 
 The workdir's config.json decides the preprocessing and the class names
-(`workdir_lib.py`): torchvision's centre crop and ImageNet's names for
+(`task/saved_run.py`): torchvision's centre crop and ImageNet's names for
 converted torchvision weights, CIFAR-10's for a CIFAR run. One view per
 image (no flip or crop averaging). A table per image, or with --json one
 line per image: {"image": PATH, "top5": [{"class", "label", "prob"}, ...]}.
@@ -22,11 +22,11 @@ from absl import logging
 import jax
 import numpy as np
 
-from alexnet_jax.data import registry
+from alexnet_jax import build
 from alexnet_jax.errors import DataError
 from alexnet_jax.errors import UserError
 from alexnet_jax.runtime import cli
-from alexnet_jax.task import workdir as workdir_lib
+from alexnet_jax.task import saved_run
 
 FLAGS = flags.FLAGS
 
@@ -51,11 +51,11 @@ def predict(workdir: str, paths, step=None, batch_size: int = 16):
   Every image is read before the model is: a bad one stops the run at once,
   by name.
   """
-  config = workdir_lib.load_config(workdir)
-  prep = workdir_lib.Preprocessing.from_config(config)
-  pixels = np.stack([prep.pixels(workdir_lib.open_image(p)) for p in paths])
-  step, model, variables = workdir_lib.load_model(config, workdir, step)
-  names = registry.get(config.dataset).class_names(config, model.num_classes)
+  config = saved_run.load_config(workdir)
+  prep = saved_run.Preprocessing.from_config(config)
+  pixels = np.stack([prep.pixels(saved_run.open_image(p)) for p in paths])
+  step, model, variables = saved_run.load_model(config, workdir, step)
+  names = build.dataset(config).class_names(model.num_classes)
 
   @jax.jit
   def logits_fn(variables, x):

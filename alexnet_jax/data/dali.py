@@ -39,13 +39,13 @@ def _dali():
   return dali, fn, types
 
 
-def check(config, source):
+def check(device: str, source):
   """One line for what cannot work, before anything starts."""
   if getattr(source, 'encoding', 'jpeg') == 'raw':
     raise ConfigError('a raw store holds decoded pixels: there is nothing for '
                       'DALI to decode; use input_pipeline grain')
   _dali()
-  if config.dali_device == 'gpu' and not any(
+  if device == 'gpu' and not any(
       d.platform == 'gpu' for d in jax.local_devices()):
     raise ConfigError(
         f'dali_device gpu needs a GPU, and JAX sees only '
@@ -79,11 +79,12 @@ def _pipeline(batch: int, device_id, threads: int, resize: bool):
 class Decoder:
   """Encoded bytes of this process's rows -> a global uint8 batch."""
 
-  def __init__(self, config, mesh, local_batch: int, resize: bool):
+  def __init__(self, device: str, threads: int, mesh, local_batch: int,
+               resize: bool):
     self.mesh, self.local_batch = mesh, local_batch
     self.sharding = jax.sharding.NamedSharding(
         mesh, jax.sharding.PartitionSpec(mesh.axis_names))
-    if config.dali_device == 'gpu':
+    if device == 'gpu':
       self.devices = [d for d in mesh.devices.flat
                       if d.process_index == jax.process_index()]
       per_device = local_batch // len(self.devices)
@@ -91,8 +92,7 @@ class Decoder:
                     for d in self.devices]
     else:
       self.devices = None
-      self.pipes = [_pipeline(local_batch, None, max(config.data_workers, 1),
-                              resize)]
+      self.pipes = [_pipeline(local_batch, None, max(threads, 1), resize)]
 
   def __call__(self, encoded: list) -> jax.Array:
     per_pipe = len(encoded) // len(self.pipes)
@@ -123,13 +123,13 @@ def train_batches(feed, start_step: int, total_steps: int) -> Iterator:
   decode is found by trying each of the batch's on the host, and replaced
   the same deterministic way.
   """
-  c = feed.config
   source = feed.splits['train']
-  local = c.batch_size // jax.process_count()
-  decoder = Decoder(c, feed.mesh, local, resize=feed.spec.name != 'store')
-  order = streaming.shuffled(source, c.seed)
-  pick = streaming.TrainExample(order, source, c.seed, store.SIDE, 0, False)
-  position = streaming.Positions(c.batch_size, local, jax.process_index())
+  local = feed.batch_size // jax.process_count()
+  decoder = Decoder(feed.dali_device, feed.workers, feed.mesh, local,
+                    resize=feed.dataset.name != 'store')
+  order = streaming.shuffled(source, feed.seed)
+  pick = streaming.TrainExample(order, source, feed.seed, store.SIDE, 0, False)
+  position = streaming.Positions(feed.batch_size, local, jax.process_index())
   for step in range(start_step, total_steps):
     records = [pick.record(position(step * local + j)) for j in range(local)]
     try:

@@ -1,7 +1,7 @@
 """One batch per train step, whatever the source.
 
 Two feeds with one interface, so the train step and the loop do not care
-where images come from:
+where images come from (`build.feed` makes the one a config asks for):
   * `in_memory.InMemoryFeed`: CIFAR-10 or fake data, held on the device as
     uint8, batches gathered there.
   * `StreamingFeed`: image datasets (folders, TFDS, the paper's store) read
@@ -11,8 +11,9 @@ where images come from:
 Both yield {'images': uint8 [B, H, W, C], 'labels': int32 [B], ...} sharded
 over the mesh's batch axes, and hold `num_classes`, `sizes` (examples per split) and
 `image_shape`. A feed's position is the step alone, so resuming at the
-checkpoint's step resumes the data exactly. Evaluation over a feed's splits
-is `task/evaluation.py`.
+checkpoint's step resumes the data exactly. `feed.evaluate(evaluator,
+variables, split)` hands a split to `task/evaluation.py`'s evaluator the
+way the feed holds it.
 """
 
 import contextlib
@@ -24,7 +25,6 @@ import grain
 import jax
 import numpy as np
 
-from alexnet_jax.data import in_memory
 from alexnet_jax.data import registry
 from alexnet_jax.data import store
 from alexnet_jax.data import streaming
@@ -33,38 +33,29 @@ from alexnet_jax.errors import DataError
 from alexnet_jax.runtime import mesh as mesh_lib
 
 
-def make_feed(config, mesh, crop_size: int):
-  """The feed for `config.dataset`; `crop_size` is the side streamed training
-  crops are cut to (the model's input side)."""
-  if registry.get(config.dataset).streamed:
-    return StreamingFeed(config, mesh, crop_size)
-  return in_memory.InMemoryFeed(config, in_memory.load_dataset(config), mesh)
-
-
-def _image_sources(config):
+def image_sources(dataset, tfds_data_dir: str = ''):
   """(train, test, number of classes) of a streamed dataset."""
-  spec = registry.get(config.dataset)
-  if spec.name in ('image_folder', 'store') and not config.data_dir:
+  name, data_dir = dataset.name, dataset.data_dir
+  if name in ('image_folder', 'store') and not data_dir:
     what = ('the store written by `python -m alexnet_jax.prepare --store=DIR`'
-            if spec.name == 'store' else
+            if name == 'store' else
             'DIR/train/<class>/* and DIR/val/<class>/*')
-    raise DataError(f'dataset {spec.name} needs --config.data_dir=DIR: {what}')
-  if spec.name == 'store':
-    manifest = store.read_manifest(config.data_dir)
-    return (store.StoreSource(config.data_dir, 'train', manifest),
-            store.StoreSource(config.data_dir, 'test', manifest),
+    raise DataError(f'dataset {name} needs --config.data_dir=DIR: {what}')
+  if name == 'store':
+    manifest = store.read_manifest(data_dir)
+    return (store.StoreSource(data_dir, 'train', manifest),
+            store.StoreSource(data_dir, 'test', manifest),
             len(manifest['classes']))
-  if spec.name == 'image_folder':
-    train = streaming.ImageFolderSource.scan(
-        os.path.join(config.data_dir, 'train'))
+  if name == 'image_folder':
+    train = streaming.ImageFolderSource.scan(os.path.join(data_dir, 'train'))
     test = streaming.ImageFolderSource.scan(
-        os.path.join(config.data_dir, 'val'), train.classes)
+        os.path.join(data_dir, 'val'), train.classes)
     return train, test, len(train.classes)
   from alexnet_jax.data import tfds  # pylint: disable=g-import-not-at-top
-  train_split, test_split = spec.tfds_splits
-  return (tfds.source(spec.tfds_name, train_split, config.tfds_data_dir),
-          tfds.source(spec.tfds_name, test_split, config.tfds_data_dir),
-          spec.num_classes)
+  train_split, test_split = dataset.spec.tfds_splits
+  return (tfds.source(dataset.spec.tfds_name, train_split, tfds_data_dir),
+          tfds.source(dataset.spec.tfds_name, test_split, tfds_data_dir),
+          dataset.num_classes)
 
 
 class BadImages:
@@ -113,35 +104,47 @@ class StreamingFeed:
   256x256 squares are cropped on the device (`crops_on_device`), an image
   folder's or a TFDS dataset's on the host. Evaluation images are decoded
   once per run and kept on the host (this process's rows only).
-  """
 
-  def __init__(self, config, mesh, crop_size: int):
-    self.config, self.mesh = config, mesh
-    self.spec = registry.get(config.dataset)
-    train, test, self.num_classes = _image_sources(config)
-    train, val = streaming.hold_out(
-        train, registry.validation_count(config, len(train)))
+  dataset: the resolved record (`registry.resolve`); its stored side is
+    the side training crops are cut from. crop_size: the model's input side.
+  inception_crop: torchvision's RandomResizedCrop instead of the paper's
+    random crop. workers: Grain worker processes (0: this process).
+  dali_device: '' (Grain decodes), or DALI on 'gpu' or 'cpu'.
+  """
+  streamed = True
+
+  def __init__(self, dataset, mesh, *, batch_size: int, seed: int,
+               crop_size: int, val_examples: int, val_fraction: float,
+               tfds_data_dir: str = '', inception_crop: bool = False,
+               workers: int = 0, max_bad_fraction: float = 0.01,
+               dali_device: str = ''):
+    self.dataset, self.mesh = dataset, mesh
+    self.batch_size, self.seed, self.workers = batch_size, seed, workers
+    self.inception_crop, self.dali_device = inception_crop, dali_device
+    train, test, self.num_classes = image_sources(dataset, tfds_data_dir)
+    train, val = streaming.hold_out(train, registry.validation_count(
+        val_examples, val_fraction, len(train)))
     self.splits = {'train': train, 'val': val, 'test': test}
     self.sizes = {k: len(v) if v is not None else 0
                   for k, v in self.splits.items()}
-    if crop_size > config.resize_size:
+    self.resize_size = dataset.stored_side
+    if crop_size > self.resize_size:
       raise ConfigError(f'image_size {crop_size} is larger than resize_size '
-                        f'{config.resize_size}, the side it is cropped from')
-    self.dali = config.input_pipeline == 'dali'
-    if self.dali:
+                        f'{self.resize_size}, the side it is cropped from')
+    if dali_device:
       from alexnet_jax.data import dali  # pylint: disable=g-import-not-at-top
-      dali.check(config, train)
+      dali.check(dali_device, train)
     # The store (and DALI's output) is the whole 256x256 square.
-    self.crops_on_device = self.spec.name == 'store' or self.dali
-    if self.crops_on_device and config.resize_size != store.SIDE:
-      raise ConfigError(f'resize_size {config.resize_size}: the store and '
+    self.crops_on_device = dataset.name == 'store' or bool(dali_device)
+    if self.crops_on_device and self.resize_size != store.SIDE:
+      raise ConfigError(f'resize_size {self.resize_size}: the store and '
                         f'DALI keep {store.SIDE}x{store.SIDE} images')
     self.image_shape = (crop_size, crop_size, 3)
-    self.shards = self.spec.data_shards(config, jax.process_count())
+    self.shards = dataset.shards
     self.batch_sharding = mesh_lib.batch(mesh)
     self.bad = BadImages(
         {k: v for k, v in self.splits.items() if v is not None},
-        config.max_bad_fraction,
+        max_bad_fraction,
         lambda m: print(m if jax.process_count() == 1 else
                         f'process {jax.process_index()}: {m}', flush=True))
     self._eval_cache = {}
@@ -155,7 +158,7 @@ class StreamingFeed:
     total_steps - 1; `replaced` marks the examples that stand in for an
     unreadable record (counted in the train metrics)."""
     del steps_per_epoch  # The stream is one endless shuffled sequence.
-    if self.dali:
+    if self.dali_device:
       from alexnet_jax.data import dali  # pylint: disable=g-import-not-at-top
       batches = dali.train_batches(self, start_step, total_steps)
     else:
@@ -171,13 +174,12 @@ class StreamingFeed:
     host-to-device copy issued while the loop waits on the device (logging,
     evaluation, a checkpoint). Order and content are unchanged, and the
     feed's position stays the step, so resume is unaffected."""
-    c = self.config
     ds = streaming.train_batches(
-        self.splits['train'], seed=c.seed, global_batch=c.batch_size,
+        self.splits['train'], seed=self.seed, global_batch=self.batch_size,
         start_step=start_step, total_steps=total_steps,
-        resize_size=c.resize_size,
+        resize_size=self.resize_size,
         crop_size=0 if self.crops_on_device else self.image_shape[0],
-        inception_crop=c.random_resized_crop, workers=c.data_workers,
+        inception_crop=self.inception_crop, workers=self.workers,
         process_index=jax.process_index(), process_count=jax.process_count())
     # Out of shared memory before the arrays go anywhere: on a CPU backend
     # a jax.Array may alias its host buffer (`streaming.passes`).
@@ -195,8 +197,7 @@ class StreamingFeed:
       local = []
       for images, labels, mask, bad in streaming.passes(streaming.eval_batches(
           self.splits[name], global_batch=global_batch,
-          resize_size=self.config.resize_size,
-          workers=self.config.data_workers,
+          resize_size=self.resize_size, workers=self.workers,
           process_index=jax.process_index(),
           process_count=jax.process_count())):
         self.bad.note(name, bad)
@@ -204,3 +205,9 @@ class StreamingFeed:
       self._eval_cache[key] = local
     for images, labels, mask in self._eval_cache[key]:
       yield self.to_global(images), self.to_global(labels), self.to_global(mask)
+
+  def evaluate(self, evaluator, variables, name: str):
+    """Split `name` through `evaluator` (`evaluation.Evaluator`): its padded
+    batches, streamed."""
+    return evaluator.over_batches(
+        variables, self.eval_batches(name, evaluator.streamed_batch))

@@ -1,6 +1,6 @@
 """Datasets held in memory: host arrays loaded once, batched on the device.
 
-Loading (host, once): `load_dataset(config)` gives uint8 NHWC images and int32
+Loading (host, once): `load_dataset` gives uint8 NHWC images and int32
 labels for train / val / test: CIFAR-10 from a local archive (`cifar.py`) or
 through TFDS (`tfds.py`), or `fake` random images of any size. Validation is
 held out of train by the registry's rule (`registry.hold_out`).
@@ -46,24 +46,27 @@ def load_fake(num_train: int, num_test: int, image_size: int, num_classes: int,
   return split(num_train), split(num_test)
 
 
-def load_dataset(config) -> Dataset:
-  """Host-side train/val/test arrays for an in-memory `config.dataset`."""
-  spec = registry.get(config.dataset)
-  if spec.name == 'cifar10' and config.data_dir:
-    train, test = cifar.load_cifar10_archive(config.data_dir)
-  elif spec.name == 'cifar10':
+def load_dataset(dataset, *, val_examples: int, val_fraction: float,
+                 tfds_data_dir: str = '', fake_num_train: int = 512,
+                 fake_num_test: int = 128) -> Dataset:
+  """Host-side train/val/test arrays of an in-memory dataset (the resolved
+  record, `registry.resolve`): CIFAR-10 from `dataset.data_dir` or TFDS, or
+  fake images of `dataset.stored_side`."""
+  if dataset.name == 'cifar10' and dataset.data_dir:
+    train, test = cifar.load_cifar10_archive(dataset.data_dir)
+  elif dataset.name == 'cifar10':
     from alexnet_jax.data import tfds  # pylint: disable=g-import-not-at-top
-    train, test = tfds.load_cifar10(config.tfds_data_dir or None)
+    train, test = tfds.load_cifar10(tfds_data_dir or None)
   else:
-    train, test = load_fake(config.fake_num_train, config.fake_num_test,
-                            config.fake_image_size, spec.classes(config))
-  train_idx, val_idx = registry.hold_out(
-      len(train), registry.validation_count(config, len(train)))
+    train, test = load_fake(fake_num_train, fake_num_test,
+                            dataset.stored_side, dataset.num_classes)
+  train_idx, val_idx = registry.hold_out(len(train), registry.validation_count(
+      val_examples, val_fraction, len(train)))
   val = None
   if val_idx is not None:
     train, val = (Split(train.images[train_idx], train.labels[train_idx]),
                   Split(train.images[val_idx], train.labels[val_idx]))
-  return Dataset(train, val, test, spec.classes(config))
+  return Dataset(train, val, test, dataset.num_classes)
 
 
 # --- Data shards -----------------------------------------------------------------
@@ -107,19 +110,23 @@ def batch_indices(perms, step_in_epoch, batch_size: int, process_count: int):
 
 
 class InMemoryFeed:
-  """The splits on the device; each training batch gathered there."""
+  """The splits on the device; each training batch gathered there.
 
+  dataset: the resolved record (`registry.resolve`: mean, std, shards);
+  data: its host arrays (`load_dataset`).
+  """
+  streamed = False
   crops_on_device = False  # Augmentation crops CIFAR (crop_padding) itself.
 
-  def __init__(self, config, data: Dataset, mesh):
-    self.config, self.mesh = config, mesh
-    self.spec = registry.get(config.dataset)
+  def __init__(self, dataset, data: Dataset, mesh, *, batch_size: int,
+               seed: int):
+    self.dataset, self.mesh, self.batch_size = dataset, mesh, batch_size
     self.num_classes = data.num_classes
     self.sizes = {'train': len(data.train),
                   'val': len(data.val) if data.val else 0,
                   'test': len(data.test)}
     self.image_shape = data.train.images.shape[1:]
-    self.shards = self.spec.data_shards(config, jax.process_count())
+    self.shards = dataset.shards
     share, self.per_shard = process_share(
         data.train, self.shards, jax.process_index(), jax.process_count())
     self.train_arrays = (mesh_lib.put_process_share(share.images, mesh),
@@ -128,7 +135,7 @@ class InMemoryFeed:
                                mesh_lib.put_replicated(s.labels, mesh))
                         for name, s in (('val', data.val), ('test', data.test))
                         if s}
-    self.data_key = jax.random.fold_in(jax.random.key(config.seed), 0x5eed)
+    self.data_key = jax.random.fold_in(jax.random.key(seed), 0x5eed)
     self.permutations = jax.jit(epoch_permutations, static_argnums=(2, 3),
                                 out_shardings=mesh_lib.replicated(mesh))
     self.gather = jax.jit(self._gather, static_argnums=(4,))
@@ -155,5 +162,10 @@ class InMemoryFeed:
         perm_epoch, perms = epoch, self.permutations(
             self.data_key, epoch, self.shards, self.per_shard)
       images, labels = self.gather(*self.train_arrays, perms, np.int32(index),
-                                   self.config.batch_size)
+                                   self.batch_size)
       yield {'images': images, 'labels': labels}
+
+  def evaluate(self, evaluator, variables, name: str):
+    """Split `name` through `evaluator` (`evaluation.Evaluator`): on the
+    device already, walked by one compiled scan."""
+    return evaluator.over_arrays(variables, *self.eval_arrays[name])

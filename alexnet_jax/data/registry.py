@@ -45,14 +45,14 @@ def imagenet_classes() -> tuple:
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
-  """One dataset.
+  """One dataset, as it is whatever the run.
 
   Attributes:
     name: the `--config.dataset` value.
     streamed: read from files by Grain workers (image datasets), or held in
       device memory whole (CIFAR-10, fake).
     num_classes: None where the data decides (an image folder's class
-      folders) or the config does (`fake`: config.num_classes).
+      folders, the store's manifest) or the run does (`fake`).
     mean, std: per-channel, 0..1 pixel scale.
     tfds_name, tfds_splits: the TFDS dataset and its (train, test) splits;
       ImageNet's official validation set is the test split.
@@ -65,50 +65,85 @@ class DatasetSpec:
   tfds_name: Optional[str] = None
   tfds_splits: tuple = ('train', 'test')
 
-  def classes(self, config) -> Optional[int]:
-    if self.name == 'fake':
-      return config.num_classes
-    if self.name == 'store' and config.data_dir:
-      from alexnet_jax.data import store  # pylint: disable=g-import-not-at-top
-      return len(store.read_manifest(config.data_dir)['classes'])
-    return self.num_classes
 
-  def stored_side(self, config) -> int:
-    """The side of the images as stored: what crops and resizes start from."""
-    if self.streamed:
-      return config.resize_size  # The paper's 256x256 (Sec. 2).
-    return config.fake_image_size if self.name == 'fake' else 32
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """A dataset as one run reads it: its record with the run's values
+  resolved once (`resolve`), so nothing below asks the config again.
 
-  def data_shards(self, config, process_count: int) -> int:
-    """Shards of the training set (`in_memory.process_share`); a stream's
-    batches are positions in one shuffled sequence: one shard."""
-    if self.streamed:
-      return 1
-    return config.data_shards or process_count
+  stored_side: the side of the images as stored, what crops and resizes
+    start from (the paper's 256 for image datasets, 32 for CIFAR-10).
+  num_classes: None where the data decides (an image folder).
+  shards: equal shards of the training set (`in_memory.process_share`); a
+    stream's batches are positions in one shuffled sequence: one shard.
+  """
+  spec: DatasetSpec
+  data_dir: str
+  stored_side: int
+  num_classes: Optional[int]
+  shards: int
 
-  def class_names(self, config, num_classes: int) -> tuple:
+  @property
+  def name(self) -> str:
+    return self.spec.name
+
+  @property
+  def streamed(self) -> bool:
+    return self.spec.streamed
+
+  @property
+  def mean(self) -> tuple:
+    return self.spec.mean
+
+  @property
+  def std(self) -> tuple:
+    return self.spec.std
+
+  def class_names(self, num_classes: int) -> tuple:
     """Human-readable names in label order; 'class K' where none are known."""
-    if self.name == 'cifar10' and num_classes == 10:
+    name, data_dir = self.spec.name, self.data_dir
+    if name == 'cifar10' and num_classes == 10:
       return CIFAR10_CLASSES
-    if self.name == 'store' and config.data_dir:
+    if name == 'store' and data_dir:
       from alexnet_jax.data import store  # pylint: disable=g-import-not-at-top
-      names = tuple(store.read_manifest(config.data_dir)['classes'])
+      names = tuple(store.read_manifest(data_dir)['classes'])
       if len(names) == 1000 and names[0] == 'n01440764':
         return imagenet_classes()  # ImageNet's synsets: torchvision's names.
       if len(names) == num_classes:
         return names
-    if self.name in ('imagenet2012', 'image_folder') and num_classes == 1000:
+    if name in ('imagenet2012', 'image_folder') and num_classes == 1000:
       return imagenet_classes()
-    if self.name == 'imagenette' and num_classes == 10:
+    if name == 'imagenette' and num_classes == 10:
       names = imagenet_classes()
       return tuple(names[i] for i in _IMAGENETTE_IN_IMAGENET)
-    if self.name == 'image_folder' and config.data_dir:
-      root = epath.Path(config.data_dir) / 'train'  # Local or gs://.
+    if name == 'image_folder' and data_dir:
+      root = epath.Path(data_dir) / 'train'  # Local or gs://.
       if root.is_dir():
         folders = sorted(p.name for p in root.iterdir() if p.is_dir())
         if len(folders) == num_classes:
           return tuple(folders)
     return tuple(f'class {k}' for k in range(num_classes))
+
+
+def resolve(name: str, *, data_dir: str = '', num_classes: int = 0,
+            fake_image_size: int = 32, resize_size: int = 256,
+            data_shards: int = 0, process_count: int = 1) -> Dataset:
+  """Dataset `name` with the run's values: `num_classes` and
+  `fake_image_size` are the fake dataset's; `resize_size` the stored side of
+  image datasets; `data_shards` 0 means one shard per process."""
+  spec = get(name)
+  classes = spec.num_classes
+  if name == 'fake':
+    classes = num_classes
+  elif name == 'store' and data_dir:
+    from alexnet_jax.data import store  # pylint: disable=g-import-not-at-top
+    classes = len(store.read_manifest(data_dir)['classes'])
+  if spec.streamed:
+    side, shards = resize_size, 1  # The paper's 256x256 (Sec. 2).
+  else:
+    side = fake_image_size if name == 'fake' else 32
+    shards = data_shards or process_count
+  return Dataset(spec, data_dir, side, classes, shards)
 
 
 DATASETS = {spec.name: spec for spec in (
@@ -134,12 +169,13 @@ def get(name: str) -> DatasetSpec:
 
 # --- The hold-out rule -----------------------------------------------------------
 
-def validation_count(config, num_train: int) -> int:
-  """How many training examples become validation: val_examples, else the
-  val_fraction share (0: no validation split)."""
-  if config.val_examples > 0:
-    return config.val_examples
-  return int(round(config.val_fraction * num_train))
+def validation_count(val_examples: int, val_fraction: float,
+                     num_train: int) -> int:
+  """How many training examples become validation: `val_examples`, else
+  the `val_fraction` share (0: no validation split)."""
+  if val_examples > 0:
+    return val_examples
+  return int(round(val_fraction * num_train))
 
 
 def hold_out(num_train: int, count: int, seed: int = 0):

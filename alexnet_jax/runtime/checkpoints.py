@@ -15,7 +15,7 @@ process takes part in saves and restores.
 
 import json
 import time
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional
 
 import jax
 import numpy as np
@@ -24,6 +24,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from alexnet_jax.errors import CheckpointError
+from alexnet_jax.runtime.layout import Layout
 
 BEST_METRIC = 'val_top1'
 
@@ -36,7 +37,6 @@ _EXPECTED_WARNINGS = ('did not provide metrics',
 absl_logging.get_absl_logger().addFilter(
     lambda record: not any(w in record.getMessage()
                            for w in _EXPECTED_WARNINGS))
-DAMAGED_DIR = 'checkpoints_damaged'
 
 
 class _Damaged(Exception):
@@ -71,45 +71,33 @@ def describe_mismatch(saved: dict, wanted: dict) -> str:
   return 'no difference'
 
 
-def workdir_path(workdir) -> epath.Path:
-  """The workdir as an absolute path: orbax refuses relative ones, and a
-  relative workdir (`--workdir=workdirs/cifar10`) is the README's own.
-  gs:// and other URIs are absolute already (`absolute()` would mangle them).
-  """
-  path = epath.Path(workdir)
-  return path if path.is_absolute() else path.absolute()
-
-
 class Checkpointer:
   """The run's CheckpointManager, with damage-tolerant resume and clear errors."""
 
-  def __init__(self, workdir: str, keep: int,
-               log: Callable[[str], None] = None,
-               save_every: Sequence[int] = (), save_on: Sequence[int] = ()):
-    """`should_save` says yes at multiples of each of `save_every` (0: none)
-    and at the `save_on` steps, with orbax's save-decision policies; and at
-    a preemption that every process of a multi-process job agreed on."""
-    self.workdir = workdir_path(workdir)
+  def __init__(self, workdir, keep: int,
+               log: Callable[[str], None] = None):
+    """`workdir`: a path or a `Layout`; the latest `keep` steps are kept, and
+    the best by val top-1. When to save is the run's to say
+    (`Durations.saves_at`, a stop): `save` always writes."""
+    self.layout = Layout.of(workdir)
+    self.workdir = self.layout.root
     self._log = log or _print_on_process_0
-    self.directory = self.workdir / 'checkpoints'
+    self.directory = self.layout.checkpoints
     self._pending = None  # Step of the save that may still be in flight.
     try:
       self._set_aside_unreadable_steps()
-      self.manager = self._open_manager(keep, save_every, save_on)
+      self.manager = self._open_manager(keep)
     except OSError as e:
       raise CheckpointError(
           f'cannot open checkpoints in {self.directory} ({_first_line(e)}); '
           'check that the workdir is writable') from None
 
-  def _open_manager(self, keep: int, save_every: int, save_on):
+  def _open_manager(self, keep: int):
     managers = ocp.checkpoint_managers
     policies = [managers.LatestN(n=max(keep, 1)),
                 managers.BestN(
                     get_metric_fn=lambda m: m[BEST_METRIC], reverse=False, n=1,
                     keep_checkpoints_without_metrics=False)]
-    when = [managers.SpecificStepsPolicy(tuple(save_on)),
-            managers.PreemptionCheckpointingPolicy()]
-    when += [managers.FixedIntervalPolicy(n) for n in save_every if n > 0]
     return ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
@@ -117,7 +105,6 @@ class Checkpointer:
             best_fn=lambda m: m[BEST_METRIC], best_mode='max',
             max_to_keep=None, cleanup_tmp_directories=True,
             preservation_policy=managers.AnyPreservationPolicy(policies),
-            save_decision_policy=managers.AnySavePolicy(when),
             create=True))
 
   # --- Damage ----------------------------------------------------------------
@@ -143,11 +130,11 @@ class Checkpointer:
   def _set_aside(self, step_dir: epath.Path, reason: str):
     """Moves a damaged step out of orbax's sight, keeping it for inspection."""
     self._log(f'checkpoint step {step_dir.name} in {self.directory} is unusable '
-        f'({reason}); moved to {self.workdir / DAMAGED_DIR}, resuming from '
+        f'({reason}); moved to {self.layout.damaged_checkpoints}, resuming from '
         'the newest good one')
     _sync('alexnet_jax:before_set_aside')
     if jax.process_index() == 0:
-      target = self.workdir / DAMAGED_DIR / step_dir.name
+      target = self.layout.damaged_checkpoints / step_dir.name
       if target.exists():
         target = target.parent / f'{step_dir.name}.{int(time.time())}'
       target.parent.mkdir(parents=True, exist_ok=True)
@@ -169,11 +156,6 @@ class Checkpointer:
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
 
-  def should_save(self, step: int) -> bool:
-    """Orbax's save-decision policies: every `save_every` steps, the
-    `save_on` steps, and an agreed multi-process preemption."""
-    return self.manager.should_save(step)
-
   def reached_preemption(self, step: int) -> bool:
     """Whether the processes of a multi-process job agreed to stop at this
     step (JAX's preemption sync point, through orbax)."""
@@ -183,7 +165,7 @@ class Checkpointer:
     return self.manager.best_step()
 
   def _signature_check(self, step: int, abstract_state: Any):
-    path = self.directory / str(step) / 'default'
+    path = self.layout.checkpoint(step)
     try:
       saved = tree_signature(read_array_metadata(path))
     except Exception as e:  # Torn _METADATA: JSON, KeyError, ... .
@@ -307,8 +289,7 @@ def _sync(name: str):
 def saved_steps(workdir: str) -> list:
   """The finalized step numbers under WORKDIR/checkpoints, oldest first,
   without opening a CheckpointManager (orbax's own listing)."""
-  return sorted(ocp.utils.checkpoint_steps(workdir_path(workdir) /
-                                           'checkpoints'))
+  return sorted(ocp.utils.checkpoint_steps(Layout.of(workdir).checkpoints))
 
 
 def latest_step_on_disk(workdir: str) -> Optional[int]:
@@ -332,16 +313,16 @@ def load_variables_on_host(workdir: str, step: Optional[int] = None):
   """
   steps = saved_steps(workdir)
   if not steps:
-    raise CheckpointError(f'no checkpoints in {workdir_path(workdir)} (expected '
+    raise CheckpointError(f'no checkpoints in {Layout.of(workdir).root} (expected '
                           'checkpoints/<step>/ written by a training run or '
                           'by alexnet_jax.convert)')
   if step is None:
     step = steps[-1]
   elif step not in steps:
     raise CheckpointError(f'no checkpoint step {step} in '
-                          f'{workdir_path(workdir) / "checkpoints"}; saved '
+                          f'{Layout.of(workdir).checkpoints}; saved '
                           f'steps: {", ".join(map(str, steps))}')
-  path = workdir_path(workdir) / 'checkpoints' / str(step) / 'default'
+  path = Layout.of(workdir).checkpoint(step)
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   try:
     saved = read_array_metadata(path)
@@ -360,7 +341,7 @@ def load_variables_on_host(workdir: str, step: Optional[int] = None):
 
 def saved_params_signature(workdir: str, step: int) -> dict:
   """{'conv1/kernel': (shape, dtype)} of a step's params, from metadata only."""
-  path = workdir_path(workdir) / 'checkpoints' / str(step) / 'default'
+  path = Layout.of(workdir).checkpoint(step)
   return tree_signature(read_array_metadata(path)['params'])
 
 

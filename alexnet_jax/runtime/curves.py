@@ -26,6 +26,7 @@ from matplotlib import ticker
 from matplotlib.backends import backend_agg
 
 from alexnet_jax.errors import UserError
+from alexnet_jax.runtime.layout import Layout
 
 FIGSIZE = (15, 4.5)  # Inches; at DPI this is a 1500x450 PNG.
 DPI = 100
@@ -68,7 +69,7 @@ def read_records(workdir, missing_ok: bool = False) -> list:
   failing the plot. Missing files are a `PlotError` naming the path, unless
   `missing_ok` (training draws before its first flush may find none).
   """
-  path = epath.Path(workdir) / 'metrics.jsonl'
+  path = Layout.of(workdir).metrics
   try:
     if not path.parent.is_dir():
       if missing_ok:
@@ -111,7 +112,7 @@ def _series(records: list) -> dict:
 
 def default_labels(workdirs: Sequence) -> list:
   """Each workdir's last path component, or the full path where those clash."""
-  paths = [epath.Path(w) for w in workdirs]
+  paths = [Layout.of(w).root for w in workdirs]
   names = [p.name or p.resolve().name or str(p) for p in paths]
   return [str(p) if names.count(n) > 1 else n for p, n in zip(paths, names)]
 
@@ -216,12 +217,13 @@ def plot_runs(workdirs: Sequence, out, labels: Optional[Sequence[str]] = None,
   _write_atomically(epath.Path(out), _render(runs, title))
 
 
-def write_run_curves(workdir) -> str:
-  """Redraws WORKDIR/curves.png (training calls this after each evaluation).
+def write_run_curves(workdir, title: str) -> str:
+  """Redraws WORKDIR/curves.png (training calls this after each evaluation),
+  titled by the run (`title`: model, dataset, step), not by its path.
 
   Returns:
     The path written.
   """
-  out = epath.Path(workdir) / 'curves.png'
-  plot_runs([workdir], out, title=str(workdir), missing_ok=True)
-  return str(out)
+  layout = Layout.of(workdir)
+  plot_runs([layout], layout.curves, title=title, missing_ok=True)
+  return str(layout.curves)

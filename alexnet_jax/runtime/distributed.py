@@ -306,11 +306,11 @@ def check_shared_workdir(workdir: str):
   """
   if jax.process_count() == 1:
     return
-  from etils import epath  # orbax's path library: local, GCS, ...
   from jax.experimental import multihost_utils
   import numpy as np
+  from alexnet_jax.runtime.layout import Layout
 
-  path = epath.Path(workdir) / '.process_check'
+  path = Layout.of(workdir).process_check
   token = uuid.uuid4().int % (2 ** 31) if jax.process_index() == 0 else 0
   token = int(multihost_utils.broadcast_one_to_all(np.int32(token)))
   if jax.process_index() == 0:

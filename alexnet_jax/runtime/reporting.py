@@ -24,6 +24,7 @@ from etils import epath
 
 from alexnet_jax.errors import WorkdirError
 from alexnet_jax.runtime import curves
+from alexnet_jax.runtime.layout import Layout
 
 # metrics.jsonl is rewritten at most this often between forced flushes
 # (evaluations, checkpoints, the end of the run).
@@ -51,7 +52,7 @@ def _workdir_error(workdir, what: str, e: Exception) -> WorkdirError:
       'the last checkpoint')
 
 
-def prepare_workdir(workdir: str):
+def prepare_workdir(workdir):
   """Creates the workdir and proves it writable, before anything depends on it.
 
   Process 0 writes and removes a probe file, so a read-only or full disk is
@@ -59,7 +60,7 @@ def prepare_workdir(workdir: str):
   """
   if jax.process_index() != 0:
     return
-  path = epath.Path(workdir)
+  path = Layout.of(workdir).root
   if path.exists() and not path.is_dir():
     raise WorkdirError(f'workdir {workdir} is a file, not a directory; pass '
                        'a directory (new, or one a run wrote) as --workdir')
@@ -141,24 +142,31 @@ def _writers(workdir, enabled: bool, total_steps: int, every_steps: int):
 
 
 class Reporter:
-  """The run's console, metrics.jsonl, TensorBoard, curves.png and profile."""
+  """The run's console, metrics.jsonl, TensorBoard, curves.png and profile.
 
-  def __init__(self, workdir: str, total_steps: int, resume_step: int = 0,
-               log_every: int = 1, profile_steps: int = 0):
+  `durations` gives the run's length and when train metrics are logged
+  (`Durations.log_every`: clu measures steps/s over the same windows);
+  `title` names the run on its pictures (model, dataset), never a path.
+  """
+
+  def __init__(self, workdir, durations, resume_step: int = 0,
+               profile_steps: int = 0, title: str = ''):
     self.enabled = jax.process_index() == 0
-    self.total_steps = total_steps
-    self.workdir = epath.Path(workdir)
-    self.jsonl_path = self.workdir / 'metrics.jsonl'
+    self.total_steps = durations.total_steps
+    self.layout = Layout.of(workdir)
+    self.workdir = self.layout.root
+    self.title = title
     self._dirty = False
     self._last_flush = time.monotonic()
     self._paused_s = 0.  # Evaluations and saves, kept off the step clock.
     self._records = []
+    self._last_step = resume_step
     if self.enabled:  # On resume, drop what came after the checkpoint.
-      old = curves.read_records(self.workdir, missing_ok=True)
+      old = curves.read_records(self.layout, missing_ok=True)
       self._records = [r for r in old if r.get('step', 0) <= resume_step]
       self._dirty = len(self._records) != len(old)
     self._writer, self._progress, missing = _writers(
-        self.workdir, self.enabled, total_steps, log_every)
+        self.workdir, self.enabled, durations.total_steps, durations.log_every)
     if missing:
       self.log(f'TensorBoard events off: {missing} is not installed '
                '(metrics.jsonl and curves.png are written as always)')
@@ -210,6 +218,7 @@ class Reporter:
         if k != 'epoch' and v is not None and math.isfinite(float(v))})
     if not self.enabled:
       return
+    self._last_step = max(self._last_step, step)
     record = {'step': step, 'split': split}
     record.update({k: (float(v) if v is not None else None)
                    for k, v in metrics.items()})
@@ -225,8 +234,9 @@ class Reporter:
     if not force and time.monotonic() - self._last_flush < _FLUSH_SECONDS:
       return
     text = ''.join(json.dumps(r) + '\n' for r in self._records)
-    self._guard(lambda: write_text_atomically(self.jsonl_path, text),
-                f'write {self.jsonl_path.name}')
+    path = self.layout.metrics
+    self._guard(lambda: write_text_atomically(path, text),
+                f'write {path.name}')
     self._guard(self._writer.flush, 'write TensorBoard events')
     self._dirty = False
     self._last_flush = time.monotonic()
@@ -235,14 +245,15 @@ class Reporter:
     """WORKDIR/curves.png from metrics.jsonl (after a forced flush)."""
     if self.enabled:
       self.flush(force=True)
-      self._guard(lambda: curves.write_run_curves(str(self.workdir)),
+      title = f'{self.title}, step {self._last_step}'
+      self._guard(lambda: curves.write_run_curves(self.layout, title),
                   'write curves.png')
 
-  def write_json(self, name: str, value):
+  def write_json(self, path: epath.Path, value):
+    """A JSON file of the workdir (a `Layout` path), replaced whole."""
     if self.enabled:
       self._guard(lambda: write_text_atomically(
-          self.workdir / name, json.dumps(value, indent=2) + '\n'),
-                  f'write {name}')
+          path, json.dumps(value, indent=2) + '\n'), f'write {path.name}')
 
   def progress(self, step: int, epoch: float, loss: float, top1: float,
                lr: float, images_per_sec: Optional[float]):

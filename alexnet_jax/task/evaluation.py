@@ -1,12 +1,7 @@
-"""All evaluation: the test-time views, the log-probabilities averaged over
-them, and every example of a split counted once, from either feed.
-
-  * In memory (`scan_evaluator`): the split is on the device; a scan walks
-    it in equal batches, the last one padded and masked.
-  * Streamed (`streaming_evaluator`): Grain hands over padded batches of the
-    stored 256x256 images with a mask.
-Both sum loss, top-1 and top-5 hits with clu's masked metrics; `split_metrics`
-turns the sums into per-example means.
+"""All evaluation: the log-probabilities averaged over the test views (the
+input spec's), and every example of a split counted once, from either feed
+(`Evaluator`). Loss, top-1 and top-5 hits are summed with clu's masked
+metrics; `split_metrics` turns the sums into per-example means.
 """
 
 from typing import Callable
@@ -16,9 +11,7 @@ import jax
 import jax.numpy as jnp
 from clu import metrics as clu_metrics
 
-from alexnet_jax.data import augment
 from alexnet_jax.runtime import mesh as mesh_lib
-from alexnet_jax.task import config as config_lib
 from alexnet_jax.task import steps
 
 # (variables, uint8 images) -> log of the softmax averaged over the test
@@ -26,38 +19,17 @@ from alexnet_jax.task import steps
 LogitsFn = Callable[..., jax.Array]
 
 
-def eval_views(config, images, side: int):
-  """The test-time views of a uint8 batch: [V, N, side', side', C].
-
-  The paper's 10 crops (`ten_crop`: corners and centre, each mirrored), or
-  the centre crop of larger images; with `eval_flip`, each view's reflection
-  too (the paper's test-time averaging).
-  """
-  if config.ten_crop:  # validate_config allows it on image datasets only.
-    return augment.ten_crops(images, side)
-  if images.shape[1] > side:
-    images = augment.center_crop(images, side)
-  views = [images]
-  if config.eval_flip:
-    views.append(images[:, :, ::-1])
-  return jnp.stack(views)
-
-
-def make_logits_fn(config, model, mean, std, side: int,
-                   apply_fn=None) -> LogitsFn:
-  """(variables, uint8 images) -> log of the softmax averaged over the
-  views; one view gives plain log-softmax. Batch norm uses its running
-  averages. `apply_fn`: the run's forward pass (`state.make_apply`; default
-  `model.apply`)."""
-  mean, std, scale = config_lib.input_transform(config, mean, std)
-  apply_fn = apply_fn or model.apply
+def make_logits_fn(input_spec, apply_fn) -> LogitsFn:
+  """(variables, uint8 images) -> log of the softmax averaged over the test
+  views (`input_spec.eval_views`); one view gives plain log-softmax. Batch
+  norm uses its running averages. `apply_fn`: the run's forward pass
+  (`model.apply`, or the towers' over a mesh)."""
 
   def logits_fn(variables, images):
-    views = eval_views(config, images, side)
+    views = input_spec.eval_views(images)
     log_probs = [jax.nn.log_softmax(apply_fn(
-        variables,
-        augment.normalize(v, mean, std, side, model.dtype, scale),
-        train=False).astype(jnp.float32)) for v in views]
+        variables, input_spec.normalize(v), train=False).astype(jnp.float32))
+                 for v in views]
     if len(log_probs) == 1:
       return log_probs[0]
     return (jax.nn.logsumexp(jnp.stack(log_probs), axis=0) -
@@ -101,58 +73,53 @@ def balanced_batch(n: int, eval_batch_size: int, devices: int) -> int:
   return -(-per_batch // devices) * devices
 
 
-def scan_evaluator(logits_fn: LogitsFn, eval_batch_size: int, mesh,
-                   num_classes: int):
-  """jit(variables, images, labels) -> EvalMetrics over every example of
-  on-device arrays, walked in equal batches (`balanced_batch`) by a scan;
-  the last batch is padded (repeating the final example) and masked."""
-  data_sharding = mesh_lib.batch(mesh)
+class Evaluator:
+  """Sums loss, top-1 and top-5 over every example of a split, from either
+  kind of feed: each feed hands over its split the way it holds it
+  (`feed.evaluate(evaluator, variables, name)`).
 
-  @jax.jit
-  def evaluate(variables, images, labels):
-    n = labels.shape[0]
-    batch = balanced_batch(n, eval_batch_size, mesh.size)
+  * `over_arrays`: a split on the device, walked in equal batches
+    (`balanced_batch`) by one compiled scan; the last batch padded
+    (repeating the final example) and masked.
+  * `over_batches`: padded batches with a mask (Grain's, from files), one
+    jitted update each.
+  """
 
-    def body(metrics, j):
-      pos = j * batch + jnp.arange(batch)
-      idx = jax.lax.with_sharding_constraint(jnp.minimum(pos, n - 1),
-                                             data_sharding)
-      return metrics.merge(_batch_metrics(
-          logits_fn(variables, images[idx]), labels[idx], num_classes,
-          pos < n)), None
+  def __init__(self, logits_fn: LogitsFn, eval_batch_size: int, mesh,
+               num_classes: int):
+    self.eval_batch_size, self.mesh = eval_batch_size, mesh
+    data_sharding = mesh_lib.batch(mesh)
 
-    return jax.lax.scan(body, EvalMetrics.empty(),
-                        jnp.arange(-(-n // batch)))[0]
+    @jax.jit
+    def over_arrays(variables, images, labels):
+      n = labels.shape[0]
+      batch = balanced_batch(n, eval_batch_size, mesh.size)
 
-  return evaluate
+      def body(metrics, j):
+        pos = j * batch + jnp.arange(batch)
+        idx = jax.lax.with_sharding_constraint(jnp.minimum(pos, n - 1),
+                                               data_sharding)
+        return metrics.merge(_batch_metrics(
+            logits_fn(variables, images[idx]), labels[idx], num_classes,
+            pos < n)), None
 
+      return jax.lax.scan(body, EvalMetrics.empty(),
+                          jnp.arange(-(-n // batch)))[0]
 
-def streaming_evaluator(feed, logits_fn: LogitsFn, eval_batch_size: int,
-                        mesh, num_classes: int):
-  """(variables, split name) -> EvalMetrics over a streamed split: Grain's
-  padded batches, one jitted update each."""
-  batch = -(-eval_batch_size // mesh.size) * mesh.size
+    @jax.jit
+    def add(metrics, variables, images, labels, mask):
+      return metrics.merge(_batch_metrics(logits_fn(variables, images),
+                                          labels, num_classes, mask > 0))
 
-  @jax.jit
-  def add(metrics, variables, images, labels, mask):
-    return metrics.merge(_batch_metrics(logits_fn(variables, images), labels,
-                                        num_classes, mask > 0))
+    self.over_arrays, self._add = over_arrays, add
 
-  def evaluate(variables, name):
+  @property
+  def streamed_batch(self) -> int:
+    """The global batch of `over_batches`: a multiple of the device count."""
+    return -(-self.eval_batch_size // self.mesh.size) * self.mesh.size
+
+  def over_batches(self, variables, batches) -> EvalMetrics:
     metrics = EvalMetrics.empty()
-    for images, labels, mask in feed.eval_batches(name, batch):
-      metrics = add(metrics, variables, images, labels, mask)
+    for images, labels, mask in batches:
+      metrics = self._add(metrics, variables, images, labels, mask)
     return metrics
-
-  return evaluate
-
-
-def make_evaluator(config, feed, logits_fn: LogitsFn, mesh):
-  """(variables, split name) -> EvalMetrics over every example of that
-  split."""
-  if feed.spec.streamed:
-    return streaming_evaluator(feed, logits_fn, config.eval_batch_size, mesh,
-                               feed.num_classes)
-  scan = scan_evaluator(logits_fn, config.eval_batch_size, mesh,
-                        feed.num_classes)
-  return lambda variables, name: scan(variables, *feed.eval_arrays[name])

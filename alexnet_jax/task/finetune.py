@@ -13,9 +13,9 @@ import json
 
 import jax
 import numpy as np
-from etils import epath
 
 from alexnet_jax.runtime import checkpoints
+from alexnet_jax.runtime.layout import Layout
 from alexnet_jax.errors import ConfigError
 
 HEAD = 'fc8'
@@ -26,14 +26,14 @@ def _log(message: str):
     print(message, flush=True)
 
 
-def init_from(config, workdir: str, state, log=_log):
-  """`state` with config.init_from's parameters (fc8 fresh if classes differ).
+def init_from(source: str, model_name: str, workdir: str, state, log=_log):
+  """`state` with the parameters of workdir `source`'s latest checkpoint
+  (fc8 fresh if the class counts differ); `model_name` is this run's model.
 
-  A no-op without init_from, or when `workdir` already holds checkpoints
+  A no-op without a source, or when `workdir` already holds checkpoints
   (the run resumes from those; the log says so). Checked before the workdir
   is touched: a bad source stops the run with one ConfigError line.
   """
-  source = config.get('init_from', '')
   if not source:
     return state
   own = checkpoints.latest_step_on_disk(workdir)
@@ -51,7 +51,7 @@ def init_from(config, workdir: str, state, log=_log):
     raise ConfigError(f'init_from {source!r}: checkpoint step {step} cannot '
                       f'be read ({type(e).__name__}: {e})') from None
   wanted = checkpoints.tree_signature(state.params)
-  keep_head = _check_shapes(source, config.model, saved, wanted)
+  keep_head = _check_shapes(source, model_name, saved, wanted)
   _, variables = checkpoints.load_variables_on_host(source, step)
   params = variables['params']
   merged = {layer: (state.params[layer] if layer == HEAD and keep_head
@@ -100,7 +100,7 @@ def _source_model(source: str) -> str:
   """The model named in the source's config.json, or '' if unreadable."""
   try:
     return str(json.loads(
-        (epath.Path(source) / 'config.json').read_text()).get('model', ''))
+        Layout.of(source).config.read_text()).get('model', ''))
   except Exception:  # pylint: disable=broad-except
     return ''
 

@@ -21,21 +21,16 @@ Drawing is `runtime/pictures.py`; the command is `alexnet_jax.visualize`.
 
 import dataclasses
 import time
-import types
 from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax.data import augment
-from alexnet_jax.data import feeds
-from alexnet_jax.data import in_memory
 from alexnet_jax.data import registry
 from alexnet_jax.data import streaming
 from alexnet_jax.errors import DataError
 from alexnet_jax.runtime import mesh as mesh_lib
-from alexnet_jax.task import config as config_lib
 from alexnet_jax.task import evaluation
 
 # Training sets above this size take long to search without --sample.
@@ -169,17 +164,17 @@ def open_splits(config, side: int) -> dict:
   """{'train', 'val', 'test'}: each split (None where empty) as evaluation
   stores it. The training split is what the run trained on (validation held
   out by the registry's rule)."""
-  spec = registry.get(config.dataset)
-  if spec.streamed:
-    feed = feeds.StreamingFeed(config, mesh_lib.make_mesh(1), side)
-    return {name: StreamedSplit(source, config.resize_size,
-                                config.data_workers)
+  from alexnet_jax import build  # pylint: disable=g-import-not-at-top
+  data = build.dataset(config)
+  if data.streamed:
+    feed = build.feed(config, mesh_lib.make_mesh(1), data, side)
+    return {name: StreamedSplit(source, feed.resize_size, feed.workers)
             if source is not None else None
             for name, source in feed.splits.items()}
-  data = in_memory.load_dataset(config)
-  return {'train': InMemorySplit(data.train),
-          'val': InMemorySplit(data.val) if data.val else None,
-          'test': InMemorySplit(data.test)}
+  host = build.host_data(config, data)
+  return {'train': InMemorySplit(host.train),
+          'val': InMemorySplit(host.val) if host.val else None,
+          'test': InMemorySplit(host.test)}
 
 
 def sample_indices(n: int, count: Optional[int], seed: int = SAMPLE_SEED):
@@ -192,19 +187,16 @@ def sample_indices(n: int, count: Optional[int], seed: int = SAMPLE_SEED):
 # --- The network on every device ----------------------------------------------
 
 
-def make_feature_fn(config, model, mean, std, side: int):
+def make_feature_fn(input_spec, model):
   """(variables, uint8 images) -> float32 [N, hidden]: fc7 after ReLU of each
   image's evaluation view (centre, unmirrored), normalized as evaluation
-  normalizes it."""
-  mean, std, scale = config_lib.input_transform(config, mean, std)
-  one_view = types.SimpleNamespace(ten_crop=False, eval_flip=False)
+  normalizes it (`input_spec`)."""
+  one_view = dataclasses.replace(input_spec, ten_crop=False, eval_flip=False)
 
   def features(variables, images):
-    view = evaluation.eval_views(one_view, images, side)[0]
-    _, state = model.apply(
-        variables,
-        augment.normalize(view, mean, std, side, model.dtype, scale),
-        train=False, mutable=['intermediates'])
+    view = one_view.eval_views(images)[0]
+    _, state = model.apply(variables, one_view.normalize(view), train=False,
+                           mutable=['intermediates'])
     return state['intermediates']['penultimate'][0].astype(jnp.float32)
 
   return features
@@ -214,20 +206,17 @@ class Network:
   """A workdir's model on all devices: parameters replicated, each batch
   split over the devices (a one-axis data mesh, whatever the run used)."""
 
-  def __init__(self, config, model, variables, batch_size: int):
-    """`variables`: {'params', ['batch_stats']}, as `workdir.load_model`
-    returns them."""
+  def __init__(self, input_spec, model, variables, batch_size: int):
+    """`variables`: {'params', ['batch_stats']}, as `saved_run.load_model`
+    returns them; `input_spec`: the run's (`build.input_spec`)."""
     self.mesh = mesh_lib.make_mesh(1)
     self.sharding = mesh_lib.batch(self.mesh)
     self.params = jax.device_put(variables, mesh_lib.replicated(self.mesh))
     self.batch = -(-batch_size // self.mesh.size) * self.mesh.size
-    spec = registry.get(config.dataset)
-    side = config_lib.input_side(config)
-    self.features_fn = make_feature_fn(config, model, spec.mean, spec.std,
-                                       side)
+    self.features_fn = make_feature_fn(input_spec, model)
     self.features = jax.jit(self.features_fn)
-    self.log_probs = jax.jit(evaluation.make_logits_fn(
-        config, model, spec.mean, spec.std, side))
+    self.log_probs = jax.jit(evaluation.make_logits_fn(input_spec,
+                                                       model.apply))
 
   def put(self, *arrays):
     return tuple(jax.device_put(a, self.sharding) for a in arrays)

@@ -16,6 +16,8 @@ conv/FC kernels only: optax's default applies both to biases and
 normalization parameters too, which the recipe does not.
 """
 
+from typing import Optional
+
 import flax
 import jax
 import optax
@@ -24,26 +26,28 @@ SCHEDULES = ('plateau', 'step', 'cosine', 'poly', 'constant')
 OPTIMIZERS = ('sgd', 'lars')
 
 
-def learning_rate_schedule(config, durations):
-  """An optax schedule for `config.schedule`, in steps (`Durations`)."""
-  lr, warmup = config.learning_rate, durations.warmup_steps
-  if config.schedule == 'cosine':
+def learning_rate_schedule(kind: str, learning_rate: float, durations, *,
+                           lr_step_factor: float = 0.1,
+                           poly_power: float = 2.0):
+  """An optax schedule of kind `kind` (SCHEDULES), in steps (`Durations`:
+  the total, the warmup, the step schedule's boundaries)."""
+  lr, warmup = learning_rate, durations.warmup_steps
+  if kind == 'cosine':
     return optax.warmup_cosine_decay_schedule(
         init_value=0., peak_value=lr, warmup_steps=warmup,
         decay_steps=max(durations.total_steps, warmup + 1), end_value=0.)
-  if config.schedule == 'poly':  # The LARS recipe's: to 0 at the last step.
+  if kind == 'poly':  # The LARS recipe's: to 0 at the last step.
     main = optax.polynomial_schedule(
-        init_value=lr, end_value=0., power=config.poly_power,
+        init_value=lr, end_value=0., power=poly_power,
         transition_steps=max(durations.total_steps - warmup, 1))
-  elif config.schedule == 'step':
+  elif kind == 'step':
     # After warmup, join_schedules counts steps from the join.
     main = optax.piecewise_constant_schedule(
-        lr, {b - warmup: config.lr_step_factor
-             for b in durations.lr_step_boundaries})
-  elif config.schedule in ('plateau', 'constant'):
+        lr, {b - warmup: lr_step_factor for b in durations.lr_step_boundaries})
+  elif kind in ('plateau', 'constant'):
     main = optax.constant_schedule(lr)
   else:
-    raise ValueError(f'unknown schedule {config.schedule!r}; valid: '
+    raise ValueError(f'unknown schedule {kind!r}; valid: '
                      f'{", ".join(SCHEDULES)}')
   if warmup == 0:
     return main
@@ -58,33 +62,31 @@ def _kernels_only(params):
       {k: k[-1] == 'kernel' for k in flat})
 
 
-def make_optimizer(config, durations):
-  """The optimizer and its learning-rate schedule (for logging).
-
-  With the 'plateau' schedule the update takes `value=<val top-1 error>`;
-  optax's reduce_on_plateau averages it over the steps between evaluations,
-  so each decision sees exactly one validation measurement.
-  """
-  schedule = learning_rate_schedule(config, durations)
-  if config.optimizer == 'lars':
-    return optax.lars(
-        schedule, weight_decay=config.weight_decay,
-        weight_decay_mask=_kernels_only,
-        trust_coefficient=config.lars_trust_coefficient,
-        eps=config.lars_eps, trust_ratio_mask=_kernels_only,
-        momentum=config.momentum), schedule
-  steps_per_eval = durations.steps_per_eval or durations.total_steps
+def sgd(schedule, *, weight_decay: float, momentum: float,
+        plateau: Optional[dict] = None):
+  """The paper's SGD: decay, scale by the (scheduled) learning rate,
+  [plateau scale], then momentum (the module docstring says why this
+  order). `plateau`: optax's reduce_on_plateau arguments, e.g. {'patience',
+  'accumulation_size', 'min_scale'}; its update then takes
+  `value=<val top-1 error>`, averaged over the steps between evaluations so
+  each decision sees exactly one validation measurement."""
   chain = [
-      optax.add_decayed_weights(config.weight_decay, mask=_kernels_only),
+      optax.add_decayed_weights(weight_decay, mask=_kernels_only),
       optax.scale_by_learning_rate(schedule),
   ]
-  if config.schedule == 'plateau':
-    chain.append(optax.contrib.reduce_on_plateau(
-        factor=0.1, patience=config.plateau_patience,
-        accumulation_size=steps_per_eval,
-        min_scale=0.1 ** config.plateau_reductions))
-  chain.append(optax.trace(decay=config.momentum, nesterov=False))
-  return optax.chain(*chain), schedule
+  if plateau is not None:
+    chain.append(optax.contrib.reduce_on_plateau(factor=0.1, **plateau))
+  chain.append(optax.trace(decay=momentum, nesterov=False))
+  return optax.chain(*chain)
+
+
+def lars(schedule, *, weight_decay: float, momentum: float,
+         trust_coefficient: float, eps: float):
+  """optax's LARS with weight decay and the trust ratio on kernels only."""
+  return optax.lars(
+      schedule, weight_decay=weight_decay, weight_decay_mask=_kernels_only,
+      trust_coefficient=trust_coefficient, eps=eps,
+      trust_ratio_mask=_kernels_only, momentum=momentum)
 
 
 def plateau_scale(opt_state):

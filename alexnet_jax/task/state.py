@@ -1,12 +1,10 @@
-"""The train state and how it comes to be: the model from a config, shapes
-first (`jax.eval_shape`), then init straight into the target shardings."""
+"""The train state and how it comes to be: shapes first (`jax.eval_shape`),
+then init straight into the target shardings."""
 
 import jax
 import jax.numpy as jnp
 from flax.training import train_state
 
-from alexnet_jax.model import alexnet
-from alexnet_jax.model import towers
 from alexnet_jax.runtime import checkpoints
 from alexnet_jax.runtime import mesh as mesh_lib
 
@@ -48,23 +46,6 @@ def eval_variables(state) -> dict:
   return variables(state.params, state.batch_stats)
 
 
-def make_model(config, num_classes: int) -> alexnet.AlexNet:
-  kwargs = dict(num_classes=num_classes, dropout_rate=config.dropout_rate,
-                dtype=jnp.bfloat16 if config.half_precision else jnp.float32)
-  if config.init:
-    kwargs['init_scheme'] = config.init
-  return alexnet.create_model(config.model, **kwargs)
-
-
-def make_apply(config, model, mesh):
-  """How the run applies the model: `model.apply`, or with
-  tower_parallelism 2 the same function run as the paper's two towers over
-  the mesh's 'tower' axis (`towers.py`). Same variables, same numbers."""
-  if config.get('tower_parallelism', 1) > 1:
-    return towers.make_apply(model, mesh)
-  return model.apply
-
-
 def create_train_state(model, tx, image_shape, seed: int, mesh,
                        apply_fn=None, abstract_only: bool = False):
   """(state, its abstract twin carrying the shardings, for restores).
@@ -88,10 +69,3 @@ def create_train_state(model, tx, image_shape, seed: int, mesh,
     return None, checkpoints.abstract_with_shardings(abstract, shardings)
   state = jax.jit(init, out_shardings=shardings)(key)
   return state, checkpoints.abstract_with_shardings(abstract, shardings)
-
-
-def resolved_config(config, model, num_classes: int, side: int) -> dict:
-  """The config with the values the run actually used (for config.json)."""
-  used = config.to_dict()
-  used.update(num_classes=num_classes, init=model.init_scheme, image_size=side)
-  return used

@@ -1,12 +1,11 @@
 """The train step: one uint8 batch in, augmented, forward, loss, backward,
-the paper's update; and the per-example quantities evaluation shares."""
+the paper's update; and the per-example quantities evaluation shares.
+(Lowering it for a layout, to count its collectives: benchmarks/lowering.py.)"""
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from alexnet_jax.data import augment
-from alexnet_jax.task import config as config_lib
 from alexnet_jax.task import state as state_lib
 
 
@@ -21,31 +20,6 @@ def cross_entropy(logits, labels, num_classes, label_smoothing=0.):
   if label_smoothing:
     targets = optax.smooth_labels(targets, label_smoothing)
   return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
-
-
-def augment_batch(config, key, images, side, dtype, mean, std,
-                  crop_on_device: bool = False):
-  """The training view of a uint8 batch: CIFAR's pad-crop-flip; or for image
-  datasets a random `side` crop of the stored 256x256 square (the paper's
-  227 of 256, or an Inception-style crop) where the host did not crop
-  already (`crop_on_device`: the store, DALI) and a flip; the paper's PCA
-  colour noise; then normalization to the model's input side and dtype."""
-  mean, std, scale = config_lib.input_transform(config, mean, std)
-  x = images
-  if config.crop_padding:
-    x = augment.random_crop_flip(key, x, config.crop_padding,
-                                 config.random_flip)
-  else:
-    if crop_on_device:
-      crop = (augment.random_resized_crop if config.random_resized_crop
-              else augment.random_crop)
-      x = crop(jax.random.fold_in(key, 2), x, side)
-    if config.random_flip:
-      x = augment.random_flip(key, x)
-  if config.pca_lighting:
-    x = augment.pca_lighting(jax.random.fold_in(key, 1), augment.to_unit(x),
-                             config.pca_lighting)
-  return augment.normalize(x, mean, std, side, dtype, scale)
 
 
 def _add_sums(sums, step, log_every, loss, logits, batch, num_classes):
@@ -70,25 +44,25 @@ def _add_sums(sums, step, log_every, loss, logits, batch, num_classes):
   }
 
 
-def make_train_step(config, model, num_classes, mean, std, side,
-                    crop_on_device: bool = False):
+def make_train_step(input_spec, num_classes: int, *, log_every: int,
+                    label_smoothing: float = 0., plateau: bool = False):
   """jit(step)(state, batch) -> state, the state donated.
 
   One batch in, {'images': uint8, 'labels', ['replaced']}, from either
-  feed, sharded over the batch axes. It is
-  augmented with keys folded from (state.rng, state.step), so batch k's
-  augmentation is the same on any device count and after any resume.
-  `state.sums` accumulates the train metrics on the device until they are
-  logged at the next multiple of `config.log_every_steps`.
+  feed, sharded over the batch axes, made into the model's input by
+  `input_spec.train_view` with keys folded from (state.rng, state.step), so
+  batch k's augmentation is the same on any device count and after any
+  resume. `state.sums` accumulates the train metrics on the device over
+  windows of `log_every` steps (`Durations.log_every`), the steps between
+  two logged ones. `plateau`: the optimizer takes the last validation error
+  (`value=`, optax's reduce_on_plateau).
   """
-  plateau = config.schedule == 'plateau'
 
   def step_fn(state, batch):
     labels = batch['labels']
     aug_key, dropout_key = jax.random.split(
         jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step))
-    x = augment_batch(config, aug_key, batch['images'], side, model.dtype,
-                      mean, std, crop_on_device)
+    x = input_spec.train_view(aug_key, batch['images'])
 
     def loss_fn(params):
       # Batch statistics over the global batch: under jit, the mean over a
@@ -98,7 +72,7 @@ def make_train_step(config, model, num_classes, mean, std, side,
                            train=True, rngs={'dropout': dropout_key},
                            mutable=mutable)
       logits, updated = out if mutable else (out, {})
-      loss = cross_entropy(logits, labels, num_classes, config.label_smoothing)
+      loss = cross_entropy(logits, labels, num_classes, label_smoothing)
       return loss.mean(), (logits, updated.get('batch_stats', {}))
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(
@@ -110,8 +84,8 @@ def make_train_step(config, model, num_classes, mean, std, side,
     return state.replace(
         step=step, params=optax.apply_updates(state.params, updates),
         opt_state=opt_state, batch_stats=batch_stats,
-        sums=_add_sums(state.sums, step, config.log_every_steps, loss, logits,
-                       batch, num_classes))
+        sums=_add_sums(state.sums, step, log_every, loss, logits, batch,
+                       num_classes))
 
   return jax.jit(step_fn, donate_argnums=(0,))
 
@@ -121,71 +95,3 @@ def all_finite(tree) -> jax.Array:
   """Whether every parameter is finite (checked before each save)."""
   return jnp.all(jnp.stack([jnp.isfinite(x).all()
                             for x in jax.tree.leaves(tree)]))
-
-
-def lower_train_step(config, devices=None, num_classes=None, side=None,
-                     batch_size=None):
-  """The train step exactly as `train_and_evaluate` builds it for `config`'s
-  layout (data parallelism, `model_parallelism`, `tower_parallelism`) on
-  `devices` (a list, or a count: the first that many; default all),
-  lowered on abstract inputs: nothing is
-  initialized or read. `.compile().as_text()` is the HLO a run executes, for
-  counting its collectives (tests/test_towers.py) or its bytes on the wire.
-
-  num_classes: default the dataset's (config.num_classes for 'fake');
-  side: the model's input side, default `config_lib.input_side`; the batch
-  is uint8 images of that side (no host-side crop; for CIFAR the stored 32);
-  batch_size: default config.batch_size (a multiple of the batch shards).
-  Returns a `jax.stages.Lowered`.
-  """
-  from alexnet_jax.data import registry  # pylint: disable=g-import-not-at-top
-  from alexnet_jax.runtime import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
-  from alexnet_jax.task import optim  # pylint: disable=g-import-not-at-top
-  if isinstance(devices, int):
-    devices = jax.devices()[:devices]
-  spec = registry.get(config.dataset)
-  num_classes = num_classes or spec.classes(config) or 1000
-  side = side or config_lib.input_side(config)
-  batch_size = batch_size or config.batch_size
-  mesh = mesh_lib.make_mesh(config.model_parallelism,
-                            config.get('tower_parallelism', 1), devices)
-  model = state_lib.make_model(config, num_classes)
-  durations = config_lib.Durations.from_steps_per_epoch(config, 100)
-  tx, _ = optim.make_optimizer(config, durations)
-  _, abstract = state_lib.create_train_state(
-      model, tx, (side, side, 3), config.seed, mesh,
-      state_lib.make_apply(config, model, mesh), abstract_only=True)
-  batch = mesh_lib.batch(mesh)
-  images = jax.ShapeDtypeStruct((batch_size, side, side, 3), jnp.uint8,
-                                sharding=batch)
-  labels = jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=batch)
-  step = make_train_step(config, model, num_classes, spec.mean, spec.std,
-                         side)
-  return step.lower(abstract, {'images': images, 'labels': labels})
-
-
-COLLECTIVES = ('all-gather', 'all-reduce', 'collective-permute',
-               'all-to-all', 'reduce-scatter')
-
-
-def count_collectives(hlo_text: str) -> dict:
-  """{collective: how many} in a compiled module's HLO text: each op once
-  (an async pair's -start; -done not again), leaving out those whose every
-  replica group is one device (a psum over a size-1 mesh axis that XLA on
-  CPU keeps as an all-reduce of {{0},{1}}: it sends nothing)."""
-  import re  # pylint: disable=g-import-not-at-top
-  counts = dict.fromkeys(COLLECTIVES, 0)
-  for line in hlo_text.splitlines():
-    if ' = ' not in line:
-      continue
-    for name in COLLECTIVES:
-      if re.search(rf' {name}(-start)?\(', line):
-        groups = re.search(r'replica_groups=(\{[{}0-9,]*\}|\[\d+,1\]<=)',
-                           line)
-        lone = groups and (groups.group(1).endswith(',1]<=') or all(
-            ',' not in g for g in re.findall(r'\{([0-9,]*)\}',
-                                             groups.group(1))))
-        if not lone:
-          counts[name] += 1
-        break
-  return counts

@@ -1,12 +1,7 @@
-"""Config checks, the model's input side, and every duration in steps.
+"""The config's checks: `validate_config` runs before any data is read or
+any file written, so bad input stops a run with one line and nothing
+touched."""
 
-`validate_config` runs before any data is read or any file written, so bad
-input stops a run with one line and nothing touched. `Durations` is the one
-place where epochs become steps: the run's length, evaluations, checkpoints,
-warmup and the learning-rate boundaries of the schedules.
-"""
-
-import dataclasses
 import math
 
 import jax
@@ -17,6 +12,8 @@ from alexnet_jax.errors import ConfigError
 from alexnet_jax.model import alexnet
 from alexnet_jax.model import towers
 from alexnet_jax.task import optim
+
+from alexnet_jax.runtime import accelerator
 
 # How images become model input: 'standardize' ((x - mean) / std on 0..1
 # pixels) or 'paper' (the centred raw 0..255 RGB values the paper fed its
@@ -175,6 +172,7 @@ def validate_config(config: ml_collections.ConfigDict):
   _choice(config, 'optimizer', optim.OPTIMIZERS)
   _choice(config, 'input_pipeline', INPUT_PIPELINES)
   _choice(config, 'dali_device', DALI_DEVICES)
+  _choice(config, 'platform', accelerator.PLATFORMS)
   _choice(config, 'init', ('',) + alexnet.INIT_SCHEMES,
           " ('' keeps the preset's own)")
   for field, (valid, what) in _RANGES.items():
@@ -186,71 +184,3 @@ def validate_config(config: ml_collections.ConfigDict):
   _check_parallelism(config)
   _check_optimizer(config)
   _check_dataset_fields(config)
-
-
-def input_transform(config, mean, std):
-  """(mean, std, scale) for augment.normalize under config.input_scaling."""
-  if config.input_scaling == 'paper':
-    return mean, (1., 1., 1.), 255.
-  return mean, std, 1.
-
-
-def input_side(config) -> int:
-  """The side of the model's input: `image_size`, else the preset's own for
-  image datasets (227 paper, 224 torchvision), else the stored images' side
-  (32 for CIFAR-10)."""
-  if config.image_size:
-    return config.image_size
-  spec = registry.get(config.dataset)
-  if spec.streamed:
-    return alexnet.NATIVE_INPUT_SIZE[config.model]
-  return spec.stored_side(config)
-
-
-def check_input_side(config, model, side: int):
-  """The net must leave every feature map non-empty at this input side."""
-  smallest = model.min_input_size()
-  if side < smallest:
-    raise ConfigError(
-        f'{config.model} cannot take {side}x{side} input (it needs at least '
-        f'{smallest}x{smallest}); set --config.image_size, e.g. 227 for '
-        'alexnet_paper, 224 for alexnet_torchvision')
-
-
-@dataclasses.dataclass(frozen=True)
-class Durations:
-  """Every duration in steps; the one place epochs become steps."""
-  steps_per_epoch: int
-  total_steps: int
-  steps_per_eval: int  # 0: evaluate only at the end.
-  checkpoint_every: int  # 0: only after evaluations and at the end.
-  warmup_steps: int
-  lr_step_boundaries: tuple  # The 'step' schedule's drops, in steps.
-
-  @classmethod
-  def from_config(cls, config, num_train: int, shards: int = 1):
-    """`shards`: the training set is cut into that many equal shards and
-    each batch takes batch_size / shards examples of each
-    (`in_memory.process_share`); a stream is one shard."""
-    per_epoch = (num_train // shards) // (config.batch_size // shards)
-    if per_epoch == 0:
-      raise ConfigError(f'batch_size {config.batch_size} is larger than the '
-                        f'{num_train} training images')
-    return cls.from_steps_per_epoch(config, per_epoch)
-
-  @classmethod
-  def from_steps_per_epoch(cls, config, per_epoch: int):
-    steps = lambda epochs: int(round(epochs * per_epoch))
-    total = (config.num_steps if config.num_steps > 0
-             else max(1, steps(config.num_epochs)))
-    return cls(per_epoch, total, max(steps(config.eval_every_epochs), 0),
-               max(config.checkpoint_every_steps, 0),
-               steps(config.warmup_epochs),
-               tuple(int(e * per_epoch) for e in config.lr_step_epochs))
-
-  def epoch(self, step: int) -> float:
-    return step / self.steps_per_epoch
-
-  def evaluates_at(self, step: int) -> bool:
-    return bool(self.steps_per_eval and step % self.steps_per_eval == 0) or (
-        step == self.total_steps)

@@ -1,9 +1,12 @@
-"""The training run: data, steps, evaluation, checkpoints, signals, reporting.
+"""The training run, top to bottom: build everything (failing on bad input
+before the workdir is touched), then train, log, evaluate, save, stop on a
+signal and finish.
 
-Read top to bottom: `train_and_evaluate` builds everything (failing on bad
-input before the workdir is touched), then `_Run` trains, logs, evaluates,
-saves, stops on a signal and finishes. The step itself is
-`task/steps.py`; evaluation is `task/evaluation.py`.
+The config is read by the builders (`build.py`) alone; what they make takes
+what it needs as arguments. The step itself is `task/steps.py`, the input's
+way to the model `data/input_spec.py`, evaluation `task/evaluation.py`, the
+cadence of it all `task/durations.py`, the workdir's files
+`runtime/layout.py`.
 """
 
 import contextlib
@@ -12,9 +15,8 @@ from typing import Optional
 
 import jax
 import ml_collections
-from etils import epath
 
-from alexnet_jax.data import feeds
+from alexnet_jax import build
 from alexnet_jax.errors import Interrupted
 from alexnet_jax.errors import TrainingError
 from alexnet_jax.runtime import checkpoints
@@ -22,27 +24,27 @@ from alexnet_jax.runtime import distributed
 from alexnet_jax.runtime import mesh as mesh_lib
 from alexnet_jax.runtime import preemption
 from alexnet_jax.runtime import reporting
-from alexnet_jax.task import config as config_lib
+from alexnet_jax.runtime.layout import Layout
 from alexnet_jax.task import evaluation
-from alexnet_jax.task import finetune
 from alexnet_jax.task import optim
 from alexnet_jax.task import state as state_lib
 from alexnet_jax.task import steps
+from alexnet_jax.task import validation
 
 
 # --- Set-up --------------------------------------------------------------------
 
-def finished_run(workdir: str, total_steps: int) -> Optional[dict]:
-  """The final metrics of a run in `workdir` that already reached total_steps."""
-  path = epath.Path(workdir) / 'final_metrics.json'
-  if not path.exists():
+def finished_run(layout: Layout, total_steps: int) -> Optional[dict]:
+  """The final metrics of a run in the workdir that already reached
+  total_steps."""
+  if not layout.final_metrics.exists():
     return None
   try:
-    final = json.loads(path.read_text())
+    final = json.loads(layout.final_metrics.read_text())
   except ValueError:  # Torn by a kill: redo the final evaluation.
     return None
   if (final.get('step') != total_steps or
-      checkpoints.latest_step_on_disk(workdir) != total_steps):
+      checkpoints.latest_step_on_disk(layout) != total_steps):
     return None
   return final
 
@@ -63,46 +65,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   Raises a `UserError` on bad input, and `Interrupted` once a SIGTERM or
   SIGINT has been answered by saving the current step.
   """
-  config_lib.validate_config(config)
-  mesh = mesh_lib.make_mesh(config.model_parallelism,
-                            config.tower_parallelism)
-  side = config_lib.input_side(config)
-  feed = feeds.make_feed(config, mesh, side)
-  durations = config_lib.Durations.from_config(config, feed.sizes['train'],
-                                               feed.shards)
-  model = state_lib.make_model(config, feed.num_classes)
-  config_lib.check_input_side(config, model, side)
-  tx, lr_schedule = optim.make_optimizer(config, durations)
-  apply_fn = state_lib.make_apply(config, model, mesh)
-  state, abstract_state = state_lib.create_train_state(
-      model, tx, (side, side, 3), config.seed, mesh, apply_fn)
-  state = finetune.init_from(config, workdir, state)
+  validation.validate_config(config)
+  mesh = build.device_mesh(config)
+  data = build.dataset(config)
+  side = build.input_side(config, data)
+  feed = build.feed(config, mesh, data, side)
+  durations = build.durations_of_feed(config, feed)
+  model = build.model(config, feed.num_classes)
+  build.check_input_side(config, model, side)
+  tx, lr_schedule = build.optimizer(config, durations)
+  apply_fn = build.apply_fn(config, model, mesh)
+  state, abstract_state = build.train_state(config, model, tx, side, mesh,
+                                            apply_fn)
+  state = build.finetuned(config, workdir, state)
   distributed.check_shared_workdir(workdir)
-  done = finished_run(workdir, durations.total_steps)
+  layout = Layout.of(workdir)
+  done = finished_run(layout, durations.total_steps)
   if done is not None:  # Change nothing; say so.
     _say_finished(workdir, done)
     return done
 
   # Only now, with config, data and model known good, touch the workdir.
-  reporting.prepare_workdir(workdir)
+  reporting.prepare_workdir(layout)
   with contextlib.ExitStack() as stack:
-    ckpt = checkpoints.Checkpointer(
-        workdir, config.keep_checkpoints,
-        save_every=(durations.checkpoint_every, durations.steps_per_eval),
-        save_on=(durations.total_steps,))
+    ckpt = build.checkpointer(config, layout)
     stack.callback(ckpt.close)
     start_step, restored = ckpt.restore_latest(abstract_state)
     state = state if restored is None else restored
-    reporter = reporting.Reporter(workdir, durations.total_steps,
-                                  start_step or 0, config.log_every_steps,
-                                  config.profile_steps)
+    reporter = build.reporter(config, layout, durations, start_step)
     stack.callback(reporter.close)
     stop = stack.enter_context(preemption.StopRequest(ckpt.reached_preemption))
-    reporter.write_json('config.json', state_lib.resolved_config(
+    reporter.write_json(layout.config, build.resolved_config(
         config, model, feed.num_classes, side))
-    run = _Run(config, feed, durations, mesh, model, side, lr_schedule, ckpt,
-               reporter, stop, apply_fn)
-    run.log_header(state, start_step)
+    run = _Run(feed, durations, mesh, build.train_step(config, feed, durations),
+               build.evaluator(config, feed, apply_fn, mesh), lr_schedule,
+               ckpt, reporter, stop)
+    run.log_header(state, start_step, config.model, config.dataset)
     state, step = run.train(state, start_step or 0)
     return run.finish(state, step, abstract_state)
 
@@ -112,39 +110,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 class _Run:
   """One run's loop and its pieces: train, log, evaluate, save, stop, finish."""
 
-  def __init__(self, config, feed, durations, mesh, model, side, lr_schedule,
-               ckpt, reporter, stop, apply_fn):
-    self.config, self.feed, self.durations, self.mesh = (config, feed,
-                                                         durations, mesh)
+  def __init__(self, feed, durations, mesh, train_step, evaluator,
+               lr_schedule, ckpt, reporter, stop):
+    self.feed, self.durations, self.mesh = feed, durations, mesh
+    self.train_step, self.evaluator = train_step, evaluator
     self.lr_schedule, self.ckpt, self.reporter, self.stop = (lr_schedule, ckpt,
                                                              reporter, stop)
-    self.train_step = steps.make_train_step(
-        config, model, feed.num_classes, feed.spec.mean, feed.spec.std, side,
-        feed.crops_on_device)
-    self.evaluator = evaluation.make_evaluator(
-        config, feed, evaluation.make_logits_fn(
-            config, model, feed.spec.mean, feed.spec.std, side,
-            apply_fn), mesh)
     self.val_metrics = None
 
-  def log_header(self, state, start_step):
-    c, d, sizes = self.config, self.durations, self.feed.sizes
+  def log_header(self, state, start_step, model_name: str, dataset: str):
+    d, sizes, batch = self.durations, self.feed.sizes, self.feed.batch_size
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     n, parts = jax.device_count(), mesh_lib.batch_shards(self.mesh)
-    split = (f'{c.batch_size // n} per device x {n} devices' if parts == n
-             else f'{c.batch_size // parts} per tower pair x {parts} pairs')
+    split = (f'{batch // n} per device x {n} devices' if parts == n
+             else f'{batch // parts} per tower pair x {parts} pairs')
     self.reporter.log(
-        f'{c.model}: {n_params:,} parameters | {c.dataset}: '
+        f'{model_name}: {n_params:,} parameters | {dataset}: '
         f'{sizes["train"]} train / {sizes["val"]} val / '
-        f'{sizes["test"]} test | global batch {c.batch_size} = {split} '
+        f'{sizes["test"]} test | global batch {batch} = {split} '
         f'({jax.process_count()} processes, mesh '
         f'{dict(self.mesh.shape)}) | {d.total_steps} steps '
         f'({d.steps_per_epoch}/epoch)')
-    if c.model_parallelism > 1:
+    if self.mesh.shape['model'] > 1:
       self.reporter.log(
-          f"FC layers split over 'model' ({c.model_parallelism} ways): fc6 "
-          f"kernel sharded {tuple(state.params['fc6']['kernel'].sharding.spec)}")
-    if c.tower_parallelism > 1:
+          f"FC layers split over 'model' ({self.mesh.shape['model']} ways): "
+          f"fc6 kernel sharded "
+          f"{tuple(state.params['fc6']['kernel'].sharding.spec)}")
+    if self.mesh.shape['tower'] > 1:
       self.reporter.log(
           f"the two towers on a 'tower' pair of devices: conv2 kernel sharded "
           f"{tuple(state.params['conv2']['kernel'].sharding.spec)}")
@@ -160,8 +152,7 @@ class _Run:
       for batch in batches:
         state = self.train_step(state, batch)
         step += 1
-        log_now = step % self.config.log_every_steps == 0 or (
-            step == d.total_steps)
+        log_now = d.logs_at(step)
         # Wait for the step where it is timed: after compilation, and when
         # its metrics are logged.
         sums = jax.device_get(state.sums) if (
@@ -169,7 +160,7 @@ class _Run:
         steps_per_sec = self.reporter.after_step(step)
         eval_now = d.evaluates_at(step) and self.feed.sizes['val'] > 0
         stop_now = self.stop.should_stop(step)
-        save_now = eval_now or stop_now or self.ckpt.should_save(step)
+        save_now = d.saves_at(step) or stop_now
         if log_now:
           self.log_train(state, sums, step, steps_per_sec)
         if save_now:
@@ -198,12 +189,12 @@ class _Run:
     self.check_finite(m)
     count = max(float(m['count']), 1.)
     loss, top1, top5 = (float(m[k]) / count for k in ('loss', 'top1', 'top5'))
-    images_per_sec = (self.config.batch_size * steps_per_sec
+    images_per_sec = (self.feed.batch_size * steps_per_sec
                       if steps_per_sec else None)
     lr = self.learning_rate(state, step)
     epoch = self.durations.epoch(step)
     # Streamed data: how many examples stood in for unreadable images.
-    extra = ({'bad_images': float(m['replaced'])} if self.feed.spec.streamed
+    extra = ({'bad_images': float(m['replaced'])} if self.feed.streamed
              else {})
     self.reporter.write(step, 'train', epoch=epoch, loss=loss, top1=top1,
                         top5=top5, lr=lr, images_per_sec=images_per_sec,
@@ -232,7 +223,8 @@ class _Run:
   def evaluate_split(self, name: str, state, step: int, record: bool = True):
     """{'loss', 'top1', 'top5'} of a split (logged, and recorded), and the
     on-device sums they came from."""
-    sums = self.evaluator(state_lib.eval_variables(state), name)
+    sums = self.feed.evaluate(self.evaluator, state_lib.eval_variables(state),
+                              name)
     metrics = evaluation.split_metrics(sums)
     if record:
       self.reporter.write(step, name, epoch=self.durations.epoch(step),
@@ -277,7 +269,7 @@ class _Run:
       best_test, _ = self.evaluate_split('test', restored, best, record=False)
     final = {'step': step, 'val': self.val_metrics, 'test': test_metrics,
              'best_val_step': best, 'best_val_test': best_test}
-    self.reporter.write_json('final_metrics.json', final)
+    self.reporter.write_json(self.reporter.layout.final_metrics, final)
     self.reporter.write_curves()
     self.reporter.log(
         f'done: step {step} | test top1 {100 * test_metrics["top1"]:.2f}% | '

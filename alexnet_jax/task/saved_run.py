@@ -1,8 +1,11 @@
-"""A workdir read back: its config, model, weights and input preprocessing.
+"""A trained run's workdir read back: its config, model, weights and input
+preprocessing.
 
-One place for what `predict`, `evaluate` and `visualize` need from a workdir, so a run trained here and weights converted by
+One place for what `predict`, `evaluate` and `visualize` need from a
+workdir, so a run trained here and weights converted by
 `alexnet_jax.convert` are read the same way: `config.json` says which model,
-dataset and preprocessing; the checkpoint holds the parameters.
+dataset and preprocessing (through the same builders as training); the
+checkpoint holds the parameters.
 """
 
 import dataclasses
@@ -17,15 +20,14 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from alexnet_jax.data import augment
+from alexnet_jax import build
 from alexnet_jax.data import images
-from alexnet_jax.data import registry
+from alexnet_jax.data.input_spec import InputSpec
 from alexnet_jax.errors import CheckpointError
 from alexnet_jax.errors import ConfigError
 from alexnet_jax.errors import DataError
 from alexnet_jax.runtime import checkpoints
-from alexnet_jax.task import config as config_lib
-from alexnet_jax.task import state as state_lib
+from alexnet_jax.runtime.layout import Layout
 
 # --- Config ------------------------------------------------------------------
 
@@ -36,10 +38,10 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   The defaults fill fields added to the trainer after the run was written.
   """
   from configs import default  # pylint: disable=g-import-not-at-top
-  path = epath.Path(workdir)
-  if not path.is_dir():
+  layout = Layout.of(workdir)
+  if not epath.Path(workdir).is_dir():
     raise CheckpointError(f'workdir {workdir} does not exist')
-  config_path = path / 'config.json'
+  config_path = layout.config
   if not config_path.exists():
     raise ConfigError(f'{workdir} has no config.json: not a workdir written '
                       'by alexnet_jax.main or alexnet_jax.convert')
@@ -92,8 +94,9 @@ def load_model(config, workdir: str, step: Optional[int] = None,
     raise CheckpointError(
         f'the checkpoint (step {step} in {workdir}) has {saved_classes} '
         f'classes, dataset {config.dataset!r} has {num_classes}')
-  model = state_lib.make_model(config, saved_classes)
-  _check_variables(variables, model, config_lib.input_side(config),
+  model = build.model(config, saved_classes)
+  _check_variables(variables, model,
+                   build.input_side(config, build.dataset(config)),
                    f'checkpoint step {step} in {workdir}', config.model)
   return step, model, variables
 
@@ -111,23 +114,24 @@ class Preprocessing:
   rounding, then 0..1 and the ImageNet mean/std. In-memory datasets
   (CIFAR-10, fake): the same at the dataset's own side (32 for CIFAR-10),
   resized on the device to the model's input side as in training, with
-  that dataset's mean/std.
+  that dataset's mean/std (`input`: the run's input spec, in float32).
   """
   resize: int
   crop: int
-  side: int
-  mean: tuple
-  std: tuple
-  scale: float
+  input: InputSpec
 
   @classmethod
   def from_config(cls, config):
-    spec = registry.get(config.dataset)
-    side = config_lib.input_side(config)
-    resize = spec.stored_side(config)
-    crop = side if spec.streamed else resize
-    mean, std, scale = config_lib.input_transform(config, spec.mean, spec.std)
-    return cls(resize, crop, side, tuple(mean), tuple(std), scale)
+    data = build.dataset(config)
+    side = build.input_side(config, data)
+    resize = data.stored_side
+    crop = side if data.streamed else resize
+    return cls(resize, crop, dataclasses.replace(
+        build.input_spec(config, data, side), dtype=jnp.float32))
+
+  @property
+  def side(self) -> int:
+    return self.input.side
 
   def pixels(self, image) -> np.ndarray:
     """A PIL image -> uint8 [crop, crop, 3]: the host-side part."""
@@ -136,8 +140,7 @@ class Preprocessing:
 
   def normalize(self, pixels, dtype=jnp.float32):
     """uint8 [N, crop, crop, 3] -> model input [N, side, side, 3] (jittable)."""
-    return augment.normalize(pixels, self.mean, self.std, self.side, dtype,
-                             self.scale)
+    return dataclasses.replace(self.input, dtype=dtype).normalize(pixels)
 
 
 def open_image(path: str):
