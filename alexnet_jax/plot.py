@@ -3,7 +3,8 @@
   python -m alexnet_jax.plot WORKDIR [WORKDIR ...] [--out FILE.png]
       [--labels a,b]
 
-One colour per run; line style tells the split (`runtime/curves.py` draws).
+One colour per run; line style tells the split (`runtime/curves.py` draws);
+one run's picture is titled by the run (its model, dataset and last step).
 Workdirs and the output may be `gs://...`. Bad input is one `error:` line and
 exit status 2.
 """
@@ -12,9 +13,8 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from etils import epath
-
 from alexnet_jax.runtime import curves
+from alexnet_jax.runtime.layout import Layout
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -33,11 +33,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       "(default: each workdir's last path component)")
   args = parser.parse_args(argv)
   if args.out is None:
-    args.out = (str(epath.Path(args.workdirs[0]) / 'curves.png')
+    args.out = (str(Layout.of(args.workdirs[0]).curves)
                 if len(args.workdirs) == 1 else 'curves.png')
   labels = None if args.labels is None else args.labels.split(',')
   try:
-    curves.plot_runs(args.workdirs, args.out, labels=labels)
+    title = (curves.run_title(args.workdirs[0]) if len(args.workdirs) == 1
+             else None)
+    curves.plot_runs(args.workdirs, args.out, labels=labels, title=title)
   except curves.PlotError as e:
     print(f'error: {" ".join(str(e).split())}', file=sys.stderr)
     return 2

@@ -23,10 +23,9 @@ import time
 
 import jax
 
+from alexnet_jax import build
 from alexnet_jax.data import augment
-from alexnet_jax.data import in_memory
 from alexnet_jax.runtime import mesh as mesh_lib
-from alexnet_jax.task import config as config_lib
 
 
 def _config(args):
@@ -63,19 +62,17 @@ def main(argv=None):
   args = parser.parse_args(argv)
   config = _config(args)
   mesh = mesh_lib.make_mesh()
-  feed = in_memory.InMemoryFeed(config, in_memory.load_dataset(config),
-                                mesh)
-  per_epoch = config_lib.Durations.from_config(
-      config, feed.sizes['train'], feed.shards).steps_per_epoch
-  mean, std, scale = config_lib.input_transform(config, feed.spec.mean,
-                                                 feed.spec.std)
-  key = jax.random.key(0)
+  data = build.dataset(config)
+  feed = build.feed(config, mesh, data, build.input_side(config, data))
+  per_epoch = build.durations_of_feed(config, feed).steps_per_epoch
+  spec, key = feed.input_spec, jax.random.key(0)
 
   @jax.jit
   def augmented(images, step):
     x = augment.random_crop_flip(jax.random.fold_in(key, step), images,
-                                 config.crop_padding, config.random_flip)
-    return augment.normalize(x, mean, std, None, jax.numpy.float32, scale)
+                                 spec.pad_crop, spec.flip)
+    return augment.normalize(x, spec.mean, spec.std, None, jax.numpy.float32,
+                             spec.scale)
 
   def gathered(steps):
     return (b['images'] for b in feed.train(0, per_epoch, steps))

@@ -177,19 +177,19 @@ def _config(model, batch, half_precision, overrides):
 
 
 def compiled_step(config, side: int):
-  """The train step as training builds it (`steps.lower_train_step`),
+  """The train step as training builds it (`lowering.lower_train_step`),
   compiled for abstract inputs; (compiled, mesh, parameter bytes)."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from alexnet_jax.runtime import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
-  from alexnet_jax.task import steps  # pylint: disable=g-import-not-at-top
-  lowered = steps.lower_train_step(config, num_classes=config.num_classes,
-                                   side=side)
+  from benchmarks import lowering  # pylint: disable=g-import-not-at-top
+  lowered = lowering.lower_train_step(config, num_classes=config.num_classes,
+                                      side=side)
   state = lowered.args_info[0][0]  # The train state's abstract arguments.
   params = sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
                for x in jax.tree.leaves(state.params))
   mesh = mesh_lib.make_mesh(config.model_parallelism,
-                            config.get('tower_parallelism', 1))
+                            config.tower_parallelism)
   return lowered.compile(), mesh, params
 
 

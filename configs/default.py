@@ -9,8 +9,16 @@ import ml_collections
 
 def get_config():
   c = ml_collections.ConfigDict()
+  _model(c)
+  _data(c)
+  _optimization(c)
+  _bookkeeping(c)
+  _hardware(c)
+  return c
 
-  # --- Model -------------------------------------------------------------
+
+def _model(c):
+  """Model."""
   # One of models.MODELS: alexnet_paper (2012 two-tower net, 227x227),
   # alexnet_paper_one_tower, alexnet_torchvision (224x224), alexnet_cifar
   # (32x32), alexnet_tiny (tests only).
@@ -31,7 +39,9 @@ def get_config():
   # GPU/TPU; on CPU bfloat16 convolutions are slower than float32.
   c.half_precision = False
 
-  # --- Data --------------------------------------------------------------
+
+def _data(c):
+  """Data."""
   # Held in memory: 'cifar10', 'fake'. Streamed from files by Grain:
   # 'image_folder' (data_dir/train/<class>/*, data_dir/val/<class>/*),
   # 'imagenet2012' and 'imagenette' (TFDS, prepared as ArrayRecord), and
@@ -89,7 +99,9 @@ def get_config():
   c.fake_num_train = 512
   c.fake_num_test = 128
 
-  # --- Optimization: SGD with momentum in the paper's update rule ---------
+
+def _optimization(c):
+  """Optimization: SGD with momentum in the paper's update rule."""
   # v <- momentum * v - weight_decay * lr * w - lr * g;  w <- w + v
   # 'sgd' (the paper's), or 'lars' (large batches: each kernel's step scaled
   # by lars_trust_coefficient * ||w|| / ||g + wd * w||, lars_eps added below;
@@ -117,7 +129,9 @@ def get_config():
   c.poly_power = 2.0
   c.label_smoothing = 0.0
 
-  # --- Duration and bookkeeping -------------------------------------------
+
+def _bookkeeping(c):
+  """Duration and bookkeeping."""
   c.num_epochs = 90.0  # The paper trained "roughly 90 cycles".
   c.num_steps = -1  # > 0 overrides num_epochs.
   c.eval_every_epochs = 1.0
@@ -130,7 +144,9 @@ def get_config():
   # reads it (`tensorboard --logdir WORKDIR`, tensorboard-plugin-profile).
   c.profile_steps = 0
 
-  # --- Hardware and parallelism (docs/clusters.md) --------
+
+def _hardware(c):
+  """Hardware and parallelism (docs/clusters.md)."""
   # What the run trains on: 'auto' (whatever JAX finds; an accelerator that
   # failed to start is said in one line), or 'gpu', 'tpu', 'cpu': anything
   # else found is an error before anything is written. Launchers and
@@ -151,4 +167,3 @@ def get_config():
   # process. Fix it (to a multiple of every process count you will use) to get
   # the same batches, and so the same run, on 1, 2, 4, ... processes.
   c.data_shards = 0
-  return c

@@ -13,6 +13,7 @@ model or config is not damage: it stops the run with its own message. Every
 process takes part in saves and restores.
 """
 
+import functools
 import json
 import time
 from typing import Any, Callable, Optional
@@ -34,9 +35,14 @@ BEST_METRIC = 'val_top1'
 # metadata file is not in it: it is one level up, also by design.
 _EXPECTED_WARNINGS = ('did not provide metrics',
                       'Metadata file does not exist')
-absl_logging.get_absl_logger().addFilter(
-    lambda record: not any(w in record.getMessage()
-                           for w in _EXPECTED_WARNINGS))
+
+
+@functools.cache
+def _quiet_expected_warnings():
+  """Installed once, by the first use of orbax here, not at import."""
+  absl_logging.get_absl_logger().addFilter(
+      lambda record: not any(w in record.getMessage()
+                             for w in _EXPECTED_WARNINGS))
 
 
 class _Damaged(Exception):
@@ -84,6 +90,7 @@ class Checkpointer:
     self._log = log or _print_on_process_0
     self.directory = self.layout.checkpoints
     self._pending = None  # Step of the save that may still be in flight.
+    _quiet_expected_warnings()
     try:
       self._set_aside_unreadable_steps()
       self.manager = self._open_manager(keep)
@@ -299,6 +306,7 @@ def latest_step_on_disk(workdir: str) -> Optional[int]:
 
 def read_array_metadata(path: epath.Path):
   """The saved tree of ArrayMetadata (shape, dtype) of a step's item, or None."""
+  _quiet_expected_warnings()
   metadata = ocp.StandardCheckpointer().metadata(path).item_metadata
   return getattr(metadata, 'tree', metadata)
 

@@ -217,6 +217,22 @@ def plot_runs(workdirs: Sequence, out, labels: Optional[Sequence[str]] = None,
   _write_atomically(epath.Path(out), _render(runs, title))
 
 
+def run_title(workdir) -> Optional[str]:
+  """'MODEL on DATASET, step N' from the workdir's config.json and
+  metrics.jsonl; None where config.json cannot say (the label is used)."""
+  layout = Layout.of(workdir)
+  try:
+    used = json.loads(layout.config.read_text())
+    steps = [r['step'] for r in read_records(layout, missing_ok=True)
+             if isinstance(r.get('step'), int)]
+  except (OSError, ValueError, PlotError):
+    return None
+  if not isinstance(used, dict) or 'model' not in used:
+    return None
+  return (f"{used['model']} on {used.get('dataset', '?')}"
+          + (f', step {max(steps)}' if steps else ''))
+
+
 def write_run_curves(workdir, title: str) -> str:
   """Redraws WORKDIR/curves.png (training calls this after each evaluation),
   titled by the run (`title`: model, dataset, step), not by its path.
