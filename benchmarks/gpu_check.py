@@ -6,7 +6,7 @@ On a machine with one GPU, in at most 8 minutes (installs excluded), in
 order, each part in its own time budget and its own try/except (a part that
 fails records its error and loses none of the others):
   1. device: the device, the driver, the versions, the peak FLOP/s used;
-  2. train_step: our step (`alexnet_jax.benchmark.run`) against the PyTorch
+  2. train_step: our step (`benchmarks.train_step.run`) against the PyTorch
      twin in every mode (eager, channels_last, torch.compile), float32 (TF32
      matmuls on both sides) and bfloat16 / AMP, for `alexnet_torchvision` at
      batch 256 and the CIFAR form at batch 512, with MFU;
@@ -161,7 +161,7 @@ def _error(e: BaseException) -> str:
 
 def device_facts(mode: str, clock: Clock) -> dict:
   del mode, clock
-  from alexnet_jax import benchmark  # pylint: disable=g-import-not-at-top
+  from benchmarks import train_step as train_step_lib  # pylint: disable=g-import-not-at-top
   device = jax.devices()[0]
   stats = (device.memory_stats() or {}) if hasattr(device,
                                                     'memory_stats') else {}
@@ -170,7 +170,7 @@ def device_facts(mode: str, clock: Clock) -> dict:
       'devices': [str(d) for d in jax.devices()],
       'device_count': jax.device_count(),
       'memory_bytes_limit': stats.get('bytes_limit'),
-      'peak_flops': {dtype: benchmark.peak_flops(device, dtype)
+      'peak_flops': {dtype: train_step_lib.peak_flops(device, dtype)
                      for dtype in ('bfloat16', 'float32')},
       'python': platform.python_version(), 'cpu_count': os.cpu_count(),
       'machine': platform.machine(),
@@ -197,19 +197,19 @@ def device_facts(mode: str, clock: Clock) -> dict:
 # --- 2. The train step against PyTorch -----------------------------------------
 
 def _benchmark_args(argv):
-  """benchmark.parse_args, its refusals (parser.error) as ValueError."""
-  from alexnet_jax import benchmark  # pylint: disable=g-import-not-at-top
+  """train_step_lib.parse_args, its refusals (parser.error) as ValueError."""
+  from benchmarks import train_step as train_step_lib  # pylint: disable=g-import-not-at-top
   err = io.StringIO()
   try:
     with contextlib.redirect_stderr(err):
-      return benchmark.parse_args(argv)
+      return train_step_lib.parse_args(argv)
   except SystemExit:
     lines = err.getvalue().strip().splitlines()
     raise ValueError(lines[-1] if lines else 'refused') from None
 
 
 def _one_config(model, batch, half, mode, modes_arg) -> dict:
-  from alexnet_jax import benchmark  # pylint: disable=g-import-not-at-top
+  from benchmarks import train_step as train_step_lib  # pylint: disable=g-import-not-at-top
   steps, warmup, settle = TRAIN_STEPS[mode]
   argv = [f'--model={model}', f'--batch_size={batch}', f'--steps={steps}',
           f'--warmup={warmup}'] + (['--half_precision'] if half else [])
@@ -228,11 +228,11 @@ def _one_config(model, batch, half, mode, modes_arg) -> dict:
     row['pytorch_note'] = f'PyTorch left out: {e}'
     args, modes, where = _benchmark_args(argv)
   failed = {}
-  result = benchmark.run(args, modes, where, failed=failed, settle_s=settle)
+  result = train_step_lib.run(args, modes, where, failed=failed, settle_s=settle)
   row.update(result)
   if failed:
     row['pytorch_failed'] = failed
-  peak = benchmark.peak_flops(jax.devices()[0], result['dtype'])
+  peak = train_step_lib.peak_flops(jax.devices()[0], result['dtype'])
   for r in result.get('vs_pytorch', ()):  # The same step's FLOPs, XLA's count.
     r['mfu'] = (result['flops_per_step'] / (r['step_ms'] / 1e3) / peak
                 if result['flops_per_step'] and peak else None)

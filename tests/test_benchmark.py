@@ -1,4 +1,4 @@
-"""`python -m alexnet_jax.benchmark` in its short mode: the JSON line has
+"""`python -m benchmarks.train_step` in its short mode: the JSON line has
 every field with sane values (never a timing assertion)."""
 
 import importlib.util
@@ -18,7 +18,7 @@ FIELDS = ('model', 'batch_size', 'image_size', 'dtype', 'images_per_sec',
 
 def run(*args, timeout=300):
   return subprocess.run(
-      [sys.executable, '-m', 'alexnet_jax.benchmark', '--model=alexnet_tiny',
+      [sys.executable, '-m', 'benchmarks.train_step', '--model=alexnet_tiny',
        '--batch_size=8', '--steps=2', '--warmup=1', '--json', *args],
       cwd=REPO, capture_output=True, text=True, timeout=timeout)
 

@@ -1,17 +1,17 @@
 """How fast alexnet_jax trains here: the project's own train step, timed.
 
-  python -m alexnet_jax.benchmark --model=alexnet_torchvision --batch_size=32 \\
+  python -m benchmarks.train_step --model=alexnet_torchvision --batch_size=32 \\
       [--image_size=224] [--half_precision] [--steps=20] [--json] \\
       [--vs_pytorch [--pytorch_modes=eager,channels_last,compile]]
 
-Builds the step training uses (`task/steps.py`: the paper's SGD,
+Builds the step training uses (`alexnet_jax/task/steps.py`: the paper's SGD,
 on-device normalization, donated state) for `--model` on a fixed uint8 batch
 of random images, compiles it (timed), warms it up, then times `--steps`
 steps one by one. Reports the median step time and images/s, the compile
 time, peak device memory where the backend reports it, and MFU: the compiled
 step's FLOPs (XLA's cost analysis) / step time / the device's peak
 (`PEAK_FLOPS`; none on CPU). `--vs_pytorch` times a PyTorch twin
-(`model/torch_twin.py`, same layers, same SGD and batch) interleaved
+(`alexnet_jax/model/torch_twin.py`, same layers, same SGD and batch) interleaved
 with ours, round by round, and reports the ratio: eager on CPU, and on
 accelerators also channels_last and torch.compile (`--pytorch_modes`;
 "compile" is torch.compile of the channels_last model), all under AMP with
