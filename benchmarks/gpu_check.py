@@ -161,7 +161,7 @@ def _error(e: BaseException) -> str:
 
 def device_facts(mode: str, clock: Clock) -> dict:
   del mode, clock
-  from benchmarks import train_step as train_step_lib  # pylint: disable=g-import-not-at-top
+  from benchmarks import flops as flops_lib  # pylint: disable=g-import-not-at-top
   device = jax.devices()[0]
   stats = (device.memory_stats() or {}) if hasattr(device,
                                                     'memory_stats') else {}
@@ -170,7 +170,7 @@ def device_facts(mode: str, clock: Clock) -> dict:
       'devices': [str(d) for d in jax.devices()],
       'device_count': jax.device_count(),
       'memory_bytes_limit': stats.get('bytes_limit'),
-      'peak_flops': {dtype: train_step_lib.peak_flops(device, dtype)
+      'peak_flops': {dtype: flops_lib.peak_flops(device, dtype)
                      for dtype in ('bfloat16', 'float32')},
       'python': platform.python_version(), 'cpu_count': os.cpu_count(),
       'machine': platform.machine(),
@@ -228,11 +228,12 @@ def _one_config(model, batch, half, mode, modes_arg) -> dict:
     row['pytorch_note'] = f'PyTorch left out: {e}'
     args, modes, where = _benchmark_args(argv)
   failed = {}
+  from benchmarks import flops as flops_lib  # pylint: disable=g-import-not-at-top
   result = train_step_lib.run(args, modes, where, failed=failed, settle_s=settle)
   row.update(result)
   if failed:
     row['pytorch_failed'] = failed
-  peak = train_step_lib.peak_flops(jax.devices()[0], result['dtype'])
+  peak = flops_lib.peak_flops(jax.devices()[0], result['dtype'])
   for r in result.get('vs_pytorch', ()):  # The same step's FLOPs, XLA's count.
     r['mfu'] = (result['flops_per_step'] / (r['step_ms'] / 1e3) / peak
                 if result['flops_per_step'] and peak else None)

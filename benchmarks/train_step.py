@@ -4,21 +4,21 @@
       [--image_size=224] [--half_precision] [--steps=20] [--json] \\
       [--vs_pytorch [--pytorch_modes=eager,channels_last,compile]]
 
-Builds the step training uses (`alexnet_jax/task/steps.py`: the paper's SGD,
-on-device normalization, donated state) for `--model` on a fixed uint8 batch
-of random images, compiles it (timed), warms it up, then times `--steps`
-steps one by one. Reports the median step time and images/s, the compile
-time, peak device memory where the backend reports it, and MFU: the compiled
-step's FLOPs (XLA's cost analysis) / step time / the device's peak
-(`PEAK_FLOPS`; none on CPU). `--vs_pytorch` times a PyTorch twin
-(`alexnet_jax/model/torch_twin.py`, same layers, same SGD and batch) interleaved
-with ours, round by round, and reports the ratio: eager on CPU, and on
-accelerators also channels_last and torch.compile (`--pytorch_modes`;
-"compile" is torch.compile of the channels_last model), all under AMP with
-`--half_precision`; on GPUs with TF32 matmuls and cuDNN autotuning, as XLA
-does by default. `--eval_images=N` also times the
-project's evaluation over N images. `--json` prints one JSON
-object per configuration as the last line.
+Builds the step training uses (`alexnet_jax/task/steps.py`: the paper's
+SGD, on-device normalization, donated state) for `--model` on a fixed uint8
+batch of random images, compiles it (timed), warms it up, then times
+`--steps` steps one by one. Reports the median step time and images/s, the
+compile time, peak device memory where the backend reports it, and MFU: XLA's
+FLOP count of the step (`flops.step_flops`) / step time / the device's peak
+(`flops.PEAK_FLOPS`; none on CPU). `--vs_pytorch` times a PyTorch twin
+(`pytorch_step.py`: `alexnet_jax/model/torch_twin.py`, same layers, same SGD
+and batch) interleaved with ours, round by round (`timing.py`), and reports
+the ratio: eager on CPU, and on accelerators also channels_last and
+torch.compile (`--pytorch_modes`; "compile" is torch.compile of the
+channels_last model), all under AMP with `--half_precision`; on GPUs with
+TF32 matmuls and cuDNN autotuning, as XLA does by default.
+`--eval_images=N` also times the project's evaluation over N images.
+`--json` prints one JSON object per configuration as the last line.
 """
 
 import argparse
@@ -28,7 +28,6 @@ import statistics
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from alexnet_jax import build
@@ -39,25 +38,9 @@ from alexnet_jax.task import evaluation
 from alexnet_jax.task import state as state_lib
 from alexnet_jax.task import steps
 from alexnet_jax.task import validation
-
-# Dense peak FLOP/s per device by (device_kind prefix, dtype). float32
-# matmuls on NVIDIA GPUs run as TF32 under XLA's default precision, so their
-# float32 peak is the TF32 one. Vendor datasheets (SXM parts for NVIDIA).
-PEAK_FLOPS = {
-    ('NVIDIA H100', 'bfloat16'): 989e12, ('NVIDIA H100', 'float32'): 494e12,
-    ('NVIDIA H200', 'bfloat16'): 989e12, ('NVIDIA H200', 'float32'): 494e12,
-    ('NVIDIA A100', 'bfloat16'): 312e12, ('NVIDIA A100', 'float32'): 156e12,
-    ('TPU v4', 'bfloat16'): 275e12, ('TPU v5 lite', 'bfloat16'): 197e12,
-    ('TPU v5e', 'bfloat16'): 197e12, ('TPU v5p', 'bfloat16'): 459e12,
-    ('TPU v6', 'bfloat16'): 918e12,
-}
-
-
-def peak_flops(device, dtype: str):
-  for (prefix, kind), flops in PEAK_FLOPS.items():
-    if device.device_kind.startswith(prefix) and kind == dtype:
-      return flops
-  return None
+from benchmarks import flops
+from benchmarks import pytorch_step
+from benchmarks import timing
 
 
 def _config(args):
@@ -69,30 +52,6 @@ def _config(args):
   c.dataset, c.crop_padding, c.random_flip = 'fake', 0, False
   c.schedule, c.num_classes = 'constant', 1000
   return c
-
-
-def step_flops(model, batch_size: int, side: int) -> float:
-  """XLA's FLOP count of the step's forward and backward pass (the
-  optimizer's few FLOPs aside), lowered for the CPU whatever runs the step:
-  on GPU the step's convolutions are cuDNN custom calls that its cost
-  analysis counts as nothing (7.6 GFLOP for a 990 GFLOP step on an H200)."""
-  cpu = jax.sharding.SingleDeviceSharding(jax.devices('cpu')[0])
-  on_cpu = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=cpu)
-  images = jax.ShapeDtypeStruct((batch_size, side, side, 3), jnp.float32,
-                                sharding=cpu)
-  variables = jax.tree.map(on_cpu, jax.eval_shape(
-      lambda: model.init(jax.random.key(0), jnp.zeros((1, side, side, 3)))))
-
-  def loss(params, rest, x):  # Dropout and batch statistics aside.
-    return model.apply({**rest, 'params': params}, x).astype(
-        jnp.float32).sum()
-
-  rest = {k: v for k, v in variables.items() if k != 'params'}
-  analysis = jax.jit(jax.grad(loss)).lower(
-      variables['params'], rest, images).cost_analysis()
-  if isinstance(analysis, (list, tuple)):
-    analysis = analysis[0] if analysis else {}
-  return float(analysis.get('flops', 0.)) if analysis else None
 
 
 def _setup(args):
@@ -124,7 +83,7 @@ def jax_step(args, with_compiled=False):
   batch = {'images': images, 'labels': labels}
   compiled = step.lower(state, batch).compile()
   compile_s = time.perf_counter() - start
-  flops = step_flops(model, args.batch_size, side)
+  step_flops = flops.step_flops(model, args.batch_size, side)
   holder = {'state': state}
 
   def one():
@@ -132,8 +91,8 @@ def jax_step(args, with_compiled=False):
     jax.block_until_ready(holder['state'])
 
   if with_compiled:
-    return one, compile_s, flops, compiled
-  return one, compile_s, flops
+    return one, compile_s, step_flops, compiled
+  return one, compile_s, step_flops
 
 
 def eval_rate(args) -> dict:
@@ -159,118 +118,12 @@ def eval_rate(args) -> dict:
   run_once = lambda: jax.block_until_ready(compiled(variables, images,
                                                     labels))
   run_once()
-  eval_s = statistics.median(timed(run_once, 5))
+  eval_s = statistics.median(timing.timed(run_once, 5))
   return {'eval_images': n, 'eval_batch_size': config.eval_batch_size,
           'eval_ms': 1e3 * eval_s, 'eval_images_per_sec': n / eval_s,
           'eval_compile_s': compile_s,
           'eval_views': (10 if config.ten_crop else 1) * (
               2 if config.eval_flip else 1)}
-
-
-PYTORCH_MODES = ('eager', 'channels_last', 'compile')
-
-
-def pytorch_modes(arg: str, platform: str) -> tuple:
-  """The PyTorch variants to time: `arg` (comma list), or by default eager
-  alone on CPU and every variant on accelerators."""
-  if not arg:
-    return ('eager',) if platform == 'cpu' else PYTORCH_MODES
-  modes = tuple(m.strip() for m in arg.split(','))
-  bad = [m for m in modes if m not in PYTORCH_MODES]
-  if bad or not modes:
-    raise ConfigError(f'--pytorch_modes {arg!r}: {", ".join(bad) or "empty"} '
-                     f'is not one of {", ".join(PYTORCH_MODES)}')
-  return modes
-
-
-def torch_device(platform: str) -> str:
-  """Where the twin runs: JAX's device, one of it (see main)."""
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    raise ConfigError('--vs_pytorch needs PyTorch: pip install -r '
-                      'requirements-parity.txt') from None
-  if platform == 'gpu':
-    if not torch.cuda.is_available():
-      raise ConfigError(f'JAX runs on the GPU but PyTorch {torch.__version__} '
-                        'has no CUDA: install a CUDA build of torch==2.13.0 '
-                        'to compare on the same device')
-    # What XLA does by default on GPUs: TF32 matmuls, tuned convolutions.
-    torch.set_float32_matmul_precision('high')
-    torch.backends.cudnn.benchmark = True
-    return 'cuda'
-  if platform != 'cpu':
-    raise ConfigError(f'--vs_pytorch compares on the same device; PyTorch '
-                      f'does not run on {platform}')
-  return 'cpu'
-
-
-def torch_step(args, model, mode: str, device: str):
-  """run_one_step for the PyTorch twin in `mode`; AMP (bf16 autocast) with
-  --half_precision, as ours computes in bf16 then."""
-  import torch  # pylint: disable=g-import-not-at-top
-  from alexnet_jax.model import torch_twin  # pylint: disable=g-import-not-at-top
-  torch.manual_seed(0)
-  side = args.image_size
-  step, _ = torch_twin.make_step(
-      model, args.batch_size, side, channels_last=mode != 'eager',
-      compile_model=mode == 'compile', amp=args.half_precision,
-      device=device)
-  images = torch.randint(0, 256, (args.batch_size, 3, side, side),
-                         dtype=torch.uint8, device=device)
-  labels = torch.randint(0, 1000, (args.batch_size,), device=device)
-  return lambda: step(images, labels).item()  # .item() waits for the device.
-
-
-def timed(fn, n):
-  times = []
-  for _ in range(n):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return times
-
-
-def interleaved_times(steps: dict, args, settle_s: float = 0.5):
-  """({name: [seconds per step]}, {name: warm-up seconds}): each step warmed
-  up, then timed in interleaved rounds, so drift hits all alike."""
-  warmup_s = {}
-  for name, fn in steps.items():  # torch.compile compiles on the first call.
-    start = time.perf_counter()
-    timed(fn, args.warmup)
-    warmup_s[name] = time.perf_counter() - start
-  times = {name: [] for name in steps}
-  rounds = 4 if len(steps) > 1 else 1
-  per_round = -(-args.steps // rounds)
-  for _ in range(rounds):
-    for name, fn in steps.items():
-      # The other framework's thread pool spins for a while after its last
-      # step; let it go idle, and leave the first step of a round untimed.
-      time.sleep(settle_s if len(steps) > 1 else 0.)
-      fn()
-      times[name] += timed(fn, per_round)
-  return times, warmup_s
-
-
-def pytorch_fields(args, times, warmup_s, step_s, where) -> dict:
-  """The PyTorch rows (one per mode) and the flat fields of the first."""
-  import torch  # pylint: disable=g-import-not-at-top
-  rows = []
-  for mode in list(times)[1:]:
-    torch_s = statistics.median(times[mode])
-    rows.append({'mode': mode + ('+amp' if args.half_precision else ''),
-                 'step_ms': 1e3 * torch_s,
-                 'images_per_sec': args.batch_size / torch_s,
-                 'speedup': torch_s / step_s, 'warmup_s': warmup_s[mode]})
-  first = rows[0]  # Flat fields: the first mode (eager by default).
-  return dict(pytorch_images_per_sec=first['images_per_sec'],
-              pytorch_step_ms=first['step_ms'],
-              speedup_vs_pytorch=first['speedup'],
-              pytorch=torch.__version__, pytorch_mode=first['mode'],
-              pytorch_device=where,
-              pytorch_float32_matmul_precision=(
-                  torch.get_float32_matmul_precision()),
-              vs_pytorch=rows)
 
 
 def _first_step(fn):
@@ -280,49 +133,62 @@ def _first_step(fn):
   return time.perf_counter() - start
 
 
-def run(args, modes=(), where=None, failed=None, settle_s=0.5) -> dict:
-  """Times our step, and the PyTorch twin in each of `modes` on `where`.
+def _pytorch_steps(args, modes, where, failed):
+  """({mode: run_one_step}, {mode: its first call's seconds}) of the twin.
 
-  With a dict `failed`, a PyTorch mode whose build or first step raises is
-  left out and its error kept there, {mode: 'Type: message'}, so one
-  failing mode (torch.compile, say) loses none of the others."""
+  With a dict `failed`, a mode whose build or first step raises is left out
+  and its error kept there, {mode: 'Type: message'}, so one failing mode
+  (torch.compile, say) loses none of the others."""
   model = alexnet.create_model(args.model, num_classes=1000)
-  args.image_size = args.image_size or alexnet.NATIVE_INPUT_SIZE[args.model]
-  device = jax.devices()[0]
-  ours, compile_s, flops = jax_step(args)
-  steps, first_s = {'alexnet_jax': ours}, {}
+  fns, first_s = {}, {}
   for mode in modes:
     if failed is None:
-      steps[mode] = torch_step(args, model, mode, where)
+      fns[mode] = pytorch_step.torch_step(args, model, mode, where)
       continue
     try:
-      fn = torch_step(args, model, mode, where)
+      fn = pytorch_step.torch_step(args, model, mode, where)
       first_s[mode] = _first_step(fn)
-      steps[mode] = fn
+      fns[mode] = fn
     except Exception as e:  # pylint: disable=broad-except
       failed[mode] = f'{type(e).__name__}: {e}'[:2000]
-  times, warmup_s = interleaved_times(steps, args, settle_s)
+  return fns, first_s
+
+
+def _peak_memory(device):
+  """Peak bytes in use on the device, where its backend reports it."""
+  stats = device.memory_stats() if hasattr(device, 'memory_stats') else None
+  return (stats or {}).get('peak_bytes_in_use')
+
+
+def run(args, modes=(), where=None, failed=None, settle_s=0.5) -> dict:
+  """Times our step, and the PyTorch twin in each of `modes` on `where`
+  (`failed`: see _pytorch_steps)."""
+  args.image_size = args.image_size or alexnet.NATIVE_INPUT_SIZE[args.model]
+  device = jax.devices()[0]
+  ours, compile_s, step_flops = jax_step(args)
+  theirs, first_s = _pytorch_steps(args, modes, where, failed)
+  times, warmup_s = timing.interleaved_times(
+      {'alexnet_jax': ours, **theirs}, args, settle_s)
   for mode, seconds in first_s.items():  # Its first call was warm-up too.
     warmup_s[mode] += seconds
   dtype = 'bfloat16' if args.half_precision else 'float32'
   step_s = statistics.median(times['alexnet_jax'])
-  peak = peak_flops(device, dtype)
-  memory = (device.memory_stats() or {}).get('peak_bytes_in_use') if hasattr(
-      device, 'memory_stats') else None
+  peak = flops.peak_flops(device, dtype)
   result = {
       'model': args.model, 'batch_size': args.batch_size,
       'image_size': args.image_size, 'dtype': dtype,
       'images_per_sec': args.batch_size / step_s, 'step_ms': 1e3 * step_s,
-      'compile_s': compile_s, 'flops_per_step': flops,
-      'mfu': flops / step_s / peak if (flops and peak) else None,
-      'peak_memory_bytes': memory,
+      'compile_s': compile_s, 'flops_per_step': step_flops,
+      'mfu': step_flops / step_s / peak if (step_flops and peak) else None,
+      'peak_memory_bytes': _peak_memory(device),
       'device': f'{device.platform}:{device.device_kind}',
       'devices': jax.device_count(), 'jax': jax.__version__,
       'steps': len(times['alexnet_jax']),
       'xla_flags': os.environ.get('XLA_FLAGS', ''),
   }
-  if len(steps) > 1:
-    result.update(pytorch_fields(args, times, warmup_s, step_s, where))
+  if theirs:
+    result.update(pytorch_step.pytorch_fields(args, times, warmup_s, step_s,
+                                              where))
   if args.eval_images:
     result.update(eval_rate(args))
   return result
@@ -341,7 +207,8 @@ def _parser():
   parser.add_argument('--vs_pytorch', action='store_true')
   parser.add_argument(
       '--pytorch_modes', default='',
-      help=f'with --vs_pytorch, a comma list of {", ".join(PYTORCH_MODES)} '
+      help='with --vs_pytorch, a comma list of '
+      f'{", ".join(pytorch_step.PYTORCH_MODES)} '
       '(default: eager on CPU, all on accelerators); AMP with '
       '--half_precision')
   parser.add_argument('--eval_images', type=int, default=0,
@@ -374,8 +241,8 @@ def parse_args(argv=None):
                  'CUDA_VISIBLE_DEVICES=0)')
   try:
     platform = jax.devices()[0].platform
-    return (args, pytorch_modes(args.pytorch_modes, platform),
-            torch_device(platform))
+    return (args, pytorch_step.pytorch_modes(args.pytorch_modes, platform),
+            pytorch_step.torch_device(platform))
   except ConfigError as e:
     parser.error(str(e))
 
