@@ -8,7 +8,7 @@ and times, over `--steps` batches after one untimed epoch boundary:
     flipped and normalized to float32, the work the train step does first
     (`augment.random_crop_flip`, `augment.normalize`), jitted alone.
 Prints images/s for each, to set beside the train step's own rate
-(`python -m alexnet_jax.benchmark --model=alexnet_cifar`): if these are far
+(`python -m benchmarks.train_step --model=alexnet_cifar`): if these are far
 above it, the input side is not what bounds training.
 
   python -m benchmarks.cifar_feed [--data_dir DIR] [--batch_size 32]

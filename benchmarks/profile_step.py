@@ -1,6 +1,6 @@
 """Where the train step's time goes: XLA's own ops, from a profiler trace.
 
-Builds the step `alexnet_jax.benchmark` times (the project's train step on a
+Builds the step `benchmarks.train_step` times (the project's train step on a
 fixed batch), traces a few steps with `jax.profiler`, and prints the time per
 step of the costliest XLA operations with what each computes (its output
 shape and the ops fused into it). On CPU several ops run at once on the
@@ -20,7 +20,7 @@ import tempfile
 
 import jax
 
-from alexnet_jax import benchmark
+from benchmarks import train_step
 from alexnet_jax.model import alexnet
 
 
@@ -63,7 +63,7 @@ def main():
   args = parser.parse_args()
   args.half_precision = False
   args.image_size = args.image_size or alexnet.NATIVE_INPUT_SIZE[args.model]
-  step, _, _, compiled = benchmark.jax_step(args, with_compiled=True)
+  step, _, _, compiled = train_step.jax_step(args, with_compiled=True)
   ops = describe_ops(compiled.as_text())
   for _ in range(3):
     step()

@@ -1,15 +1,19 @@
-"""`python -m alexnet_jax.benchmark` in its short mode: the JSON line has
-every field with sane values (never a timing assertion)."""
+"""The benchmark commands (`python -m benchmarks.X`) in their short modes:
+the JSON lines have every field with sane values (never a timing
+assertion), bad input is one usage line, and the GPU check's report keeps
+its structure (`.ci/run` greps it)."""
 
 import importlib.util
 import json
 import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
+from benchmarks.gpu import report as gpu_report
 from tests.conftest import REPO
 
 FIELDS = ('model', 'batch_size', 'image_size', 'dtype', 'images_per_sec',
@@ -18,7 +22,7 @@ FIELDS = ('model', 'batch_size', 'image_size', 'dtype', 'images_per_sec',
 
 def run(*args, timeout=300):
   return subprocess.run(
-      [sys.executable, '-m', 'alexnet_jax.benchmark', '--model=alexnet_tiny',
+      [sys.executable, '-m', 'benchmarks.train_step', '--model=alexnet_tiny',
        '--batch_size=8', '--steps=2', '--warmup=1', '--json', *args],
       cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
@@ -87,6 +91,116 @@ def test_bad_arguments_are_one_usage_line(args, message):
 def run_module(module, *args):
   return subprocess.run([sys.executable, '-m', module, *args], cwd=REPO,
                         capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize('module', ['benchmarks.train_step',
+                                    'benchmarks.gpu_check'])
+def test_help_prints_usage_and_exits_zero(module):
+  result = run_module(module, '--help')
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.startswith('usage: '), result.stdout[:500]
+  assert result.stderr == ''
+
+
+@pytest.mark.parametrize('args, message', [
+    (('--parts=device,gpus',), '--parts: gpus is not one of device, '
+     'train_step, cifar_main, input_pipeline'),
+    (('--main_epochs=-1',), '--main_epochs must be >= 0, got -1'),
+])
+def test_gpu_check_refuses_bad_arguments_in_one_line(args, message, tmp_path):
+  # A check that lets the value through then runs one small part, not all.
+  result = run_module('benchmarks.gpu_check', '--smoke', '--parts=device',
+                      *args, f'--out={tmp_path}/o')
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1] == (
+      f'gpu_check.py: error: {message}')
+  assert 'Traceback' not in result.stderr
+  assert not (tmp_path / 'o').exists()
+
+
+def test_gpu_check_part_that_cannot_import_fails_alone(tmp_path, monkeypatch,
+                                                       capsys):
+  """A part whose module does not import (a GPU machine without Grain, say)
+  is recorded as an error; the parts after it still run, and the report
+  is written. Imported here, its environment defaults undone afterwards."""
+  monkeypatch.setenv('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
+  monkeypatch.setenv('TF_CPP_MIN_LOG_LEVEL', '2')
+  from benchmarks import gpu_check  # pylint: disable=g-import-not-at-top
+  monkeypatch.setitem(sys.modules, 'benchmarks.gpu.input_pipeline', None)
+  gpu_check.main(['--smoke', '--parts=input_pipeline,device',
+                  f'--out={tmp_path}'])
+  report = json.loads((tmp_path / 'gpu_check.json').read_text())
+  sections = report['sections']
+  assert list(sections) == ['device', 'input_pipeline']  # In run order.
+  assert sections['device']['status'] == 'ok'
+  assert sections['device']['platform'] == 'cpu'
+  assert sections['input_pipeline']['status'] == 'error'
+  assert 'benchmarks.gpu.input_pipeline' in sections['input_pipeline'][
+      'error']
+  assert [t['status'] for t in report['targets']] == ['not measured'] * 4
+  text = (tmp_path / 'gpu_check.md').read_text()
+  assert '**input_pipeline: error**: ModuleNotFoundError' in text
+  assert capsys.readouterr().out.strip().splitlines()[-1] == str(tmp_path)
+
+
+def smoke_report():
+  """A report as `gpu_check --smoke` leaves it, its figures made up."""
+  config = {'model': 'alexnet_cifar', 'batch_size': 8, 'dtype': 'float32',
+            'step_ms': 60., 'images_per_sec': 133.3, 'mfu': None,
+            'vs_pytorch': [{'mode': 'eager', 'step_ms': 120., 'speedup': 2.,
+                            'mfu': None},
+                           {'mode': 'channels_last', 'step_ms': 90.,
+                            'speedup': 1.5, 'mfu': None}]}
+  return {
+      'command': 'python -m benchmarks.gpu_check --smoke', 'smoke': True,
+      'started': '2026-12-06T10:00:00+00:00', '_start': time.monotonic(),
+      'sections': {
+          'device': {'status': 'ok', 'platform': 'cpu', 'device_kind': 'cpu'},
+          'train_step': {'status': 'ok', 'configs': [
+              config,
+              {'model': 'alexnet_tiny', 'batch_size': 8, 'dtype': 'bfloat16',
+               'skipped': 'over the time budget'},
+              {'model': 'alexnet_tiny', 'batch_size': 8, 'dtype': 'float32',
+               'error': 'Traceback ...\nRuntimeError: out of memory\n'}]},
+          'cifar_main': {'status': 'error', 'error': 'the main job exited 1',
+                         'wall_s': 20., 'data': 'fake',
+                         'full_cifar_epoch_s': 300.},
+          'input_pipeline': {'status': 'ok', 'notes': ['no GPU'],
+                             'images_per_sec': {'folder, 1 core': 583.2,
+                                                'store (raw), 1 core': 22835.}},
+      }}
+
+
+def test_gpu_check_report_has_every_table(tmp_path):
+  report = smoke_report()
+  gpu_report.write(report, tmp_path)
+  lines = (tmp_path / 'gpu_check.md').read_text().splitlines()
+  # What .ci/run greps for, and the rows under it.
+  at = lines.index('| input path | images/s |')
+  assert lines[at + 1:at + 4] == ['| --- | --- |', '| folder, 1 core | 583 |',
+                                  '| store (raw), 1 core | 22,835 |']
+  assert lines[0] == ('### GPU check, 2026-12-06 (--smoke, CPU: shapes too '
+                      'small to mean anything)')
+  assert '**cifar_main: error**: the main job exited 1' in lines
+  header = [l for l in lines if l.startswith('| model, batch, dtype')]
+  assert header == ['| model, batch, dtype | alexnet_jax | MFU | PyTorch '
+                    'eager | PyTorch channels_last |']
+  assert ('| `alexnet_cifar` 8, float32 | 60.00 ms (133 img/s) | — | '
+          '120.00 ms (**2.00×**, MFU —) | 90.00 ms (**1.50×**, MFU —) |'
+          ) in lines
+  assert ('| `alexnet_tiny` 8, bfloat16 | over the time budget | | | |'
+          ) in lines
+  assert ('| `alexnet_tiny` 8, float32 | RuntimeError: out of memory | | | |'
+          ) in lines
+  assert any(l.startswith('| `configs/cifar10.py`, 0.0 epochs | fake | 20 s')
+             for l in lines)
+  targets = lines[lines.index('| GPU target | value | status |') + 2:]
+  assert len(targets) == 4 and all(
+      '**not measured** (--smoke (tiny shapes))' in l for l in targets)
+  assert '| 300.00 s |' in targets[3]
+  saved = json.loads((tmp_path / 'gpu_check.json').read_text())
+  assert '_start' not in saved and saved['wall_s'] >= 0
+  assert saved['sections'] == json.loads(json.dumps(report['sections']))
 
 
 @pytest.mark.slow
