@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs on every worker of a Cloud TPU VM (launch/tpu_vm.sh calls it over
+# Runs on every worker of a Cloud TPU VM (launch/tpu_vm.py calls it over
 # ssh): training detached from the ssh session, one trainer per worker, a
 # log file per run, and that log followed, shown or copied to the workdir.
 #
@@ -13,8 +13,9 @@
 #       reports the running trainer (exit 0) or, if that one runs another
 #       command, says so (exit 3). On worker 0 (TPU_WORKER_ID, else the VM's
 #       metadata agent-worker-number) the log is copied every --copy-every
-#       seconds (default 60) and at the end to --copy-log-to<run>.log with
-#       `gcloud storage cp` (gsutil if gcloud is missing).
+#       seconds (default 60) and, before the run's exit status is written, at
+#       the end to --copy-log-to<run>.log with `gcloud storage cp` (gsutil
+#       if gcloud is missing).
 #   tpu_worker.sh follow [--lines=N]
 #       Prints the last N lines (default 20) of the current run's log and
 #       what it adds until the trainer exits, then `training exited with
@@ -146,11 +147,11 @@ cmd_run() {
   fi
   status=0
   wait "$pid" || status=$?
-  printf '%s\n' "$status" >"$run/exit_status.tmp" && mv "$run/exit_status.tmp" "$run/exit_status"
-  if [[ -n $copier ]]; then
-    kill "$copier" 2>/dev/null || true
+  if [[ -n $copier ]]; then  # The last copy before the status: a follower
+    kill "$copier" 2>/dev/null || true  # told the run ended finds it whole.
     copy_log "$run" "$dest"
   fi
+  printf '%s\n' "$status" >"$run/exit_status.tmp" && mv "$run/exit_status.tmp" "$run/exit_status"
 }
 
 cmd_follow() {
@@ -172,8 +173,9 @@ cmd_follow() {
   else
     tail -n "$lines" "$run/log"
   fi
-  # The wrapper writes the exit status right after the trainer exits.
-  for ((i = 0; i < 300; i++)); do
+  # The wrapper writes the exit status after the trainer exits and the last
+  # copy of its log is made.
+  for ((i = 0; i < 1200; i++)); do
     [[ -e $run/exit_status ]] && break
     sleep 0.1
   done
