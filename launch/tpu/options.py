@@ -1,7 +1,6 @@
-"""The launcher's command line, parsed by argparse and checked before anything
-runs: each bad value is one `error:` line (exit 2) that names it and what is
-valid. What follows from the options (the runtime version, seconds from
-durations, the gcloud flags) is worked out here too."""
+"""The command line: parsed by argparse and checked before anything runs, each
+bad value one `error:` line that names it and what is valid (exit 2); and
+what follows from it (the runtime version, seconds, the gcloud flags)."""
 
 import argparse
 import os
@@ -11,18 +10,28 @@ import re
 VERSIONS = {'v2': 'tpu-ubuntu2204-base', 'v3': 'tpu-ubuntu2204-base',
             'v4': 'tpu-ubuntu2204-base', 'v5litepod': 'v2-alpha-tpuv5-lite',
             'v5p': 'v2-alpha-tpuv5', 'v6e': 'v2-alpha-tpuv6e'}
-VALUED = {'--name': 'alexnet-jax', '--zone': 'us-central2-b',
-          '--accelerator-type': 'v4-32', '--version': '', '--project': '',
-          '--config': 'configs/cifar10.py', '--workdir': '',
-          '--tfds-data-dir': '', '--data-dir': '', '--worker-python': 'python3.11',
-          '--valid-until-duration': '', '--node-count': '1',
-          '--max-restarts': '3', '--restart-window': '24h', '--retry-for': '24h',
-          '--stop-grace': '120'}
-SWITCHES = ('--dry-run', '--queued', '--spot', '--reserved')
-MODES = ('--attach', '--logs', '--stop')
+DEFAULTS = {'name': 'alexnet-jax', 'zone': 'us-central2-b',
+            'accelerator-type': 'v4-32', 'config': 'configs/cifar10.py',
+            'worker-python': 'python3.11', 'node-count': '1',
+            'max-restarts': '3', 'restart-window': '24h', 'retry-for': '24h',
+            'stop-grace': '120', 'version': '', 'project': '', 'workdir': '',
+            'tfds-data-dir': '', 'data-dir': '', 'valid-until-duration': ''}
+SWITCHES = ('dry-run', 'queued', 'spot', 'reserved', 'help')
+INTEGERS = (('node-count', '[1-9][0-9]*', 'a positive integer'),
+            ('max-restarts', '[0-9]+', 'a non-negative integer'),
+            ('stop-grace', '[0-9]+', 'a non-negative integer (seconds)'))
 SECONDS = {'TPU_POLL_SECONDS': 30, 'TPU_RETRY_SECONDS': 60,
            'TPU_LOG_COPY_SECONDS': 60}
 UNITS = {'': 1, 's': 1, 'm': 60, 'h': 3600, 'd': 86400}
+# argparse's messages, in this launcher's words.
+PLAIN = ((r'argument (\S+): expected one argument', '{0} needs a value'),
+         (r'argument (\S+): ignored explicit', '{0} takes no value'),
+         (r'argument (\S+): not allowed with argument (\S+)',
+          '{1} and {0} exclude each other'),
+         (r'unrecognized arguments: (-[^=\s]+)', 'unknown option: {0} (see '
+          '--help)'),
+         (r'unrecognized arguments: (\S+)', 'unexpected argument: {0} '
+          '(arguments for alexnet_jax.main go after --)'))
 SHARED = "every TPU host reads it; a worker's disk is its own"
 
 
@@ -37,62 +46,51 @@ class Help(Exception):
 class _Parser(argparse.ArgumentParser):
 
   def error(self, message):
-    raise UsageError(_plain(message))
-
-
-def _plain(message):
-  """argparse's message in this launcher's words."""
-  rules = ((r'argument (\S+): expected one argument', '{0} needs a value'),
-           (r'argument (\S+): ignored explicit', '{0} takes no value'),
-           (r'argument (\S+): not allowed with argument (\S+)',
-            '{1} and {0} exclude each other'),
-           (r'unrecognized arguments: (-[^=\s]+)', 'unknown option: {0} (see '
-            '--help)'),
-           (r'unrecognized arguments: (\S+)', 'unexpected argument: {0} '
-            '(arguments for alexnet_jax.main go after --)'))
-  for pattern, words in rules:
-    match = re.match(pattern, message)
-    if match:
-      return words.format(*match.groups())
-  return message
+    for pattern, words in PLAIN:
+      match = re.match(pattern, message)
+      if match:
+        fail(words.format(*match.groups()))
+    fail(message)
 
 
 def fail(message):
   raise UsageError(message)
 
 
+def _key(option):
+  return option.replace('-', '_')
+
+
 def parse(argv, environ=os.environ, repo='.'):
-  """The options (argparse's namespace, dashes as underscores) plus `mode`,
-  `main_args` and the numbers worked out from them."""
+  """argparse's namespace (dashes as underscores), plus `mode`, `main_args`
+  and what follows from the options."""
   cut = argv.index('--') if '--' in argv else len(argv)
-  argv, main_args = argv[:cut], argv[cut + 1:]
   parser = _Parser(prog='tpu_vm.py', add_help=False, allow_abbrev=False)
-  for flag in VALUED:
-    parser.add_argument(flag)
-  for flag in SWITCHES + ('-h', '--help'):
-    parser.add_argument(flag, action='store_true')
+  for option in DEFAULTS:
+    parser.add_argument('--' + option)
+  for option in SWITCHES:
+    parser.add_argument('--' + option, *['-h'] * (option == 'help'),
+                        action='store_true')
   modes = parser.add_mutually_exclusive_group()
-  for flag in MODES:
-    modes.add_argument(flag, action='store_true')
-  o = parser.parse_args(argv)
+  for mode in ('attach', 'logs', 'stop'):
+    modes.add_argument('--' + mode, action='store_true')
+  o = parser.parse_args(argv[:cut])
   if o.help:
     raise Help()
-  for flag, default in VALUED.items():
-    key = flag[2:].replace('-', '_')
-    if getattr(o, key) == '':
-      fail(f'{flag} needs a non-empty value')
-    setattr(o, key, default if getattr(o, key) is None else getattr(o, key))
-  o.mode = next((m[2:] for m in MODES if getattr(o, m[2:])), 'launch')
-  o.main_args = main_args
-  _check_paths(o)
+  for option, default in DEFAULTS.items():
+    value = getattr(o, _key(option))
+    if value == '':
+      fail(f'--{option} needs a non-empty value')
+    setattr(o, _key(option), default if value is None else value)
+  o.mode = next((m for m in ('attach', 'logs', 'stop') if getattr(o, m)),
+                'launch')
+  o.main_args = argv[cut + 1:]
+  _check_paths(o, repo)
   _check_tpu(o)
   _check_numbers(o, environ)
-  config = o.config.split(':')[0]  # config_flags takes PATH:ARG.
-  if not os.path.isfile(os.path.join(repo, config)):
-    fail(f'--config {config} not found in {repo} (it is shipped with the code)')
-  o.gcloud_flags = [f'--zone={o.zone}'] + (
-      [f'--project={o.project}'] if o.project else [])
-  o.tiers = [f for f in ('--spot', '--reserved') if getattr(o, f[2:])]
+  o.gcloud_flags = [f'--zone={o.zone}'] + [f'--project={o.project}'] * bool(
+      o.project)
+  o.tiers = ['--spot'] * o.spot + ['--reserved'] * o.reserved
   return o
 
 
@@ -101,22 +99,23 @@ def _gs(option, value, why):
     fail(f'{option} must be a gs:// path ({why}), got: {value}')
 
 
-def _check_paths(o):
-  if o.mode == 'launch':
-    if not o.workdir:
-      fail('--workdir is required (a gs:// path shared by all TPU hosts)')
-    if not (o.tfds_data_dir or o.data_dir):
-      fail('--tfds-data-dir is required (a gs:// TFDS data dir), or '
-           '--data-dir (a gs:// data_dir)')
-  elif o.main_args:
+def _check_paths(o, repo):
+  if o.mode == 'launch' and not o.workdir:
+    fail('--workdir is required (a gs:// path shared by all TPU hosts)')
+  if o.mode == 'launch' and not (o.tfds_data_dir or o.data_dir):
+    fail('--tfds-data-dir is required (a gs:// TFDS data dir), or '
+         '--data-dir (a gs:// data_dir)')
+  if o.mode != 'launch' and o.main_args:
     fail(f'arguments after -- are for starting a run, not --{o.mode}')
   _gs('--workdir', o.workdir, 'every TPU host writes there')
   _gs('--tfds-data-dir', o.tfds_data_dir, 'every TPU host reads it')
   _gs('--data-dir', o.data_dir, SHARED)
-  for arg in o.main_args:
-    key, _, value = arg.partition('=')
+  for key, _, value in (arg.partition('=') for arg in o.main_args):
     if key in ('--config.data_dir', '--config.tfds_data_dir'):
       _gs(key, value, SHARED)
+  config = o.config.split(':')[0]  # config_flags takes PATH:ARG.
+  if not os.path.isfile(os.path.join(repo, config)):
+    fail(f'--config {config} not found in {repo} (it is shipped with the code)')
 
 
 def _check_tpu(o):
@@ -134,41 +133,34 @@ def _check_tpu(o):
   o.version = o.version or VERSIONS.get(family[1]) or fail(
       f'no default --version for accelerator family {family[1]} (known: v2, '
       'v3, v4, v5litepod (v5e), v5p, v6e); pass --version explicitly')
-  if not re.fullmatch(r'[1-9][0-9]*', o.node_count):
-    fail(f'--node-count must be a positive integer, got: {o.node_count}')
-  if o.node_count != '1':
-    fail(f'--node-count={o.node_count}: Multislice (more than one slice) is '
-         'not supported by this launcher; use one larger slice')
   if o.spot and o.reserved:
     fail('--spot and --reserved exclude each other')
   if o.valid_until_duration and not o.queued:
     fail('--valid-until-duration needs --queued')
-  if o.valid_until_duration and not re.fullmatch(r'[0-9][0-9a-z]*',
-                                                 o.valid_until_duration):
+  if not re.fullmatch(r'([0-9][0-9a-z]*)?', o.valid_until_duration):
     fail('--valid-until-duration must be a gcloud duration such as 6h or 2d, '
          f'got: {o.valid_until_duration}')
 
 
-def _seconds(option, text):
-  match = re.fullmatch(r'([0-9]+)([smhd]?)', text)
-  if not match:
-    fail(f'{option} must be a duration such as 90m, 24h, 2d or 3600 '
-         f'(seconds), got: {text}')
-  return int(match[1]) * UNITS[match[2]]
-
-
 def _check_numbers(o, environ):
-  for option, what in (('--max-restarts', 'a non-negative integer'),
-                       ('--stop-grace', 'a non-negative integer (seconds)')):
-    value = getattr(o, option[2:].replace('-', '_'))
-    if not re.fullmatch(r'[0-9]+', value):
-      fail(f'{option} must be {what}, got: {value}')
-  o.max_restarts, o.stop_grace = int(o.max_restarts), int(o.stop_grace)
-  o.window_text, o.retry_text = o.restart_window, o.retry_for
-  o.restart_window = _seconds('--restart-window', o.window_text)
-  o.retry_for = _seconds('--retry-for', o.retry_text)
+  for option, pattern, what in INTEGERS:
+    if not re.fullmatch(pattern, getattr(o, _key(option))):
+      fail(f'--{option} must be {what}, got: {getattr(o, _key(option))}')
+    setattr(o, _key(option), int(getattr(o, _key(option))))
+  if o.node_count != 1:
+    fail(f'--node-count={o.node_count}: Multislice (more than one slice) is '
+         'not supported by this launcher; use one larger slice')
+  for option in ('restart-window', 'retry-for'):
+    text = getattr(o, _key(option))
+    match = re.fullmatch(r'([0-9]+)([smhd]?)', text)
+    if not match:
+      fail(f'--{option} must be a duration such as 90m, 24h, 2d or 3600 '
+           f'(seconds), got: {text}')
+    setattr(o, _key(option) + '_text', text)
+    setattr(o, _key(option), int(match[1]) * UNITS[match[2]])
   if not o.restart_window:
-    fail(f'--restart-window must be longer than 0, got: {o.window_text}')
+    fail(f'--restart-window must be longer than 0, got: '
+         f'{o.restart_window_text}')
   for var, default in SECONDS.items():
     value = environ.get(var) or str(default)
     if not re.fullmatch(r'[0-9]+', value):

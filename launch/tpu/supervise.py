@@ -1,16 +1,21 @@
-"""The run: bring training up on a READY VM, follow worker 0's log, and act on
-how training ended (the table in --help); --attach, --logs and --stop."""
+"""The run: training brought up on a READY VM, worker 0's log followed, and
+what follows how training ended (the table in --help); --attach, --logs and
+--stop."""
 
 import os
 import re
 
 from tpu import workers
-from tpu.decisions import DecisionLog, Outage, Restarts, Stop
+from tpu.decisions import Decisions, Stop
 from tpu.vm import Retry, Vm
 
-WHY_ENDED = {4: 'is not running on worker 0',
-             75: 'stopped because one of its processes was lost (exit status '
-                 '75)'}
+ENDED = {0: 'training on TPU VM {name} finished (exit status 0)',
+         2: 'training exited with status 2 (a usage error in its arguments); '
+            'not restarting',
+         200: 'training on TPU VM {name} was stopped with --stop; it saved a '
+              'checkpoint, and the same command resumes'}
+WHY = {4: 'is not running on worker 0',
+       75: 'stopped because one of its processes was lost (exit status 75)'}
 RUN_LOG = re.compile(r'/[0-9]{8}T[0-9]{6}Z-[0-9]+\.log$')
 
 
@@ -21,10 +26,8 @@ class Launcher:
   def __init__(self, o, runner, clock, folder, repo, err):
     self.o, self.clock, self.folder, self.repo = o, clock, folder, repo
     self.gcloud = lambda *args, **kw: runner.run(['gcloud', *args], **kw)
-    self.log = DecisionLog(self.gcloud, clock, o.workdir, folder, err)
-    self.outage = Outage(o, clock, self.log)
-    self.restarts = Restarts(o, clock, self.log)
-    self.vm = Vm(o, self.gcloud, self.log, self.outage)
+    self.log = Decisions(o, self.gcloud, clock, folder, err)
+    self.vm = Vm(o, self.gcloud, self.log)
     self.workers = workers.Workers(o, self.gcloud)
 
   def run(self):
@@ -38,7 +41,7 @@ class Launcher:
 
   def detach(self, status):
     self.log.decide(f'detached ({"Ctrl-C" if status == 130 else "SIGTERM"}): '
-                    f'training, if it was running, goes on on TPU VM '
+                    'training, if it was running, goes on on TPU VM '
                     f'{self.o.name}; follow it with --attach, stop it with '
                     '--stop')
     return status
@@ -46,76 +49,61 @@ class Launcher:
   def bring_up(self):
     """Until this command trains on every worker of a READY VM: the VM got
     (back), then the training already there followed (False), or the
-    workers prepared and training started (True: follow its whole log)."""
+    workers prepared and training started (True: show its whole log)."""
     o, tarball = self.o, os.path.join(self.folder, 'alexnet_jax.tar.gz')
     if not o.dry_run:
       workers.pack(self.repo, tarball)
     while True:
       try:
         self.vm.acquire()
-        status = self.workers.status()
-        if status == 4:
+        running = self.workers.status()
+        if running == 4:
           self.log.decide(f'starting training on every worker of TPU VM '
                           f'{o.name}; it resumes from the checkpoints in '
                           f'{o.workdir}, if any')
-          status = self.workers.start(tarball)
-          if status == 3:
-            self.another_run()
-          if status == 0:
-            self.outage.end()
-            return True
-          raise Retry(f'preparing or starting training on TPU VM {o.name} '
-                      f'failed (exit status {status})')
-        if status == 3:
-          self.another_run()
-        if status == 0:
+          running = self.workers.start(tarball) or 'started'
+        if running == 3:
+          raise Stop(f'TPU VM {o.name} is training another command (its '
+                     'workers said which, above); stop it with --stop, or '
+                     'pick another --name', 2)
+        if running == 0:
           self.log.decide(f'this command is already training on TPU VM '
                           f'{o.name}: following it, not starting another')
-          self.outage.end()
-          return False
-        raise Retry(f'asking worker 0 of TPU VM {o.name} what it runs failed '
-                    f'(exit status {status})')
+        if running in (0, 'started'):
+          self.log.end_outage()
+          return running == 'started'
+        raise Retry(f'asking about, preparing or starting training on TPU VM '
+                    f'{o.name} failed (exit status {running})')
       except Retry as e:
-        self.outage.backoff(str(e))
-
-  def another_run(self):
-    raise Stop(
-        f'TPU VM {self.o.name} is training another command (its workers said '
-        'which, above); stop it with --stop, or pick another --name', 2)
+        self.log.backoff(str(e))
 
   def supervise(self, fresh):
     """Follows worker 0's log until training ends, then acts on how."""
     o = self.o
     while True:
       began = self.clock.now()
-      status = self.workers.follow(100000 if fresh else 20)
-      fresh = False
+      status, fresh = self.workers.follow(100000 if fresh else 20), False
       if o.dry_run:
         return 0
       if self.clock.now() - began >= 60:
-        self.outage.end()  # It held a while: trouble now is a new outage.
-      if status in (0, 2, 200):
-        self.log.decide({
-            0: f'training on TPU VM {o.name} finished (exit status 0)',
-            2: 'training exited with status 2 (a usage error in its '
-               'arguments); not restarting',
-            200: f'training on TPU VM {o.name} was stopped with --stop; it '
-                 'saved a checkpoint, and the same command resumes'}[status])
+        self.log.end_outage()  # It held a while: trouble now is a new outage.
+      if status in ENDED:
+        self.log.decide(ENDED[status].format(name=o.name))
         return 143 if status == 200 else status
       try:
         node = self.vm.describe()
       except Retry as e:
-        self.outage.backoff(str(e))
+        self.log.backoff(str(e))
         continue
       state = node.state if node else 'gone'
       if state == 'READY' and status == 255:
-        self.outage.backoff(f'lost the connection to worker 0 of TPU VM '
+        self.log.backoff(f'lost the connection to worker 0 of TPU VM '
                             f'{o.name} (ssh exit status 255); training goes '
                             'on there')
         continue
+      if o.mode == 'attach' and status == 4:
+        self.log.fail(f'no training has run on worker 0 of TPU VM {o.name}')
       if o.mode == 'attach':
-        if status == 4:
-          self.log.fail(f'no training has run on worker 0 of TPU VM {o.name}')
         self.log.decide(f'training on TPU VM {o.name} ended with exit status '
                         f'{status} (the VM is {state}); --attach restarts '
                         'nothing')
@@ -124,14 +112,14 @@ class Launcher:
         self.log.decide(f'training on TPU VM {o.name} failed with exit '
                         f'status {status}; not restarting (its log: --logs)')
         return status
-      why = (f'training on TPU VM {o.name} (READY) ' + WHY_ENDED.get(
+      why = (f'training on TPU VM {o.name} (READY) ' + WHY.get(
           status, f'got a signal nobody here sent (exit status {status})') +
              f'; starting it again, it resumes from {o.workdir}')
       if state != 'READY':
         why = (f'TPU VM {o.name} is {state} (training exit status {status}): '
                'getting it back and starting training again, which resumes '
                f'from {o.workdir}')
-      if not self.restarts.use(why):
+      if not self.log.restart(why):
         return status
       fresh = self.bring_up()
 

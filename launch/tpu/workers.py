@@ -64,14 +64,14 @@ def train_command(o):
 
 
 class Workers:
+  """The remote steps, each one `tpu-vm ssh` (or scp) and its status."""
 
   def __init__(self, o, gcloud):
     self.o, self.gcloud = o, gcloud
 
   def ssh(self, worker, command):
-    o = self.o
-    return self.gcloud('compute', 'tpus', 'tpu-vm', 'ssh', o.name,
-                       *o.gcloud_flags, f'--worker={worker}',
+    return self.gcloud('compute', 'tpus', 'tpu-vm', 'ssh', self.o.name,
+                       *self.o.gcloud_flags, f'--worker={worker}',
                        f'--command={command}').status
 
   def status(self):
@@ -81,21 +81,18 @@ class Workers:
     return 4 if self.o.dry_run else status
 
   def start(self, tarball):
-    """Copy, stop leftovers, install, start: leftovers stop before the
-    install replaces the code and venv they run from. The first failing
+    """Copy, stop leftovers, install, start (leftovers stop before the
+    install replaces the code and venv they run from): the first failing
     step's status, or 0."""
     o = self.o
+    copy = lambda: self.gcloud(
+        'compute', 'tpus', 'tpu-vm', 'scp', tarball,
+        f'{o.name}:alexnet_jax.tar.gz', *o.gcloud_flags, '--worker=all').status
     start = (f'cd ~/alexnet_jax && bash launch/tpu_worker.sh start '
              f'--copy-log-to={shlex.quote(o.workdir + "/logs/")} '
              f'--copy-every={o.log_copy_seconds} -- {train_command(o)}')
-    steps = (lambda: self.gcloud(
-        'compute', 'tpus', 'tpu-vm', 'scp', tarball,
-        f'{o.name}:alexnet_jax.tar.gz', *o.gcloud_flags,
-        '--worker=all').status,
-             lambda: self.ssh('all', stop_command(o.stop_grace)),
-             lambda: self.ssh('all', setup_command(o.worker_python)),
-             lambda: self.ssh('all', start))
-    return next((s for s in (step() for step in steps) if s), 0)
+    return copy() or self.ssh('all', stop_command(o.stop_grace)) or self.ssh(
+        'all', setup_command(o.worker_python)) or self.ssh('all', start)
 
   def follow(self, lines):
     return self.ssh(0, f'{HAS_SCRIPT}; bash {SCRIPT} follow --lines={lines}')
