@@ -102,8 +102,11 @@ def make_venv(venv):
     f.write(f'home = {os.path.dirname(base)}\n'
             'include-system-site-packages = false\n'
             f'version = {sys.version.split()[0]}\n')
+  # This interpreter's (venv's) packages, whether or not it ran site.py.
+  ours = os.path.dirname(os.path.dirname(os.path.abspath(sys.executable)))
   with open(os.path.join(site, 'installed.pth'), 'w') as f:
-    f.write(sysconfig.get_paths()['purelib'] + '\n')
+    f.write(sysconfig.get_paths(vars={'base': ours, 'platbase': ours})[
+        'purelib'] + '\n')
 
 
 def worker_env(i, home, start, workers, port):
