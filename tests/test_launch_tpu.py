@@ -11,12 +11,11 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from tests.test_launch import BASH, REPO, assert_one_error_line, commands
-from tests.tpu_fakes import LAUNCHER, TPU_ARGS, kind, option
+from tests.tpu_fakes import LAUNCHER, TPU_ARGS, kind, option, wait_for
 
 
 @pytest.fixture
@@ -400,11 +399,9 @@ def start_dummy(home, out, ignore_term=False):
       [str(home / 'alexnet_jax_venv' / 'bin' / 'python'), '-m',
        'alexnet_jax.main', '--config=configs/cifar10.py'],
       cwd=home / 'alexnet_jax', env=env)
-  deadline = time.monotonic() + 20
-  while not (out / 'ready').exists():
-    assert proc.poll() is None, 'dummy trainer died'
-    assert time.monotonic() < deadline, 'dummy trainer did not start'
-    time.sleep(0.05)
+  wait_for(lambda: (out / 'ready').exists() or proc.poll() is not None,
+           what='the dummy trainer')
+  assert proc.poll() is None, 'dummy trainer died'
   return proc
 
 

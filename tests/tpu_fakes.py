@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+from unittest import mock
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FAKES = REPO / 'tests' / 'fake_gcloud'
@@ -27,6 +28,7 @@ LAUNCHER = REPO / 'launch' / 'tpu_vm.py'
 sys.path[:0] = [str(REPO / 'launch'), str(FAKES)]
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import tpu_vm  # noqa: E402
+from tpu import workers as tpu_workers  # noqa: E402
 from tpu.runner import Result, shown  # noqa: E402
 from world import FolderStorage, RecordedWorkers, World, kind_of  # noqa: E402
 import workers as fake_workers  # noqa: E402
@@ -131,8 +133,12 @@ class FakeCloud:
     argv = ['--name=my-tpu', *args] + (
         [f'--max-restarts={max_restarts}'] if max_restarts is not None else [])
     argv += ['--', *main_args] if main_args else []
-    status = tpu_vm.main(argv, environ, runner=self, clock=self.clock,
-                         out=self.out, err=self.err)
+    # The tarball is an empty file here: what is in it is the concern of
+    # the execute-mode tests, which unpack it on their workers.
+    with mock.patch.object(tpu_workers, 'pack',
+                           lambda repo, path: open(path, 'w').close()):
+      status = tpu_vm.main(argv, environ, runner=self, clock=self.clock,
+                           out=self.out, err=self.err)
     return Launched(status, self.out.getvalue(), self.err.getvalue())
 
   def kinds(self):

@@ -10,8 +10,6 @@ again) is tried through with a back-off doubling from TPU_RETRY_SECONDS to
 --restart-window, so a crash loop ends while preemptions a day apart are
 each restarted."""
 
-import os
-
 from tpu.runner import stamp
 
 

@@ -17,9 +17,23 @@ DEFAULTS = {'name': 'alexnet-jax', 'zone': 'us-central2-b',
             'stop-grace': '120', 'version': '', 'project': '', 'workdir': '',
             'tfds-data-dir': '', 'data-dir': '', 'valid-until-duration': ''}
 SWITCHES = ('dry-run', 'queued', 'spot', 'reserved', 'help')
-INTEGERS = (('node-count', '[1-9][0-9]*', 'a positive integer'),
-            ('max-restarts', '[0-9]+', 'a non-negative integer'),
-            ('stop-grace', '[0-9]+', 'a non-negative integer (seconds)'))
+DURATION = '([0-9]+)([smhd]?)'
+SHAPES = (  # Each option's shape, and in words; a name's is GCP's rule.
+    ('name', '[a-z]([-a-z0-9]{0,61}[a-z0-9])?', 'lowercase letters, digits '
+     'and hyphens, starting with a letter'),
+    ('worker-python', '[A-Za-z0-9._+-]+', 'a command name such as '
+     'python3.11'),
+    ('accelerator-type', '[a-z][a-z0-9]*-[1-9][0-9]*', 'FAMILY-SIZE such as '
+     'v4-32, v5litepod-16, v5p-8 or v6e-8'),
+    ('node-count', '[1-9][0-9]*', 'a positive integer'),
+    ('max-restarts', '[0-9]+', 'a non-negative integer'),
+    ('stop-grace', '[0-9]+', 'a non-negative integer (seconds)'),
+    ('restart-window', DURATION, 'a duration such as 90m, 24h, 2d or 3600 '
+     '(seconds)'),
+    ('retry-for', DURATION, 'a duration such as 90m, 24h, 2d or 3600 '
+     '(seconds)'),
+    ('valid-until-duration', '([0-9][0-9a-z]*)?', 'a gcloud duration such '
+     'as 6h or 2d'))
 SECONDS = {'TPU_POLL_SECONDS': 30, 'TPU_RETRY_SECONDS': 60,
            'TPU_LOG_COPY_SECONDS': 60}
 UNITS = {'': 1, 's': 1, 'm': 60, 'h': 3600, 'd': 86400}
@@ -86,17 +100,11 @@ def parse(argv, environ=os.environ, repo='.'):
                 'launch')
   o.main_args = argv[cut + 1:]
   _check_paths(o, repo)
-  _check_tpu(o)
-  _check_numbers(o, environ)
+  _check_values(o, environ)
   o.gcloud_flags = [f'--zone={o.zone}'] + [f'--project={o.project}'] * bool(
       o.project)
   o.tiers = ['--spot'] * o.spot + ['--reserved'] * o.reserved
   return o
-
-
-def _gs(option, value, why):
-  if value and not re.match(r'gs://[^/]+', value):
-    fail(f'{option} must be a gs:// path ({why}), got: {value}')
 
 
 def _check_paths(o, repo):
@@ -107,57 +115,41 @@ def _check_paths(o, repo):
          '--data-dir (a gs:// data_dir)')
   if o.mode != 'launch' and o.main_args:
     fail(f'arguments after -- are for starting a run, not --{o.mode}')
-  _gs('--workdir', o.workdir, 'every TPU host writes there')
-  _gs('--tfds-data-dir', o.tfds_data_dir, 'every TPU host reads it')
-  _gs('--data-dir', o.data_dir, SHARED)
-  for key, _, value in (arg.partition('=') for arg in o.main_args):
-    if key in ('--config.data_dir', '--config.tfds_data_dir'):
-      _gs(key, value, SHARED)
+  paths = [('--workdir', o.workdir, 'every TPU host writes there'),
+           ('--tfds-data-dir', o.tfds_data_dir, 'every TPU host reads it'),
+           ('--data-dir', o.data_dir, SHARED)] + [
+               (key, value, SHARED) for key, _, value in (
+                   a.partition('=') for a in o.main_args)
+               if key in ('--config.data_dir', '--config.tfds_data_dir')]
+  for option, value, why in paths:
+    if value and not re.match(r'gs://[^/]+', value):
+      fail(f'{option} must be a gs:// path ({why}), got: {value}')
   config = o.config.split(':')[0]  # config_flags takes PATH:ARG.
   if not os.path.isfile(os.path.join(repo, config)):
     fail(f'--config {config} not found in {repo} (it is shipped with the code)')
 
 
-def _check_tpu(o):
-  # GCP's rule for TPU node names: checked here, not minutes into a create.
-  if not re.fullmatch(r'[a-z]([-a-z0-9]{0,61}[a-z0-9])?', o.name):
-    fail('--name must be lowercase letters, digits and hyphens, starting '
-         f'with a letter, got: {o.name}')
-  if not re.fullmatch(r'[A-Za-z0-9._+-]+', o.worker_python):
-    fail('--worker-python must be a command name such as python3.11, got: '
-         f'{o.worker_python}')
-  family = re.fullmatch(r'([a-z][a-z0-9]*)-[1-9][0-9]*', o.accelerator_type)
-  if not family:
-    fail('--accelerator-type must be FAMILY-SIZE such as v4-32, '
-         f'v5litepod-16, v5p-8 or v6e-8, got: {o.accelerator_type}')
-  o.version = o.version or VERSIONS.get(family[1]) or fail(
-      f'no default --version for accelerator family {family[1]} (known: v2, '
+def _check_values(o, environ):
+  for option, shape, what in SHAPES:
+    if not re.fullmatch(shape, getattr(o, _key(option))):
+      fail(f'--{option} must be {what}, got: {getattr(o, _key(option))}')
+  family = o.accelerator_type.rsplit('-', 1)[0]
+  o.version = o.version or VERSIONS.get(family) or fail(
+      f'no default --version for accelerator family {family} (known: v2, '
       'v3, v4, v5litepod (v5e), v5p, v6e); pass --version explicitly')
+  if o.node_count != '1':
+    fail(f'--node-count={o.node_count}: Multislice (more than one slice) is '
+         'not supported by this launcher; use one larger slice')
   if o.spot and o.reserved:
     fail('--spot and --reserved exclude each other')
   if o.valid_until_duration and not o.queued:
     fail('--valid-until-duration needs --queued')
-  if not re.fullmatch(r'([0-9][0-9a-z]*)?', o.valid_until_duration):
-    fail('--valid-until-duration must be a gcloud duration such as 6h or 2d, '
-         f'got: {o.valid_until_duration}')
-
-
-def _check_numbers(o, environ):
-  for option, pattern, what in INTEGERS:
-    if not re.fullmatch(pattern, getattr(o, _key(option))):
-      fail(f'--{option} must be {what}, got: {getattr(o, _key(option))}')
-    setattr(o, _key(option), int(getattr(o, _key(option))))
-  if o.node_count != 1:
-    fail(f'--node-count={o.node_count}: Multislice (more than one slice) is '
-         'not supported by this launcher; use one larger slice')
-  for option in ('restart-window', 'retry-for'):
-    text = getattr(o, _key(option))
-    match = re.fullmatch(r'([0-9]+)([smhd]?)', text)
-    if not match:
-      fail(f'--{option} must be a duration such as 90m, 24h, 2d or 3600 '
-           f'(seconds), got: {text}')
-    setattr(o, _key(option) + '_text', text)
-    setattr(o, _key(option), int(match[1]) * UNITS[match[2]])
+  o.max_restarts, o.stop_grace = int(o.max_restarts), int(o.stop_grace)
+  for option in ('restart_window', 'retry_for'):
+    text = getattr(o, option)
+    number, unit = re.fullmatch(DURATION, text).groups()
+    setattr(o, option + '_text', text)
+    setattr(o, option, int(number) * UNITS[unit])
   if not o.restart_window:
     fail(f'--restart-window must be longer than 0, got: '
          f'{o.restart_window_text}')

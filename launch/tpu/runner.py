@@ -1,6 +1,6 @@
-"""The two things the launcher does not decide: how a gcloud command runs and
-what time it is. Each is one small interface so that tests drive the whole
-state machine in-process, with a fake cloud and a fake clock."""
+"""How a gcloud command runs, and what time it is: one small interface each,
+so that tests drive the whole state machine in-process (a fake cloud, a
+fake clock)."""
 
 import collections
 import dataclasses
@@ -22,10 +22,9 @@ def shown(argv):
 
 
 class SubprocessRunner:
-  """Runs commands for real. `capture`: a question whose answer is parsed
-  (stdout and stderr kept, nothing shown). Otherwise the command's output is
-  the user's to see: stdout straight through, stderr shown as it comes and
-  its last lines kept (a create's error says whether to wait and retry)."""
+  """`capture`: a question, its answer parsed, nothing shown. Otherwise the
+  output is the user's: stdout straight through, stderr as it comes, its
+  last lines kept (a create's error says whether to retry)."""
 
   def __init__(self, err=sys.stderr):
     self.err = err

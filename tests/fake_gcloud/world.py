@@ -44,7 +44,6 @@ Record mode runs no remote command (RecordedWorkers); execute mode
 import json
 import os
 import re
-import shutil
 import urllib.error
 import urllib.parse
 import urllib.request
