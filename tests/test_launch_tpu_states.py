@@ -11,7 +11,7 @@ import pytest
 
 from tests.tpu_fakes import SETUP_AND_TRAIN, STOCKOUT, FakeCloud
 from tests.tpu_fakes import decision_lines, last_line, launch, node
-from tests.tpu_fakes import restart_lines
+from tests.tpu_fakes import option, restart_lines, tpu_vm
 
 
 @pytest.fixture
@@ -80,6 +80,7 @@ def test_the_same_command_already_training_is_followed_not_started(cloud):
   assert result.returncode == 0, result.stderr
   assert cloud.kinds() == ['describe', 'status', 'follow']
   assert 'already training on TPU VM my-tpu: following it' in result.stderr
+  assert option(cloud.of('follow')[0], '--command').endswith('--lines=20')
 
 
 def test_another_command_training_is_an_error(cloud):
@@ -337,6 +338,9 @@ def test_lost_ssh_on_ready_node_reconnects_without_restarting(cloud):
   assert len(cloud.of('start')) == 1
   assert cloud.sleeps() == [60, 120]
   assert not restart_lines(result.stderr)
+  # The whole log of the run it started; after a reconnect, its last lines.
+  assert [option(f, '--command').split()[-1] for f in cloud.of('follow')] == [
+      '--lines=100000', '--lines=20', '--lines=20']
   assert 'lost the connection to worker 0 of TPU VM my-tpu (ssh exit status ' \
       '255); training goes on there: trying again in 60s' in result.stderr
 
@@ -414,18 +418,22 @@ def test_the_restart_budget_counts_per_window(cloud):
       '--restart-window=1d)' in last_line(result)
 
 
-def test_ctrl_c_detaches_and_says_so(cloud, monkeypatch):
-  """Ctrl-C while following: the launcher goes, training does not."""
+@pytest.mark.parametrize('signal, status, said', [
+    (KeyboardInterrupt, 130, 'Ctrl-C'), (tpu_vm.Terminated, 143, 'SIGTERM')])
+def test_ctrl_c_or_sigterm_detaches_and_says_so(cloud, monkeypatch, signal,
+                                                status, said):
+  """Ctrl-C, or SIGTERM to the launcher, while it follows: the launcher goes,
+  training does not."""
   run = cloud.run
   def interrupted_at_follow(argv, **kwargs):
     if 'tpu_worker.sh follow' in ' '.join(argv):
-      raise KeyboardInterrupt
+      raise signal()
     return run(argv, **kwargs)
   monkeypatch.setattr(cloud, 'run', interrupted_at_follow)
   result = launch(cloud, world=node('READY'))
-  assert result.returncode == 130
+  assert result.returncode == status
   assert cloud.decisions()[-1].startswith(
-      'detached (Ctrl-C): training, if it was running, goes on on TPU VM '
+      f'detached ({said}): training, if it was running, goes on on TPU VM '
       'my-tpu; follow it with --attach')
 
 
