@@ -302,5 +302,23 @@ def test_tpu_launcher_commands_are_accepted():
   for page, args in found:
     try:
       options.parse(args, {}, str(REPO))
-    except options.UsageError as e:
+    except options.Stop as e:
       pytest.fail(f'{page}: launch/tpu_vm.py {" ".join(args)}: error: {e}')
+
+
+def test_tpu_launcher_tables_are_documented():
+  """--help leaves the VM states, training's outcomes and the exit statuses
+  to docs/clusters.md: each state and each exit status of training the
+  launcher acts on has its row there."""
+  sys.path.insert(0, str(REPO / 'launch'))
+  from tpu import supervise  # pylint: disable=g-import-not-at-top
+  section = (REPO / 'docs' / 'clusters.md').read_text().split(
+      '### Cloud TPU VMs\n')[1].split('\n### ')[0]
+  first_cells = ' '.join(line.split('|')[1] for line in section.splitlines()
+                         if line.startswith('| '))
+  for state in ('NOT_FOUND', 'READY', 'PREEMPTED', 'TERMINATED', 'STOPPED',
+                'CREATING'):
+    assert f'`{state}`' in first_cells, state
+  for status in (*supervise.ENDED, *supervise.RESTARTED, 255):
+    assert re.search(rf'(^|[ (]){status}\b', first_cells), status
+  assert "The launcher's exit status: 0" in section

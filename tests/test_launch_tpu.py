@@ -7,6 +7,7 @@ test_launch_tpu_runs.py."""
 
 import ast
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -209,26 +210,48 @@ def test_tpu_dry_run_of_the_other_modes(no_gcloud, mode, kinds):
       '--worker=0' in gcloud[-1]
 
 
-def test_tpu_help_is_complete(no_gcloud):
+# Every option, and the default its --help entry gives (None: none).
+OPTION_DEFAULTS = {
+    '--name': 'alexnet-jax', '--zone': 'us-central2-b',
+    '--accelerator-type': 'v4-32', '--version': None, '--project': "gcloud's",
+    '--config': 'configs/cifar10.py', '--workdir': None,
+    '--tfds-data-dir': None, '--data-dir': None,
+    '--valid-until-duration': None, '--node-count': '1', '--retry-for': '24h',
+    '--max-restarts': '3', '--restart-window': '24h', '--stop-grace': '120',
+    '--worker-python': 'python3.11', '--queued': None, '--spot': None,
+    '--reserved': None, '--dry-run': None, '--attach': None, '--logs': None,
+    '--stop': None, '--help': None}
+
+
+def help_entries(text):
+  """Each option's entry in --help: its line and the lines wrapped under it."""
+  entries, option = {}, None
+  for line in text.split('\noptions:\n')[1].split('\n\n')[0].splitlines():
+    match = re.match(r'  (?:-h, )?(--[a-z-]+)', line)
+    option = match[1] if match else option
+    entries[option] = (entries.get(option, '') + ' ' + line.strip()).strip()
+  return entries
+
+
+def test_tpu_help_lists_every_option_with_its_default(no_gcloud):
   result = run('--help', env=no_gcloud)
   assert result.returncode == 0 and result.stderr == ''
-  for words in ('us-central2-b', 'v4-32', 'tpu-ubuntu2204-base',
-                'v2-alpha-tpuv5-lite', 'v2-alpha-tpuv5\n', 'v2-alpha-tpuv6e',
-                'configs/cifar10.py', 'python3.11', '(default: 3;',
-                '(default: 24h)', 'default: 120', 'TPU_POLL_SECONDS',
-                'TPU_RETRY_SECONDS', 'TPU_LOG_COPY_SECONDS', 'PREEMPTED',
-                'STOPPED', 'CREATING', 'FAILED or SUSPENDED',
-                '--config.platform=tpu', 'Exit status', '143', '130'):
-    assert words in result.stdout, words
-  for flag in ('--name', '--zone', '--accelerator-type', '--version',
-               '--project', '--config', '--workdir', '--tfds-data-dir',
-               '--data-dir', '--queued', '--spot', '--reserved',
-               '--valid-until-duration', '--node-count', '--retry-for',
-               '--max-restarts', '--restart-window', '--stop-grace',
-               '--worker-python', '--attach', '--logs', '--stop',
-               '--dry-run', '--help'):
-    assert f'\n  {flag} ' in result.stdout or f'\n  -h, {flag}' in \
-        result.stdout, flag
+  assert result.stdout.startswith('usage: tpu_vm.py --workdir=gs://')
+  entries = help_entries(result.stdout)
+  assert sorted(entries) == sorted(OPTION_DEFAULTS)
+  for option, default in OPTION_DEFAULTS.items():
+    if default:
+      assert entries[option].endswith(f'(default: {default})'), option
+    else:
+      assert '(default: ' not in entries[option], option
+  # The runtime version's default, by family, is Google's table.
+  for accelerator, version in FAMILY_VERSIONS:
+    assert f' {accelerator.split("-")[0]} {version}' in entries['--version']
+  # The environment's defaults; what the help leaves to the docs.
+  text = ' '.join(result.stdout.split())
+  assert 'TPU_POLL_SECONDS=30, TPU_RETRY_SECONDS=60, TPU_LOG_COPY_SECONDS=60' \
+      in text
+  assert 'docs/clusters.md, "Cloud TPU VMs"' in text
 
 
 # (arguments, what the one error line says): each bad input its own message.
@@ -243,7 +266,8 @@ TPU_BAD_INPUT = {
     'no-value': ((*TPU_ARGS, '--zone'), '--zone needs a value'),
     'option-as-value': (('--zone', '--workdir=gs://b/r',
                          '--tfds-data-dir=gs://b/t'), '--zone needs a value'),
-    'empty-value': ((*TPU_ARGS, '--zone='), '--zone needs a non-empty value'),
+    'empty-value': ((*TPU_ARGS, '--zone='),
+                    '--zone needs a non-empty value'),
     'unknown': ((*TPU_ARGS, '--bogus=1'), 'unknown option: --bogus (see '
                 '--help)'),
     'abbreviated': ((*TPU_ARGS, '--acc=v4-8'), 'unknown option: --acc'),
@@ -261,9 +285,10 @@ TPU_BAD_INPUT = {
     'v5e-name': ((*TPU_ARGS, '--accelerator-type=v5e-8'),
                  'no default --version for accelerator family v5e'),
     'multislice': ((*TPU_ARGS, '--node-count=2'),
-                   'Multislice (more than one slice) is not supported'),
+                   '--node-count must be 1: Multislice (more than one slice) '
+                   'is not supported; use one larger slice, got: 2'),
     'zero-nodes': ((*TPU_ARGS, '--node-count=0'),
-                   '--node-count must be a positive integer, got: 0'),
+                   '--node-count must be 1: Multislice'),
     'negative-restarts': ((*TPU_ARGS, '--max-restarts=-1'),
                           '--max-restarts must be a non-negative integer'),
     'text-restarts': ((*TPU_ARGS, '--max-restarts=x'),
@@ -282,14 +307,15 @@ TPU_BAD_INPUT = {
                        '--data-dir must be a gs:// path'),
     'local-data-dir-after-dashes': (
         (*TPU_ARGS, '--', '--config.data_dir=/home/me/cifar'),
-        "--config.data_dir must be a gs:// path (every TPU host reads it; a "
+        "--config.data_dir must be a gs:// path (every TPU host uses it; a "
         "worker's disk is its own), got: /home/me/cifar"),
     'bad-retry-for': ((*TPU_ARGS, '--retry-for=soon'),
                       '--retry-for must be a duration such as 90m, 24h'),
     'bad-window': ((*TPU_ARGS, '--restart-window=1w'),
                    '--restart-window must be a duration'),
     'zero-window': ((*TPU_ARGS, '--restart-window=0'),
-                    '--restart-window must be longer than 0'),
+                    '--restart-window must be a duration longer than 0, such '
+                    'as 90m, 24h, 2d or 3600 (seconds), got: 0'),
     'two-modes': (('--attach', '--stop'), '--attach and --stop exclude each '
                   'other'),
     'args-when-attaching': (('--attach', '--', '--config.seed=1'),

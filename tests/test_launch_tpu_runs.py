@@ -48,8 +48,8 @@ def test_training_outlives_the_launcher_and_is_followed_again(cloud):
   wait_for(lambda: 'step 3/40' in text(cloud.tmp / 'launcher.out'),
            what='progress shown by the launcher')
   err = interrupt(cloud, launcher)
-  assert 'detached (Ctrl-C): training, if it was running, goes on on TPU VM ' \
-      'my-tpu' in err
+  assert 'tpu_vm.py: detached (Ctrl-C): training, if it runs, goes on on TPU ' \
+      'VM my-tpu; --attach follows it, --stop stops it\n' in err
   trainers = cloud.starts()
   assert sorted(t['worker'] for t in trainers) == [0, 1]
   assert all(t['sid'] != launcher.pid for t in trainers)  # Its own session.
@@ -122,9 +122,9 @@ def test_preempted_brought_back_through_stockouts_and_resumed(cloud):
   decisions = cloud.decisions()
   assert [d for d in decisions if d.startswith('restart ')] == [
       'restart 1/3 (in the last 24h): TPU VM my-tpu is PREEMPTED (training '
-      'exit status 255): getting it back and starting training again, which '
-      'resumes from gs://bucket/runs/a1']
-  assert sum('for lack of capacity' in d for d in decisions) == 2
+      'exit status 255); training resumes from gs://bucket/runs/a1']
+  assert sum('There is no more capacity in the zone' in d and 'trying again'
+             in d for d in decisions) == 2
   assert decisions[-1] == 'training on TPU VM my-tpu finished (exit status 0)'
 
 

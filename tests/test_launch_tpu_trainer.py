@@ -83,8 +83,7 @@ def test_the_trainer_is_preempted_and_resumes_to_its_end(cloud):
   # The launcher brought the VM back and started the same command again.
   assert [d for d in decisions if d.startswith('restart ')] == [
       f'restart 1/3 (in the last 24h): TPU VM my-tpu is PREEMPTED (training '
-      f'exit status 255): getting it back and starting training again, which '
-      f'resumes from {workdir}']
+      f'exit status 255); training resumes from {workdir}']
   assert decisions[-1] == 'training on TPU VM my-tpu finished (exit status 0)'
   # The second run resumed from the saved step, on both workers, to the end.
   second_run = cloud.worker_log(0)

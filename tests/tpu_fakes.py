@@ -29,7 +29,6 @@ sys.path[:0] = [str(REPO / 'launch'), str(FAKES)]
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import tpu_vm  # noqa: E402
 from tpu import workers as tpu_workers  # noqa: E402
-from tpu.runner import Result, shown  # noqa: E402
 from world import FolderStorage, RecordedWorkers, World, kind_of  # noqa: E402
 import workers as fake_workers  # noqa: E402
 
@@ -79,19 +78,20 @@ def decision_lines(stderr):
 
 
 class FakeClock:
+  """The time module's time() and sleep(): sleeps recorded, not slept."""
 
   def __init__(self):
-    self.time, self.sleeps = CLOCK_START, []
+    self.now, self.sleeps = CLOCK_START, []
 
-  def now(self):
-    return self.time
+  def time(self):
+    return self.now
 
   def sleep(self, seconds):
     self.sleeps.append(seconds)
-    self.time += seconds
+    self.now += seconds
 
   def advance(self, seconds):
-    self.time += seconds
+    self.now += seconds
 
 
 @dataclasses.dataclass
@@ -103,7 +103,7 @@ class Launched:
 
 class FakeCloud:
   """The launcher's gcloud runner, in-process: the real runner's interface
-  (run(argv, capture, show) -> Result), the world's answers."""
+  (run(argv, capture, show) -> CompletedProcess), the world's answers."""
 
   def __init__(self, tmp_path):
     self.gcs = tmp_path / 'gcs'
@@ -113,13 +113,13 @@ class FakeCloud:
   def run(self, argv, capture=False, show=True):
     assert argv[0] == 'gcloud', argv
     if show:
-      print(shown(argv), file=self.err)
+      print('+', shlex.join(argv), file=self.err)
     self.calls.append(argv[1:])
     status, out, err = self.sim.call(argv[1:])
     if not capture:
       self.out.write(out)
       self.err.write(err)
-    return Result(status, out, err)
+    return subprocess.CompletedProcess(argv, status, out, err)
 
   def launch(self, *args, world=None, max_restarts=None, keep=False,
              main_args=('--config.num_epochs=2',), **environ):

@@ -1,20 +1,19 @@
 """The TPU VM: what `describe` says of it, and getting a READY one of the
-requested accelerator type whatever state it is in (the table in --help),
-directly or as a queued resource."""
+requested accelerator type whatever state it is in (docs/clusters.md has the
+table), directly or as a queued resource."""
 
 import collections
 import re
 
-from tpu.decisions import Stop
+from tpu.options import Stop
 
-# Capacity (a stockout, RESOURCE_EXHAUSTED) or a service briefly
-# unavailable: worth waiting for. Anything else (a bad runtime version, no
-# permission, no quota at all) is not.
+# Capacity (a stockout, RESOURCE_EXHAUSTED) or a service briefly unavailable:
+# worth waiting for. Not a bad runtime version, no permission, no quota.
 TRANSIENT = re.compile(
     r'RESOURCE_EXHAUSTED|UNAVAILABLE|[Ss]tockout|[Nn]o more capacity|'
     r'[Ii]nsufficient capacity|capacity is not available|"code": ?(8|14)\D|'
     r'[Tt]ry again later')
-# qr: the queued resource it came from (projects/P/.../NAME), or ''.
+# state: 'gone' when there is none; qr: the queued resource it came from.
 Node = collections.namedtuple('Node', 'state type qr')
 
 
@@ -22,129 +21,102 @@ class Retry(Exception):
   """A try that failed in a way worth trying again, after a back-off."""
 
 
-def first_error(stderr):
-  lines = stderr.strip().splitlines()
-  return next((l for l in lines if 'error' in l.lower()), ' '.join(lines))
-
-
 class Vm:
 
   def __init__(self, o, gcloud, log):
     self.o, self.gcloud, self.log = o, gcloud, log
 
-  def _tpus(self, group, verb, *args, name=None, **kwargs):
-    return self.gcloud('compute', 'tpus', group, verb, name or self.o.name,
-                       *self.o.gcloud_flags, *args, **kwargs)
-
-  def _lookup(self, group, field):
-    """The resource's `field`, None when there is none (or in a dry run);
-    failing otherwise is retried when transient, else the end."""
-    found = self._tpus(group, 'describe', f'--format=value({field})',
-                       capture=True)
-    if found.status == 0 or self.o.dry_run or 'NOT_FOUND' in found.err:
-      return found.out.rstrip('\n') or None
-    what = 'TPU VM' if group == 'tpu-vm' else 'queued resource'
-    why = f'describing {what} {self.o.name} failed: {first_error(found.err)}'
-    if TRANSIENT.search(found.err):
-      raise Retry(why)
-    self.log.fail(why)
+  def _tpus(self, group, verb, *args, name=None, retry_all=False):
+    """`gcloud compute tpus GROUP VERB NAME ARGS`, its output kept. Failing
+    (but for a describe's NOT_FOUND: there is none) is the end, unless it is
+    capacity or availability (or `retry_all`): that is tried again."""
+    command = ['compute', 'tpus', group, verb, name or self.o.name]
+    done = self.gcloud(*command, *self.o.gcloud_flags, *args, capture=True)
+    if done.returncode and not (verb == 'describe' and
+                                'NOT_FOUND' in done.stderr):
+      lines = done.stderr.strip().splitlines()
+      why = f'gcloud {" ".join(command)} failed: ' + next(
+          (l for l in lines if 'error' in l.lower()), ' '.join(lines))[:300]
+      if retry_all or TRANSIENT.search(done.stderr):
+        raise Retry(why)
+      self.log.fail(why)
+    return done.stdout.strip()
 
   def describe(self):
-    found = self._lookup('tpu-vm', 'state,acceleratorType,queuedResource')
-    return found and Node(*(found.split('\t') + ['', ''])[:3])
-
-  def _act(self, why, group, verb, *args, name=None):
-    if self._tpus(group, verb, *args, name=name).status:
-      raise Retry(why)
+    found = self._tpus('tpu-vm', 'describe',
+                       '--format=value(state,acceleratorType,queuedResource)')
+    state, kind, qr = ((found or 'gone').split('\t') + ['', ''])[:3]
+    return Node(state, kind, qr.split('/')[-1])
 
   def _create(self, what, group, *args):
-    made = self._tpus(group, 'create', *args, *self.o.tiers)
-    if made.status and not TRANSIENT.search(made.err):
-      self.log.fail(f'could not create {what}: {first_error(made.err)[:300]}')
-    if made.status:
-      raise Retry(f'{what} could not be created, for lack of capacity or '
-                  f'availability ({first_error(made.err)[:200]})')
+    o = self.o
+    self.log.decide(f'creating {what} '
+                    f'({", ".join([o.accelerator_type, o.version, *o.tiers])})')
+    self._tpus(group, 'create', *args, *o.tiers)
 
   def acquire(self):
     """Returns once a READY VM of the requested type is there; raises Retry
     when a try failed in a way worth trying again."""
-    o = self.o
+    o, vm = self.o, f'TPU VM {self.o.name}'
     while True:
       node = self.describe()
-      if node is None and not o.queued:
-        self.log.decide(f'TPU VM {o.name} does not exist: creating it '
-                        f'({", ".join([o.accelerator_type, o.version] + o.tiers)})')
-        return self._create(f'TPU VM {o.name}', 'tpu-vm',
-                            f'--accelerator-type={o.accelerator_type}',
-                            f'--version={o.version}')
-      if node is None:
-        self._queue()
-        if o.dry_run:
+      if node.state == 'gone' and not o.queued:
+        return self._create(vm, 'tpu-vm', f'--accelerator-type='
+                            f'{o.accelerator_type}', f'--version={o.version}')
+      if node.state == 'gone':
+        if self._queue():
           return
         continue  # Describe the VM the queued resource made.
-      self._check_type(node)
+      # What to delete to delete it: it, or its queued resource (--force).
+      group, name, *force = (['queued-resources', node.qr, '--force']
+                             if node.qr else ['tpu-vm', o.name])
+      if node.type != o.accelerator_type:
+        how = ' '.join(['gcloud compute tpus', group, 'delete', name,
+                        f'--zone={o.zone}', *force])
+        raise Stop(f'{vm} exists with accelerator type {node.type or "?"}, '
+                   f'not {o.accelerator_type}; delete it ({how}) or pick '
+                   'another --name')
       if node.state == 'READY':
-        return self.log.decide(f'using TPU VM {o.name} (READY, {node.type})')
+        return self.log.decide(f'using {vm} (READY, {node.type})')
       if node.state in ('PREEMPTED', 'TERMINATED'):
-        self.log.decide(f'TPU VM {o.name} is {node.state}; deleting it to '
-                        'create it again')
-        if node.qr:  # Its queued resource goes with it (--force: its nodes).
-          qr = node.qr.split('/')[-1]
-          self._act(f'deleting queued resource {qr} failed',
-                    'queued-resources', 'delete', '--force', '--quiet',
-                    name=qr)
-        else:
-          self._act(f'deleting TPU VM {o.name} failed', 'tpu-vm', 'delete',
-                    '--quiet')
+        self.log.decide(f'{vm} is {node.state}; deleting it to create it again')
+        self._tpus(group, 'delete', *force, '--quiet', name=name,
+                   retry_all=True)
       elif node.state == 'STOPPED':
-        self.log.decide(f'TPU VM {o.name} is STOPPED; starting it')
-        self._act(f'starting TPU VM {o.name} failed', 'tpu-vm', 'start')
+        self.log.decide(f'{vm} is STOPPED; starting it')
+        self._tpus('tpu-vm', 'start', retry_all=True)
       else:
-        self.log.wait_a_while(f'TPU VM {o.name} is {node.state}')
+        self.log.wait(f'{vm} is {node.state}', poll=True)
 
-  def _check_type(self, node):
-    o = self.o
-    if node.type == o.accelerator_type:
-      return
-    how = f'gcloud compute tpus tpu-vm delete {o.name} --zone={o.zone}'
-    if node.qr:
-      how = ('gcloud compute tpus queued-resources delete '
-             f'{node.qr.split("/")[-1]} --zone={o.zone} --force')
-    raise Stop(f'TPU VM {o.name} exists with accelerator type '
-               f'{node.type or "unknown"}, not {o.accelerator_type}; delete '
-               f'it ({how}) or pick another --name', 2)
+  def _queued_state(self):
+    return self._tpus('queued-resources', 'describe',
+                      '--format=value(state.state)') or None
 
   def _queue(self):
     """The queued resource named like the VM: requested (again), or the one
-    there waited for, until it is ACTIVE and its VM exists."""
-    o, state = self.o, self._lookup('queued-resources', 'state.state')
+    there waited for, until it is ACTIVE and its VM exists. True in a dry
+    run (there is no VM to describe)."""
+    o, qr = self.o, f'queued resource {self.o.name}'
+    state = self._queued_state()
     if state in ('SUSPENDING', 'DELETING'):
-      return self.log.wait_a_while(f'queued resource {o.name} is {state}')
+      return self.log.wait(f'{qr} is {state}', poll=True)
     if state in ('FAILED', 'SUSPENDED'):
-      self.log.decide(f'queued resource {o.name} is {state}; deleting it '
-                      'and requesting again')
-      self._act(f'deleting queued resource {o.name} failed',
-                'queued-resources', 'delete', '--quiet')
-    elif state:
-      self.log.decide(f'waiting for the existing queued resource {o.name} '
-                      f'({state})')
-    else:
-      self.log.decide(f'requesting TPU VM {o.name} as queued resource '
-                      f'{o.name} ({", ".join([o.accelerator_type] + o.tiers)})')
+      self.log.decide(f'{qr} is {state}; deleting it to request it again')
+      self._tpus('queued-resources', 'delete', '--quiet', retry_all=True)
     if state in (None, 'FAILED', 'SUSPENDED'):
       until = o.valid_until_duration
-      self._create(f'queued resource {o.name}', 'queued-resources',
-                   f'--node-id={o.name}',
+      self._create(qr, 'queued-resources', f'--node-id={o.name}',
                    f'--accelerator-type={o.accelerator_type}',
                    f'--runtime-version={o.version}',
                    *[f'--valid-until-duration={until}'] * bool(until))
+    else:
+      self.log.decide(f'waiting for the existing {qr} ({state})')
     while True:
-      state = self._lookup('queued-resources', 'state.state')
+      state = self._queued_state()
       if o.dry_run or state == 'ACTIVE':
-        return
+        return o.dry_run
       if state in (None, 'FAILED', 'SUSPENDING', 'SUSPENDED'):
-        self.log.fail(f'queued resource {o.name} is {state or "gone"} while '
-                      'waited for; see: gcloud compute tpus queued-resources '
-                      f'describe {o.name} --zone={o.zone} (rerun to request '
-                      'it again)')
-      self.log.wait_a_while(f'queued resource {o.name} is {state}')
+        self.log.fail(f'{qr} is {state or "gone"} while waited for (gcloud '
+                      'compute tpus queued-resources describe '
+                      f'{o.name} --zone={o.zone}; rerun to request it again)')
+      self.log.wait(f'{qr} is {state}', poll=True)

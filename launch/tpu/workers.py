@@ -1,17 +1,15 @@
-"""What runs on the TPU VM's workers, as gcloud commands: this checkout packed
-and copied there, leftover trainers stopped, the venv set up, and the trainer
-started, followed, shown and stopped through launch/tpu_worker.sh (detached
-from ssh, one per worker, a log per run). Shell text only; what to do with
-the answers is supervise.py's."""
+"""What runs on the VM's workers, as gcloud commands: this checkout copied
+there, leftover trainers stopped, the venv set up, and the trainer started,
+followed, shown and stopped through launch/tpu_worker.sh (detached from ssh,
+one per worker, a log per run)."""
 
 import os
 import shlex
 import tarfile
 
 SCRIPT = '~/alexnet_jax/launch/tpu_worker.sh'
-HAS_SCRIPT = f'[ -f {SCRIPT} ] || exit 4'
 VENV_PYTHON = '~/alexnet_jax_venv/bin/python'  # Outside the code: kept.
-# One tarball instead of scp --recurse: one file per worker, no .git/venvs.
+# One tarball, not scp --recurse: one file per worker, no .git or venvs.
 LEFT_OUT = {'.git', '.venv', 'venv', 'workdirs', '__pycache__',
             '.pytest_cache'}
 
@@ -23,11 +21,10 @@ def pack(repo, path):
 
 
 def stop_command(grace):
-  """SIGTERM to the trainers here (they save and exit), SIGKILL after
-  `grace` seconds. Only the venv's python running alexnet_jax.main, at the
-  start of its command line: not tpu_worker.sh's wrapper, whose arguments
-  name it (it outlives the trainer to record its exit status and copy the
-  last of its log), nor the shell that runs this."""
+  """SIGTERM to the trainers (they save and exit), SIGKILL after `grace` s:
+  the venv's python running alexnet_jax.main at the start of its command
+  line, not tpu_worker.sh's wrapper, which names it and outlives it to
+  record its exit status and copy the last of its log."""
   alive = 'pgrep -u "$me" -f "$pat"'
   return (f'pat="^$HOME/{VENV_PYTHON[2:]} -m alexnet_jax[.]main"; '
           f'me=$(id -u); pids=$({alive}) || exit 0; '
@@ -53,18 +50,18 @@ def setup_command(python):
 
 
 def train_command(o):
-  """The trainer on a worker (~ expands there). --config.platform=tpu goes
-  before the user's arguments: a worker whose TPU did not start fails with
-  the trainer's own one-line error, and a --config.platform after -- wins."""
-  args = [f'--config={o.config}', f'--workdir={o.workdir}']
-  args += [f'--config.tfds_data_dir={o.tfds_data_dir}'] * bool(o.tfds_data_dir)
-  args += [f'--config.data_dir={o.data_dir}'] * bool(o.data_dir)
+  """The trainer (~ expands on the worker). --config.platform=tpu before the
+  user's arguments: a worker without its TPU fails with the trainer's own
+  error line, and a --config.platform after -- wins."""
+  args = [f'--config={o.config}', f'--workdir={o.workdir}'] + [
+      f'--config.{k}={v}' for k, v in (('tfds_data_dir', o.tfds_data_dir),
+                                       ('data_dir', o.data_dir)) if v]
   return ' '.join([f'{VENV_PYTHON} -m alexnet_jax.main', *map(
       shlex.quote, args + ['--config.platform=tpu'] + o.main_args)])
 
 
 class Workers:
-  """The remote steps, each one `tpu-vm ssh` (or scp) and its status."""
+  """The remote steps, each one `tpu-vm ssh` (or scp), to its exit status."""
 
   def __init__(self, o, gcloud):
     self.o, self.gcloud = o, gcloud
@@ -72,33 +69,25 @@ class Workers:
   def ssh(self, worker, command):
     return self.gcloud('compute', 'tpus', 'tpu-vm', 'ssh', self.o.name,
                        *self.o.gcloud_flags, f'--worker={worker}',
-                       f'--command={command}').status
+                       f'--command={command}').returncode
 
-  def status(self):
-    """Worker 0's training: 0 this command runs, 3 another one, 4 none."""
-    status = self.ssh(0, f'{HAS_SCRIPT}; cd ~/alexnet_jax && bash '
-                      f'launch/tpu_worker.sh status -- {train_command(self.o)}')
-    return 4 if self.o.dry_run else status
+  def script(self, verb):
+    """tpu_worker.sh VERB on worker 0; 4 (no run) when it is not there."""
+    return self.ssh(0, f'[ -f {SCRIPT} ] || exit 4; bash {SCRIPT} {verb}')
 
   def start(self, tarball):
-    """Copy, stop leftovers, install, start (leftovers stop before the
-    install replaces the code and venv they run from): the first failing
-    step's status, or 0."""
+    """Copy, stop leftovers (before the install replaces the code and venv
+    they run from), install, start: the first failing step's status, or 0."""
     o = self.o
-    copy = lambda: self.gcloud(
-        'compute', 'tpus', 'tpu-vm', 'scp', tarball,
-        f'{o.name}:alexnet_jax.tar.gz', *o.gcloud_flags, '--worker=all').status
     start = (f'cd ~/alexnet_jax && bash launch/tpu_worker.sh start '
              f'--copy-log-to={shlex.quote(o.workdir + "/logs/")} '
              f'--copy-every={o.log_copy_seconds} -- {train_command(o)}')
-    return copy() or self.ssh('all', stop_command(o.stop_grace)) or self.ssh(
-        'all', setup_command(o.worker_python)) or self.ssh('all', start)
-
-  def follow(self, lines):
-    return self.ssh(0, f'{HAS_SCRIPT}; bash {SCRIPT} follow --lines={lines}')
-
-  def logs(self):
-    return self.ssh(0, f'{HAS_SCRIPT}; bash {SCRIPT} logs')
+    return self.gcloud(
+        'compute', 'tpus', 'tpu-vm', 'scp', tarball, f'{o.name}:'
+        'alexnet_jax.tar.gz', *o.gcloud_flags, '--worker=all').returncode or \
+        self.ssh('all', stop_command(o.stop_grace)) or \
+        self.ssh('all', setup_command(o.worker_python)) or \
+        self.ssh('all', start)
 
   def stop(self):
     return self.ssh('all', f'[ -f {SCRIPT} ] && bash {SCRIPT} stopped; '
