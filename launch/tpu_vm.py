@@ -20,10 +20,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class Runner:
-  """run(): gcloud's CompletedProcess. `capture`: the output kept (a question,
-  or an answer that says whether to retry), else it is the user's; `show`:
-  the command shown first. A dry run shows each on stdout, and each is a
-  success that says nothing (the launcher knows a dry run finds nothing)."""
+  """run(): gcloud's CompletedProcess; `capture`: its output kept, not the
+  user's; `show`: the command shown first. A dry run shows each on stdout,
+  runs none, and each succeeds saying nothing (a dry run finds nothing)."""
 
   def __init__(self, dry_run, out, err):
     self.dry_run, self.out, self.err = dry_run, out, err

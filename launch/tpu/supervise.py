@@ -61,10 +61,9 @@ class Launcher:
     while True:
       try:
         self.vm.acquire()
-        # 0: this command trains on worker 0, 3: another one, 4: none (and
-        # in a dry run).
+        # 0: this command trains on worker 0, 3: another one does, 4: none.
         running = self.workers.script(f'status -- {workers.train_command(o)}')
-        running = 4 if o.dry_run else running
+        running = 4 if o.dry_run else running  # A dry run finds none.
         if running == 4:
           self.log.decide(f'starting training on TPU VM {o.name} (from '
                           f'{o.workdir}, if it holds checkpoints)')
