@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs on every worker of a Cloud TPU VM (launch/tpu_vm.sh calls it over
+# Runs on every worker of a Cloud TPU VM (launch/tpu_vm.py calls it over
 # ssh): training detached from the ssh session, one trainer per worker, a
 # log file per run, and that log followed, shown or copied to the workdir.
 #
@@ -13,8 +13,8 @@
 #       reports the running trainer (exit 0) or, if that one runs another
 #       command, says so (exit 3). On worker 0 (TPU_WORKER_ID, else the VM's
 #       metadata agent-worker-number) the log is copied every --copy-every
-#       seconds (default 60) and at the end to --copy-log-to<run>.log with
-#       `gcloud storage cp` (gsutil if gcloud is missing).
+#       seconds (default 60) and at the end, before the run's exit status is
+#       written, to --copy-log-to<run>.log with `gcloud storage cp`.
 #   tpu_worker.sh follow [--lines=N]
 #       Prints the last N lines (default 20) of the current run's log and
 #       what it adds until the trainer exits, then `training exited with
@@ -68,14 +68,22 @@ worker_id() {
 }
 
 copy_log() {  # copy_log RUN_DIR DESTINATION: best effort
-  local run=$1 dest=$2
-  if command -v gcloud >/dev/null 2>&1; then
-    gcloud storage cp --quiet "$run/log" "$dest" >/dev/null 2>&1 && return 0
-  elif command -v gsutil >/dev/null 2>&1; then
-    gsutil -q cp "$run/log" "$dest" >/dev/null 2>&1 && return 0
-  fi
-  printf '%s could not copy the log to %s\n' "$(date -u +%FT%TZ)" "$dest" \
-    >>"$run/copy_errors"
+  gcloud storage cp --quiet "$1/log" "$2" >/dev/null 2>&1 ||
+    printf '%s could not copy the log to %s\n' "$(date -u +%FT%TZ)" "$2" \
+      >>"$1/copy_errors"
+}
+
+# wait_for TENTHS FILE...: until one FILE exists (non-empty, for pid), or
+# TENTHS tenths of a second have passed.
+wait_for() {
+  local i f
+  for ((i = 0; i < $1; i++)); do
+    for f in "${@:2}"; do
+      [[ $f == */pid && -s $f || $f != */pid && -e $f ]] && return 0
+    done
+    sleep 0.1
+  done
+  return 1
 }
 
 cmd_start() {
@@ -116,11 +124,7 @@ cmd_start() {
   setsid nohup bash "$run/tpu_worker.sh" _run "$run" "$PWD" \
     "${copy_to:+$copy_to${run##*/}.log}" "$every" -- "$@" \
     </dev/null >>"$run/log" 2>&1 8>&- &
-  local i
-  for ((i = 0; i < 300; i++)); do
-    [[ -s $run/pid || -e $run/exit_status ]] && break
-    sleep 0.1
-  done
+  wait_for 300 "$run/pid" "$run/exit_status" || true
   [[ -s $run/pid ]] || die "the trainer did not start; see $run/log"
   say "started training (pid $(cat "$run/pid"), run ${run##*/}); log: $run/log"
 }
@@ -146,15 +150,15 @@ cmd_run() {
   fi
   status=0
   wait "$pid" || status=$?
-  printf '%s\n' "$status" >"$run/exit_status.tmp" && mv "$run/exit_status.tmp" "$run/exit_status"
-  if [[ -n $copier ]]; then
-    kill "$copier" 2>/dev/null || true
+  if [[ -n $copier ]]; then  # The last copy before the status: a follower
+    kill "$copier" 2>/dev/null || true  # told the run ended finds it whole.
     copy_log "$run" "$dest"
   fi
+  printf '%s\n' "$status" >"$run/exit_status.tmp" && mv "$run/exit_status.tmp" "$run/exit_status"
 }
 
 cmd_follow() {
-  local lines=20 run pid i status
+  local lines=20 run pid status
   case ${1:-} in
     --lines=*) lines=${1#*=} ;;
     '') ;;
@@ -162,21 +166,15 @@ cmd_follow() {
   esac
   run=$(current)
   [[ -n $run ]] || { say "no training run here"; exit 4; }
-  for ((i = 0; i < 300; i++)); do
-    [[ -s $run/pid || -e $run/exit_status ]] && break
-    sleep 0.1
-  done
+  wait_for 300 "$run/pid" "$run/exit_status" || true
   pid=$(cat "$run/pid" 2>/dev/null || true)
   if [[ ! -e $run/exit_status && -n $pid ]]; then
     tail -n "$lines" -s 0.5 --pid="$pid" -F "$run/log" 2>/dev/null
   else
     tail -n "$lines" "$run/log"
   fi
-  # The wrapper writes the exit status right after the trainer exits.
-  for ((i = 0; i < 300; i++)); do
-    [[ -e $run/exit_status ]] && break
-    sleep 0.1
-  done
+  # The wrapper writes it after the trainer exits and its log's last copy.
+  wait_for 1200 "$run/exit_status" || true
   status=$(cat "$run/exit_status" 2>/dev/null || echo 1)
   if [[ -e $run/stopped ]]; then
     say "training was stopped on purpose (exit status $status)"

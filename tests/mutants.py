@@ -269,6 +269,16 @@ MUTANTS = (
       '               int(config.warmup_epochs),',
       ('tests/test_optim.py', 'tests/test_large_batch.py')),
     # --- The launchers' restart decisions -------------------------------------------------------
+    M('tpu-a-failure-on-a-ready-vm-restarts', "the launchers' restart decisions",
+      'launch/tpu/supervise.py',
+      '      elif state == \'READY\' and status not in RESTARTED:',
+      '      elif state == \'READY\' and status not in RESTARTED and status == 2:',
+      ('tests/test_launch_tpu_states.py',)),
+    M('tpu-restart-window-never-forgets', "the launchers' restart decisions",
+      'launch/tpu/decisions.py',
+      '                     if now - t < o.restart_window_s]',
+      '                     if now - t >= 0]',
+      ('tests/test_launch_tpu_states.py',)),
     M('k8s-usage-error-restarts', "the launchers' restart decisions",
       'launch/k8s/gpu-jobset.yaml',
       """      action: FailJobSet

@@ -5,6 +5,8 @@
                                          printed; --seed repeats a draw)
   python -m tests.mutation --only NAME   one mutant (repeatable)
   python -m tests.mutation --list        the mutants and what they break
+  python -m tests.mutation --check       only that each mutant still fits
+                                         its file (no tests run)
 
 Each mutant is a small, plausible bug put into one file of a copy of the
 checkout (the package, configs, benchmarks, launchers and tests; `../shared`
@@ -126,6 +128,23 @@ def check(root: pathlib.Path, mutant: Mutant, timeout: float) -> dict:
           'seconds': seconds, 'tail': tail, 'by': by}
 
 
+def check_fits(mutants) -> int:
+  """0 when every mutant's text is in its file exactly once and the names
+  are unique; else 2, each misfit named."""
+  bad = [f'{m.name}: {m.path} holds its text '
+         f'{(REPO / m.path).read_text().count(m.old) if (REPO / m.path).is_file() else 0}'
+         ' times, not once' for m in mutants
+         if not (REPO / m.path).is_file() or
+         (REPO / m.path).read_text().count(m.old) != 1]
+  names = [m.name for m in mutants]
+  bad += [f'{n}: named twice' for n in sorted(set(names)) if names.count(n) > 1]
+  for line in bad:
+    print(f'error: stale mutant {line}', file=sys.stderr)
+  if not bad:
+    print(f'{len(mutants)} mutants, each fits its file')
+  return 2 if bad else 0
+
+
 def choose(mutants, only, sample, seed):
   names = {m.name for m in mutants}
   unknown = [n for n in only if n not in names]
@@ -149,11 +168,14 @@ def main(argv=None):
   parser.add_argument('--timeout', type=float, default=900,
                       help='seconds for one mutant\'s tests (default 900)')
   parser.add_argument('--list', action='store_true')
+  parser.add_argument('--check', action='store_true')
   args = parser.parse_args(argv)
   if args.list:
     for m in MUTANTS:
-      print(f'{m.name:32} {m.behaviour:28} {m.path}')
+      print(f'{m.name:36} {m.behaviour:40} {m.path}')
     return 0
+  if args.check:
+    return check_fits(MUTANTS)
   seed = args.seed if args.seed is not None else random.randrange(10 ** 6)
   chosen = choose(MUTANTS, args.only, args.sample, seed)
   print(f'mutation check: {len(chosen)} of {len(MUTANTS)} mutants'

@@ -3,7 +3,8 @@
 Every `python -m alexnet_jax.X ...` and `python -m benchmarks.X ...` command in
 README.md, docs/*.md and BENCHMARKS.md (fenced blocks and inline code, line
 continuations joined) names a module that exists and uses only flags it
-defines; every `--config.FIELD` is a field of configs/default.py and every
+defines; every `launch/tpu_vm.py ...` command is one the TPU launcher
+accepts; every `--config.FIELD` is a field of configs/default.py and every
 `--config=PATH` a file; relative links resolve; the README stays a short front
 page. Flags are read from each command's source (absl DEFINE calls, argparse
 add_argument calls), never by importing it: no subprocess, no JAX.
@@ -13,6 +14,7 @@ import ast
 import pathlib
 import re
 import shlex
+import sys
 
 import pytest
 
@@ -33,6 +35,7 @@ ARGPARSE_FLAGS = {'help', 'h'}
 ABSL_MODULES = {'main', 'evaluate', 'predict', 'convert', 'prepare'}
 
 COMMAND = re.compile(r'python3? -m ((?:alexnet_jax|benchmarks)\.\w+)')
+TPU_LAUNCHER = re.compile(r'(launch/tpu_vm\.py)')
 FENCE = re.compile(r'^[ \t]*(```|~~~)[^\n]*\n(.*?)^[ \t]*\1[ \t]*$',
                    re.M | re.S)
 INLINE = re.compile(r'`([^`]+)`')
@@ -63,11 +66,11 @@ def join_continuations(block: str) -> list:
   return lines
 
 
-def commands_in_line(line: str) -> list:
-  """(module, [args]) for each `python -m MODULE args` in a shell line; the
-  arguments end at a shell separator or a comment."""
+def commands_in_line(line: str, command=COMMAND) -> list:
+  """(module, [args]) for each `python -m MODULE args` (or `command`) in a
+  shell line; the arguments end at a shell separator or a comment."""
   found = []
-  matches = list(COMMAND.finditer(line))
+  matches = list(command.finditer(line))
   for match, after in zip(matches, matches[1:] + [None]):
     rest = line[match.end():after.start() if after else None]
     try:
@@ -86,16 +89,16 @@ def commands_in_line(line: str) -> list:
   return found
 
 
-def page_commands(text: str) -> list:
+def page_commands(text: str, command=COMMAND) -> list:
   """Every command of a page: in fenced blocks (continuations joined) and in
   inline code (which may wrap over lines)."""
   blocks, prose = split_fences(text)
   commands = []
   for block in blocks:
     for line in join_continuations(block):
-      commands += commands_in_line(line)
+      commands += commands_in_line(line, command)
   for span in INLINE.findall(prose):
-    commands += commands_in_line(' '.join(span.split()))
+    commands += commands_in_line(' '.join(span.split()), command)
   return commands
 
 
@@ -285,3 +288,37 @@ def test_readme_gives_both_test_commands():
   text = README.read_text()
   assert re.search(r'^python -m pytest$', text, re.M), text
   assert 'python -m pytest --full' in text
+
+
+def test_tpu_launcher_commands_are_accepted():
+  """What the docs tell users to run, the launcher takes (its options parsed
+  as it parses them; nothing is run)."""
+  sys.path.insert(0, str(REPO / 'launch'))
+  from tpu import options  # pylint: disable=g-import-not-at-top
+  found = [(page.name, args) for page in PAGES
+           for _, args in page_commands(page.read_text(), TPU_LAUNCHER)
+           if args]  # A bare `launch/tpu_vm.py` names it; it runs nothing.
+  assert len(found) >= 6, found
+  for page, args in found:
+    try:
+      options.parse(args, {}, str(REPO))
+    except options.Stop as e:
+      pytest.fail(f'{page}: launch/tpu_vm.py {" ".join(args)}: error: {e}')
+
+
+def test_tpu_launcher_tables_are_documented():
+  """--help leaves the VM states, training's outcomes and the exit statuses
+  to docs/clusters.md: each state and each exit status of training the
+  launcher acts on has its row there."""
+  sys.path.insert(0, str(REPO / 'launch'))
+  from tpu import supervise  # pylint: disable=g-import-not-at-top
+  section = (REPO / 'docs' / 'clusters.md').read_text().split(
+      '### Cloud TPU VMs\n')[1].split('\n### ')[0]
+  first_cells = ' '.join(line.split('|')[1] for line in section.splitlines()
+                         if line.startswith('| '))
+  for state in ('NOT_FOUND', 'READY', 'PREEMPTED', 'TERMINATED', 'STOPPED',
+                'CREATING'):
+    assert f'`{state}`' in first_cells, state
+  for status in (*supervise.ENDED, *supervise.RESTARTED, 255):
+    assert re.search(rf'(^|[ (]){status}\b', first_cells), status
+  assert "The launcher's exit status: 0" in section

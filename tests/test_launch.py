@@ -1,7 +1,7 @@
-"""The SLURM and local launch scripts (and every script's syntax): the exact
-commands their dry runs print, and one-line errors on bad input (tpu_vm.sh:
-test_launch_tpu.py). Dry runs only: nothing here needs gcloud, SLURM,
-a network or a second process of alexnet_jax.main."""
+"""The SLURM and local launch scripts (and every shell script's syntax): the
+exact commands their dry runs print, and one-line errors on bad input (the
+TPU launcher, launch/tpu_vm.py: test_launch_tpu*.py). Dry runs only: nothing
+here needs SLURM, a network or a second process of alexnet_jax.main."""
 
 import os
 import pathlib
@@ -17,7 +17,6 @@ from tests.slurm_cluster import FAKE_SLURM, calls, cluster_env
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LAUNCH = REPO / 'launch'
-TPU = LAUNCH / 'tpu_vm.sh'
 SLURM = LAUNCH / 'slurm_gpu.sbatch'
 LOCAL = LAUNCH / 'local_multiprocess.sh'
 BASH = shutil.which('bash')
@@ -50,19 +49,11 @@ def assert_one_error_line(result, expected):
   assert expected in lines[0], (expected, lines[0])
 
 
-@pytest.mark.parametrize('script', [TPU, SLURM, LOCAL,
-                                    LAUNCH / 'tpu_worker.sh'],
+@pytest.mark.parametrize('script', [SLURM, LOCAL, LAUNCH / 'tpu_worker.sh'],
                          ids=lambda p: p.name)
 def test_syntax_and_executable(script):
   subprocess.run([BASH, '-n', str(script)], check=True, timeout=30)
   assert os.access(script, os.X_OK)
-
-
-@pytest.mark.parametrize('part', ['tpu_vm_cloud.sh', 'tpu_vm_run.sh'])
-def test_sourced_parts_parse(part):
-  """tpu_vm.sh's parts, sourced by it: they parse, and are no commands."""
-  subprocess.run([BASH, '-n', str(LAUNCH / part)], check=True, timeout=30)
-  assert not (LAUNCH / part).read_text().startswith('#!')
 
 
 # --- slurm_gpu.sbatch --------------------------------------------------------

@@ -9,7 +9,7 @@ import os
 import pathlib
 import signal
 import subprocess
-import time
+import sys
 
 import pytest
 
@@ -35,11 +35,12 @@ class Worker:
     (self.home / 'trainer.sh').write_text(TRAINER)
     (self.home / 'trainer.sh').chmod(0o755)
     self.gcs = tmp_path / 'gcs'
+    (self.gcs / 'bucket').mkdir(parents=True, exist_ok=True)
     bin_dir = tmp_path / 'bin'
     if not bin_dir.exists():
       bin_dir.mkdir()
       (bin_dir / 'gcloud').write_text(
-          f'#!/bin/sh\nexec python3 {FAKES / "gcloud.py"} "$@"\n')
+          f'#!/bin/sh\nexec {sys.executable} -S {FAKES / "gcloud.py"} "$@"\n')
       (bin_dir / 'gcloud').chmod(0o755)
     self.env = dict(os.environ, HOME=str(self.home),
                     TPU_WORKER_ID=str(worker_id),
@@ -96,8 +97,9 @@ def test_status_start_twice_and_another_command(worker):
   assert 'another training command is running here' in other.stderr
   assert worker.run('status', '--', './trainer.sh').returncode == 0
   assert worker.run('status', '--', './trainer.sh', 'x').returncode == 3
-  wait_for(lambda: len(worker.trainers()) == 1, what='the trainer')
-  time.sleep(0.5)
+  # To its end (SIGTERM: it stops): one trainer ran, ever.
+  os.kill(int((worker.run_dir() / 'pid').read_text()), signal.SIGTERM)
+  wait_for(worker.finished, what='the end of the run')
   assert len(worker.trainers()) == 1
 
 
@@ -176,14 +178,14 @@ def test_worker_0_copies_its_log_to_the_workdir_as_it_goes(worker, tmp_path):
   wait_for(copy.exists, what='the first copy')
   assert not worker.finished()  # A copy while it runs.
   wait_for(worker.finished, what='the end of the run')
-  wait_for(lambda: 'step 40' in copy.read_text(), what='the last copy')
+  # The last copy was made before the exit status: whole when it ends.
+  assert 'step 40' in copy.read_text()
   assert copy.read_text() == (worker.run_dir() / 'log').read_text()
 
   second = Worker(tmp_path, worker_id=1)
   try:
     assert second.start(options=options, STEPS='15').returncode == 0
     wait_for(second.finished, what='worker 1 to finish')
-    time.sleep(1.5)
     assert sorted(p.name for p in copy.parent.iterdir()) == [f'{run}.log']
   finally:
     second.kill_all()
