@@ -31,6 +31,7 @@ from alexnet_jax.errors import Interrupted
 from alexnet_jax.errors import UserError
 from alexnet_jax import train
 from alexnet_jax.runtime import cli
+from alexnet_jax.runtime import compile_cache
 from alexnet_jax.runtime import distributed
 from alexnet_jax.runtime import liveness
 from alexnet_jax.runtime import accelerator
@@ -136,6 +137,7 @@ def main(argv):
                                   FLAGS.shutdown_timeout)
   try:
     accelerator.select(FLAGS.config.platform)
+    compile_cache.enable(FLAGS.config.compilation_cache)
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                            FLAGS.process_id, timeouts)
     accelerator.check(FLAGS.config.platform)

@@ -153,6 +153,10 @@ def _hardware(c):
   # manifests set it for their hardware, so a broken driver never means a
   # silent run on the CPU.
   c.platform = 'auto'
+  # JAX's persistent compilation cache: '' (the default place,
+  # ~/.cache/alexnet_jax/jax), a folder or gs:// URI, or 'off'. A resumed or
+  # repeated run loads its compiled programs instead of compiling them.
+  c.compilation_cache = ''
   # Devices per FC-layer group: > 1 splits fc6/fc7/fc8 weights over a 'model'
   # mesh axis (Krizhevsky's "one weird trick"); convolutions stay
   # data-parallel on every device. Must divide the device count.
