@@ -11,9 +11,9 @@ import pytest
 from alexnet_jax.data import augment
 from alexnet_jax.data import registry
 from alexnet_jax.errors import ConfigError
-from alexnet_jax.run import loop
-from alexnet_jax.task import config as config_lib
-from alexnet_jax.task import state as state_lib
+from alexnet_jax import build
+from alexnet_jax import train
+from alexnet_jax.task import validation
 from tests.conftest import REPO
 
 CONFIGS = sorted(p.stem for p in (REPO / 'configs').glob('*.py')
@@ -23,9 +23,9 @@ CONFIGS = sorted(p.stem for p in (REPO / 'configs').glob('*.py')
 @pytest.mark.parametrize('name', [c for c in CONFIGS if c != 'default'])
 def test_config_validates_and_builds_its_model(name):
   config = importlib.import_module(f'configs.{name}').get_config()
-  config_lib.validate_config(config)
+  validation.validate_config(config)
   num_classes = 10 if config.dataset == 'cifar10' else config.num_classes
-  model = state_lib.make_model(config, num_classes)
+  model = build.model(config, num_classes)
   size = config.image_size or (32 if config.dataset == 'cifar10'
                                else config.fake_image_size)
   params = jax.eval_shape(lambda: model.init(
@@ -40,7 +40,7 @@ def test_input_too_small_for_the_model_is_a_config_error(tmp_path):
                 fake_num_train=256, fake_num_test=16)
   with pytest.raises(ConfigError, match='cannot take 32x32 input.*'
                      'image_size'):
-    loop.train_and_evaluate(config, str(tmp_path / 'w'))
+    train.train_and_evaluate(config, str(tmp_path / 'w'))
   assert not (tmp_path / 'w').exists()
 
 
@@ -53,7 +53,7 @@ def test_fake_benchmark_path_trains_without_download(tmp_path):
   config.update(model='alexnet_tiny', fake_image_size=32, num_classes=10,
                 fake_num_train=64, fake_num_test=20, batch_size=16,
                 num_steps=3, log_every_steps=1, half_precision=False)
-  final = loop.train_and_evaluate(config, str(tmp_path / 'w'))
+  final = train.train_and_evaluate(config, str(tmp_path / 'w'))
   assert final['step'] == 3 and final['val'] is None
   assert 0 <= final['test']['top1'] <= 1
 
@@ -97,7 +97,7 @@ def test_every_range_takes_its_edge_and_refuses_what_lies_past_it(
   config = importlib.import_module('configs.cifar10').get_config()
   config.unlock()
   config[field] = edge
-  config_lib.validate_config(config)
+  validation.validate_config(config)
   config[field] = past
   with pytest.raises(ConfigError, match=re.escape(f'{field} {past!r} must be ')):
-    config_lib.validate_config(config)
+    validation.validate_config(config)

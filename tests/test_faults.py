@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from alexnet_jax.runtime import checkpoints
+from alexnet_jax.runtime.layout import Layout
 from tests import cli
 from tests.conftest import require_cifar_subset
 
@@ -208,7 +209,7 @@ def test_damaged_newest_checkpoint_resumes_from_newest_good_one(
           in result.stdout), result.stdout[-2000:]
   assert f'at step {steps[-2]}' in result.stdout
   # Set aside byte for byte, not deleted.
-  assert cli.snapshot(os.path.join(workdir, checkpoints.DAMAGED_DIR,
+  assert cli.snapshot(os.path.join(Layout.of(workdir).damaged_checkpoints,
                                    str(STEPS))) == damaged_files
   # The good step it resumed from was not touched.
   assert cli.snapshot(os.path.join(workdir, 'checkpoints',

@@ -19,11 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from alexnet_jax import build
 from alexnet_jax.data import cifar
-from alexnet_jax.data import registry
 from alexnet_jax.runtime import mesh as mesh_lib
-from alexnet_jax.task import config as config_lib
-from alexnet_jax.task import optim
 from alexnet_jax.task import state as state_lib
 from alexnet_jax.task import steps
 from configs import default
@@ -37,13 +35,13 @@ def one_step(images, labels, half_precision):
   config.half_precision = half_precision
   config.schedule, config.warmup_epochs = 'constant', 0.
   mesh = mesh_lib.make_mesh()
-  model = state_lib.make_model(config, 10)
-  tx, _ = optim.make_optimizer(
-      config, config_lib.Durations.from_steps_per_epoch(config, 100))
+  model = build.model(config, 10)
+  tx, _ = build.optimizer(config, build.durations(config, 100))
   state, _ = state_lib.create_train_state(model, tx, (32, 32, 3), 0, mesh)
   before = jax.tree.map(np.asarray, state.params)
-  step = steps.make_train_step(config, model, 10, registry.CIFAR10_MEAN,
-                               registry.CIFAR10_STD, 32)
+  step = steps.make_train_step(
+      build.input_spec(config, build.dataset(config), 32), 10,
+      log_every=config.log_every_steps)
   batch = mesh_lib.batch(mesh)
   for i in range(2):
     rows = slice(i * BATCH, (i + 1) * BATCH)

@@ -14,16 +14,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from alexnet_jax import build
+from alexnet_jax import train
 from alexnet_jax.data import registry
 from alexnet_jax.model import alexnet
-from alexnet_jax.run import loop
 from alexnet_jax.runtime import checkpoints
 from alexnet_jax.runtime import mesh as mesh_lib
 from alexnet_jax.task import finetune
-from alexnet_jax.task import config as config_lib
-from alexnet_jax.task import optim
+from alexnet_jax.task import saved_run
 from alexnet_jax.task import state as state_lib
-from alexnet_jax.task import workdir as workdir_lib
 from configs import cifar10
 from tests import cli
 from tests.conftest import require_cifar_subset
@@ -49,7 +48,7 @@ def tiny_cifar_config(**overrides):
 def run(tmp_path_factory):
   """A CIFAR-10 workdir: 2 steps of the tiny net, trained in this process."""
   workdir = str(tmp_path_factory.mktemp('cifar_run'))
-  loop.train_and_evaluate(tiny_cifar_config(), workdir)
+  train.train_and_evaluate(tiny_cifar_config(), workdir)
   return workdir
 
 
@@ -204,9 +203,8 @@ def test_evaluate_bad_input_is_one_line(run, subprocess_env, args, expected):
 def fresh_state(config, num_classes):
   """The train state train_and_evaluate creates for `config`, before step 1."""
   mesh = mesh_lib.make_mesh(1)
-  model = state_lib.make_model(config, num_classes)
-  tx, _ = optim.make_optimizer(
-      config, config_lib.Durations.from_steps_per_epoch(config, 10))
+  model = build.model(config, num_classes)
+  tx, _ = build.optimizer(config, build.durations(config, 10))
   state, _ = state_lib.create_train_state(model, tx, (32, 32, 3), config.seed,
                                       mesh)
   return state
@@ -217,8 +215,8 @@ def test_init_from_loads_every_layer_but_a_new_head(run, tmp_path):
                              seed=1)
   fresh = fresh_state(config, 5)
   messages = []
-  state = finetune.init_from(config, str(tmp_path / 'new'), fresh,
-                             log=messages.append)
+  state = finetune.init_from(config.init_from, config.model,
+                             str(tmp_path / 'new'), fresh, log=messages.append)
   source = cli.load_state_on_host(run)
   for layer in ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7'):
     for part in ('kernel', 'bias'):
@@ -235,7 +233,8 @@ def test_init_from_loads_every_layer_but_a_new_head(run, tmp_path):
 
   # A run with checkpoints of its own resumes from them: init_from is ignored.
   messages.clear()
-  again = finetune.init_from(config, run, fresh, log=messages.append)
+  again = finetune.init_from(config.init_from, config.model, run, fresh,
+                             log=messages.append)
   assert again is fresh
   assert messages == [f'init_from {run} ignored: {run} has checkpoints of its '
                       'own (latest step 2); resuming from them']

@@ -7,8 +7,8 @@ import numpy as np
 import optax
 import pytest
 
+from alexnet_jax import build
 from alexnet_jax.task import optim
-from alexnet_jax.task.config import Durations
 from configs import default
 
 
@@ -22,7 +22,7 @@ def durations(cfg, steps_per_epoch, total_steps, steps_per_eval=0):
   """The run's durations in steps, as the trainer derives them."""
   cfg.num_steps = total_steps
   cfg.eval_every_epochs = steps_per_eval / steps_per_epoch
-  return Durations.from_steps_per_epoch(cfg, steps_per_epoch)
+  return build.durations(cfg, steps_per_epoch)
 
 
 def test_two_steps_follow_the_paper_update_rule_by_hand():
@@ -30,7 +30,7 @@ def test_two_steps_follow_the_paper_update_rule_by_hand():
   # lr-scaled step) differs from optax.sgd's (momentum on raw gradients).
   cfg = config(schedule='step', learning_rate=0.1, lr_step_epochs=(1,),
                lr_step_factor=0.1, momentum=0.9, weight_decay=5e-4)
-  tx, _ = optim.make_optimizer(cfg, durations(cfg, 1, 10, 1))
+  tx, _ = build.optimizer(cfg, durations(cfg, 1, 10, 1))
   w = {'conv': {'kernel': jnp.array([1.0, -2.0]), 'bias': jnp.array([0.5])}}
   grads = [{'conv': {'kernel': jnp.array([0.3, 0.1]), 'bias': jnp.array([0.2])}},
            {'conv': {'kernel': jnp.array([-0.4, 0.6]), 'bias': jnp.array([0.1])}}]
@@ -66,7 +66,7 @@ def test_plateau_divides_by_ten_at_most_three_times():
   cfg = config(schedule='plateau', learning_rate=1.0, plateau_patience=2,
                plateau_reductions=3, weight_decay=0., momentum=0.)
   steps_per_eval = 4
-  tx, _ = optim.make_optimizer(cfg, durations(cfg, 10, 1000, steps_per_eval))
+  tx, _ = build.optimizer(cfg, durations(cfg, 10, 1000, steps_per_eval))
   params = {'w': jnp.zeros(())}
   state = tx.init(params)
   update = jax.jit(lambda s, v: tx.update({'w': jnp.ones(())}, s, params,
@@ -89,7 +89,7 @@ def test_plateau_divides_by_ten_at_most_three_times():
 
 def test_cosine_schedule_warms_up_then_decays_to_zero():
   cfg = config(schedule='cosine', learning_rate=0.2, warmup_epochs=2)
-  sched = optim.learning_rate_schedule(cfg, durations(cfg, 10, 100))
+  _, sched = build.optimizer(cfg, durations(cfg, 10, 100))
   assert float(sched(0)) == 0.
   assert float(sched(10)) == pytest.approx(0.1)
   assert float(sched(20)) == pytest.approx(0.2)
@@ -100,7 +100,7 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
 def test_step_schedule_with_warmup():
   cfg = config(schedule='step', learning_rate=0.1, warmup_epochs=1,
                lr_step_epochs=(3, 5), lr_step_factor=0.1)
-  sched = optim.learning_rate_schedule(cfg, durations(cfg, 10, 80))
+  _, sched = build.optimizer(cfg, durations(cfg, 10, 80))
   assert float(sched(5)) == pytest.approx(0.05)
   assert float(sched(29)) == pytest.approx(0.1)
   assert float(sched(31)) == pytest.approx(0.01)
@@ -109,5 +109,4 @@ def test_step_schedule_with_warmup():
 
 def test_unknown_schedule_lists_choices():
   with pytest.raises(ValueError, match="unknown schedule 'linear'.*plateau"):
-    cfg = config(schedule='linear')
-    optim.learning_rate_schedule(cfg, durations(cfg, 10, 100))
+    optim.learning_rate_schedule('linear', 0.1, durations(config(), 10, 100))

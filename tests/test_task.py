@@ -7,17 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax.data import registry
+from alexnet_jax import build
 from alexnet_jax.model import alexnet
 from alexnet_jax.runtime import mesh as mesh_lib
-from alexnet_jax.task import config as config_lib
 from alexnet_jax.task import evaluation
-from alexnet_jax.task import optim
 from alexnet_jax.task import state as state_lib
 from alexnet_jax.task import steps
 from configs import default
-
-MEAN, STD = registry.IMAGENET_MEAN, registry.IMAGENET_STD
 
 
 def tiny_config(**overrides):
@@ -35,10 +31,19 @@ def batch(n=8, side=32, seed=0):
           jnp.asarray(rng.integers(0, 10, (n,), np.int32)))
 
 
+def input_spec(config):
+  """The run's input spec for `config` (fake data: CIFAR's mean and std)."""
+  return build.input_spec(config, build.dataset(config), 32)
+
+
+def make_step(config):
+  return steps.make_train_step(input_spec(config), 10,
+                               log_every=config.log_every_steps)
+
+
 def fresh_state(config):
-  model = state_lib.make_model(config, 10)
-  tx, _ = optim.make_optimizer(
-      config, config_lib.Durations.from_steps_per_epoch(config, 10))
+  model = build.model(config, 10)
+  tx, _ = build.optimizer(config, build.durations(config, 10))
   state, _ = state_lib.create_train_state(model, tx, (32, 32, 3), 0,
                                           mesh_lib.make_mesh())
   return model, state
@@ -53,11 +58,10 @@ def test_pca_lighting_changes_the_batch_by_a_colour_offset_per_image():
   standardized, so the offset is divided by the channel's std)."""
   images, _ = batch()
   key = jax.random.key(3)
-  clean = steps.augment_batch(tiny_config(), key, images, 32, jnp.float32,
-                              MEAN, STD)
-  noisy = steps.augment_batch(tiny_config(pca_lighting=0.1), key, images, 32,
-                              jnp.float32, MEAN, STD)
-  offset = np.asarray(noisy - clean) * np.asarray(STD)  # 0..1 pixel scale.
+  clean = input_spec(tiny_config()).train_view(key, images)
+  lit = input_spec(tiny_config(pca_lighting=0.1))
+  noisy = lit.train_view(key, images)
+  offset = np.asarray(noisy - clean) * np.asarray(lit.std)  # 0..1 pixels.
   per_image = offset[:, :1, :1, :]
   np.testing.assert_allclose(offset, np.broadcast_to(per_image, offset.shape),
                              atol=1e-5)
@@ -74,16 +78,15 @@ def test_train_step_trains_on_the_lit_batch_and_not_without_it():
   for pca in (0., 0.1):
     config = tiny_config(pca_lighting=pca, dropout_rate=0.)
     model, state = fresh_state(config)
-    step = steps.make_train_step(config, model, 10, MEAN, STD, 32)
-    after = step(state, {'images': images, 'labels': labels})
+    after = make_step(config)(state, {'images': images, 'labels': labels})
     updates[pca] = jax.tree.leaves(jax.device_get(after.params))
   assert any(not np.array_equal(a, b)
              for a, b in zip(updates[0.], updates[0.1]))
   # pca_lighting=0: the step's input is the plain normalized batch.
-  config = tiny_config()
-  x = steps.augment_batch(config, jax.random.key(0), images, 32, jnp.float32,
-                          MEAN, STD)
-  want = (np.asarray(images) / 255. - np.asarray(MEAN)) / np.asarray(STD)
+  spec = input_spec(tiny_config())
+  x = spec.train_view(jax.random.key(0), images)
+  want = (np.asarray(images) / 255. - np.asarray(spec.mean)) / np.asarray(
+      spec.std)
   np.testing.assert_allclose(x, want, rtol=1e-5, atol=1e-6)
 
 
@@ -92,7 +95,7 @@ def test_metric_sums_cover_the_steps_since_the_last_logged_one():
   4 only step 4's; a state restored at step 4 goes on the same way."""
   config = tiny_config(log_every_steps=3)
   model, state = fresh_state(config)
-  step = steps.make_train_step(config, model, 10, MEAN, STD, 32)
+  step = make_step(config)
   counts = []
   for i in range(5):
     images, labels = batch(seed=i)
@@ -115,15 +118,15 @@ def test_ten_crop_averages_the_softmax_of_the_ten_views():
   rng = np.random.default_rng(2)  # fc8 starts at zero under He init.
   params = jax.tree.map(
       lambda p: p + 0.05 * rng.standard_normal(p.shape, np.float32), params)
-  got = evaluation.make_logits_fn(config, model, MEAN, STD, 32)({'params': params},
-                                                                images)
+  spec = build.input_spec(config, build.dataset(config), 32)
+  got = evaluation.make_logits_fn(spec, model.apply)({'params': params}, images)
   x = np.asarray(images, np.float64)
   corners = [(0, 0), (0, 8), (8, 0), (8, 8), (4, 4)]
   probs = []
   for top, left in corners:
     crop = x[:, top:top + 32, left:left + 32]
     for view in (crop, crop[:, :, ::-1]):
-      normalized = (view / 255. - np.asarray(MEAN)) / np.asarray(STD)
+      normalized = (view / 255. - np.asarray(spec.mean)) / np.asarray(spec.std)
       logits = np.asarray(model.apply({'params': params},
                                       jnp.asarray(normalized, jnp.float32)),
                           np.float64)
