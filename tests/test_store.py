@@ -24,7 +24,7 @@ from alexnet_jax.data import streaming
 from alexnet_jax.errors import DataError
 from tests import cli
 from tests.conftest import REPO
-from tests.test_streaming import write_tree
+from tests.photos import write_tree
 
 PREPARE = [sys.executable, '-m', 'alexnet_jax.prepare']
 BROKEN = {'truncated.jpg': 'truncated', 'empty.jpg': 'empty',
@@ -45,6 +45,7 @@ def add_broken_files(root, split='train', klass='chelsea'):
 
 @pytest.fixture(scope='module')
 def photos(tmp_path_factory):
+  pytest.importorskip('skimage.data')
   root = write_tree(str(tmp_path_factory.mktemp('photos')))
   add_broken_files(root)
   return root

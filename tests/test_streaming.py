@@ -24,36 +24,10 @@ from alexnet_jax.data import feeds
 from alexnet_jax.data import images
 from alexnet_jax.data import streaming
 from tests import cli
+from tests.photos import PHOTOS
+from tests.photos import write_tree
 
 skimage_data = pytest.importorskip('skimage.data')
-
-# Real photographs of different sizes and aspect ratios; `camera` is grey.
-PHOTOS = ('astronaut', 'coffee', 'chelsea', 'rocket', 'camera',
-          'hubble_deep_field')
-
-
-def _variant(img: Image.Image, k: int) -> Image.Image:
-  """The k-th view of a photo: crops of varying size, some mirrored."""
-  w, h = img.size
-  f = 0.6 + 0.08 * (k % 5)
-  cw, ch = int(w * f), int(h * f)
-  left, top = (k * 37) % (w - cw + 1), (k * 53) % (h - ch + 1)
-  view = img.crop((left, top, left + cw, top + ch))
-  return view.transpose(Image.FLIP_LEFT_RIGHT) if k % 2 else view
-
-
-def write_tree(root, train_per_class=6, val_per_class=2):
-  for name in PHOTOS:
-    photo = Image.fromarray(getattr(skimage_data, name)())
-    for split, count, offset in (('train', train_per_class, 0),
-                                 ('val', val_per_class, 100)):
-      folder = os.path.join(root, split, name)
-      os.makedirs(folder, exist_ok=True)
-      for k in range(count):
-        ext = 'jpg' if k % 2 == 0 else 'png'
-        _variant(photo, k + offset).save(os.path.join(folder, f'{k}.{ext}'))
-  return root
-
 
 @pytest.fixture(scope='module')
 def tree(tmp_path_factory):
@@ -215,9 +189,7 @@ def test_bad_image_folder_is_one_line(tmp_path, subprocess_env):
       ['--config=configs/imagenet.py', f'--workdir={tmp_path / "w"}',
        '--config.dataset=image_folder', f'--config.data_dir={tmp_path / "d"}'],
       subprocess_env)
-  assert result.returncode == 2
-  errors = [l for l in result.stderr.splitlines() if l.startswith('error:')]
-  assert len(errors) == 1 and 'no .jpg/.jpeg/.png images' in errors[0]
+  cli.assert_one_error_line(result, 'no .jpg/.jpeg/.png images')
   assert not (tmp_path / 'w').exists()
 
 
@@ -349,10 +321,8 @@ def test_unprepared_tfds_dataset_says_how_to_prepare(tmp_path, subprocess_env):
   result = cli.run_cli(
       ['--config=configs/imagenette.py', f'--workdir={tmp_path / "w"}',
        f'--config.tfds_data_dir={tmp_path / "tfds"}'], subprocess_env)
-  assert result.returncode == 2, result.stderr[-2000:]
-  errors = [l for l in result.stderr.splitlines() if l.startswith('error:')]
-  assert len(errors) == 1, result.stderr[-2000:]
-  assert 'python -m alexnet_jax.prepare --dataset=imagenette' in errors[0]
+  cli.assert_one_error_line(result,
+                            'python -m alexnet_jax.prepare --dataset=imagenette')
   assert not (tmp_path / 'w').exists()
 
 
