@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +23,7 @@ from alexnet_jax.data import streaming
 from alexnet_jax.errors import DataError
 from tests import cli
 from tests.conftest import REPO
+from tests.helpers import wait_for
 from tests.photos import write_tree
 
 PREPARE = [sys.executable, '-m', 'alexnet_jax.prepare']
@@ -118,10 +118,8 @@ def test_prepare_killed_then_rerun_resumes_and_matches(photos, tmp_path):
   proc = subprocess.Popen(PREPARE + args + [f'--store={cut}'], cwd=REPO,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                           start_new_session=True)
-  deadline = time.monotonic() + 120
-  while not list(cut.glob('*.array_record')) if cut.exists() else True:
-    assert time.monotonic() < deadline and proc.poll() is None
-    time.sleep(0.05)
+  wait_for(lambda: cut.exists() and list(cut.glob('*.array_record')),
+           what='the first shard', proc=proc)
   os.killpg(proc.pid, signal.SIGKILL)  # The prepare and its workers.
   proc.wait()
   assert not (cut / store.MANIFEST).exists()
@@ -315,10 +313,8 @@ def test_sigterm_to_the_process_group_saves_and_resumes_exactly(
                           env=subprocess_env, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True,
                           start_new_session=True)
-  deadline = time.monotonic() + 300
-  while not (stopped / 'checkpoints' / '4').is_dir():
-    assert time.monotonic() < deadline and proc.poll() is None
-    time.sleep(0.05)
+  wait_for(lambda: (stopped / 'checkpoints' / '4').is_dir(),
+           what='checkpoint 4', proc=proc)
   workers = subprocess.run(['pgrep', '-g', str(proc.pid)], capture_output=True,
                            text=True).stdout.split()
   assert len(workers) >= 3, workers  # The trainer and its 2 decode workers.
@@ -397,20 +393,85 @@ def test_dali_cpu_decodes_the_store_as_the_grain_path_does(jpeg_store):
     assert diff.mean() < 1., diff.mean()
 
 
+def pils_squares_of(photos, dali_images, dali_labels):
+  """For each DALI image: its mean |difference| from PIL's 256 square of
+  the folder's image it shows (`store_writer.square`, what the Grain path
+  and the store hold), and per image the share of pixels within one level.
+  Which image it shows is found, not assumed: the nearest of the folder's
+  decodable images, which must be unambiguous (half the next one's
+  distance at most) and carry the batch's label."""
+  source = streaming.ImageFolderSource.scan(os.path.join(photos, 'train'))
+  good = [i for i, p in enumerate(source.paths)
+          if os.path.basename(p) not in BROKEN]
+  squares = np.stack([store_writer.square(source[i]['image'])
+                      for i in good]).astype(np.int16)
+  means, within_one = [], []
+  for image, label in zip(dali_images.astype(np.int16), dali_labels):
+    distance = np.abs(squares - image).mean(axis=(1, 2, 3))
+    nearest, second = np.argsort(distance)[:2]
+    assert distance[nearest] <= distance[second] / 2, distance
+    assert source.labels[good[nearest]] == label
+    means.append(distance[nearest])
+    within_one.append((np.abs(squares[nearest] - image) <= 1).mean())
+  return np.asarray(means), np.asarray(within_one)
+
+
+@pytest.fixture(scope='module')
+def dali_and_grain_folder_batches(photos):
+  """Seven batches of 6 of the image folder with broken files, through DALI
+  (256 squares) and through Grain (227 crops cut on the host): the feeds
+  and their batches."""
+  needs_dali()
+  dali = dali_feed(photos, 'image_folder', input_pipeline='dali',
+                   dali_device='cpu')
+  grain = dali_feed(photos, 'image_folder')
+  return dali, list(dali.train(0, 5, 7)), grain, list(grain.train(0, 5, 7))
+
+
 @pytest.mark.slow
 def test_dali_cpu_reads_image_folders_and_replaces_what_it_cannot_decode(
-    photos, jpeg_store):
+    photos, dali_and_grain_folder_batches):
   """An image folder with broken files: DALI rescales to the store's
-  squares (within a few levels of PIL's resampling), and the broken files
-  are replaced by the same records the Grain path takes."""
-  needs_dali()
-  folder = dali_feed(photos, 'image_folder', input_pipeline='dali',
-                     dali_device='cpu')
-  batches = list(folder.train(0, 5, 7))
-  for batch in batches:
-    assert batch['images'].shape == (6, 256, 256, 3)
-  assert sum(int(np.asarray(b['replaced']).sum()) for b in batches) >= 1
-  assert folder.bad.seen['train']
+  squares, and the broken files are replaced by the same records the Grain
+  path takes.
+
+  Same records: batch by batch the labels and the replaced examples equal
+  the Grain path's, and the feeds name the same unreadable files. Squares:
+  each image is PIL's square of a record with its label, and the typical
+  image (the median) is within half a level of it on average: the same
+  bilinear, antialiased filter, each output rounded to a level."""
+  dali, dali_batches, grain, grain_batches = dali_and_grain_folder_batches
+  assert len(dali_batches) == len(grain_batches) == 7
+  for d, g in zip(dali_batches, grain_batches):
+    assert d['images'].shape == (6, 256, 256, 3)
+    assert g['images'].shape == (6, 227, 227, 3)
+    np.testing.assert_array_equal(d['labels'], g['labels'])
+    np.testing.assert_array_equal(d['replaced'], g['replaced'])
+  assert sum(int(np.asarray(b['replaced']).sum()) for b in dali_batches) >= 1
+  assert dali.bad.seen['train'] and dali.bad.seen == grain.bad.seen
+  means, _ = pils_squares_of(
+      photos, np.concatenate([np.asarray(b['images']) for b in dali_batches]),
+      np.concatenate([np.asarray(b['labels']) for b in dali_batches]))
+  assert np.median(means) <= 0.5, means
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "found by this test: DALI's resize_shorter rounds the longer side "
+    "(306x203 -> 386x256), torchvision's rule, which the store and the Grain "
+    'path follow, truncates (385x256): 6 of the 31 source images drawn come '
+    "out half a pixel off PIL's squares (2.8-3.3 levels on average, 45-62% "
+    'of pixels within one level), and a 919x802 JPEG star field (sizes '
+    'alike) by 6 levels'))
+def test_dali_image_folder_squares_are_pils_on_every_image(
+    photos, dali_and_grain_folder_batches):
+  """The docstring's promise image by image: 99% of each image's pixels
+  within one level of PIL's square (natural photos: 99.8% and more)."""
+  _, dali_batches, _, _ = dali_and_grain_folder_batches
+  _, within_one = pils_squares_of(
+      photos, np.concatenate([np.asarray(b['images']) for b in dali_batches]),
+      np.concatenate([np.asarray(b['labels']) for b in dali_batches]))
+  assert (within_one >= 0.99).all(), within_one
 
 
 def test_dali_gpu_on_a_machine_without_one_is_one_line(jpeg_store, tmp_path,
