@@ -23,6 +23,7 @@ from alexnet_jax.data import streaming
 from alexnet_jax.errors import DataError
 from tests import cli
 from tests.conftest import REPO
+from tests.helpers import simulated_devices_env
 from tests.helpers import wait_for
 from tests.photos import write_tree
 
@@ -170,21 +171,87 @@ def store_args(workdir, data_dir, **overrides):
       f'--config.{k}={v}' for k, v in base.items()]
 
 
-def test_paper_recipe_trains_from_the_store(jpeg_store, tmp_path,
-                                            subprocess_env):
-  """configs/imagenet.py as it is (two towers at 227, PCA noise, 10-crop
-  test) on the store, decoded by 2 Grain workers: 256 squares in, 227
-  crops cut on the device."""
-  result = cli.run_cli(store_args(tmp_path / 'w', jpeg_store, data_workers=2),
-                       subprocess_env)
+def paper_recipe_args(workdir, data_dir, **overrides):
+  """configs/imagenet.py as it is on the store, its two towers on a 'tower'
+  pair of devices (the paper's two GPUs), decoded by 2 Grain workers."""
+  return store_args(workdir, data_dir, data_workers=2, tower_parallelism=2,
+                    **overrides)
+
+
+@pytest.fixture(scope='module')
+def paper_recipe_run(jpeg_store, tmp_path_factory, subprocess_env):
+  """The recipe trained on two simulated devices: (workdir, stdout, env)."""
+  env = simulated_devices_env(subprocess_env, 2)
+  workdir = tmp_path_factory.mktemp('recipe') / 'w'
+  result = cli.run_cli(paper_recipe_args(workdir, jpeg_store), env)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert 'store: 30 train / 6 val / 12 test' in result.stdout
   # Grain's workers hand batches over in shared memory: none left behind.
   assert 'leaked shared_memory' not in result.stderr, result.stderr[-2000:]
-  records = cli.read_jsonl(str(tmp_path / 'w'))
+  return workdir, result.stdout, env
+
+
+def test_paper_recipe_trains_from_the_store(paper_recipe_run):
+  """configs/imagenet.py's net and input, seen from outside the run: the
+  two-tower net (conv2's kernel sees one tower's 48 maps) split over a
+  'tower' pair of devices, fed 227 crops (fc6 takes 6 x 6 x 256 inputs,
+  which only a 227 input gives) cut on the device from the store's 256
+  squares, PCA noise and the 10-crop test on in the config it ran."""
+  workdir, stdout, _ = paper_recipe_run
+  assert 'store: 30 train / 6 val / 12 test' in stdout
+  assert "mesh {'data': 1, 'model': 1, 'tower': 2}" in stdout
+  assert ("the two towers on a 'tower' pair of devices: conv2 kernel sharded "
+          "(None, None, None, 'tower')") in stdout
+  with open(workdir / 'config.json') as f:
+    used = json.load(f)
+  assert used['model'] == 'alexnet_paper' and used['tower_parallelism'] == 2
+  assert used['image_size'] == 227 and used['resize_size'] == 256
+  assert used['pca_lighting'] == 0.1 and used['ten_crop']
+  params = cli.load_state_on_host(str(workdir))['params']
+  assert params['conv2']['kernel'].shape == (5, 5, 48, 256)
+  assert params['fc6']['kernel'].shape == (6 * 6 * 256, 4096)
+  records = cli.read_jsonl(str(workdir))
+  assert [r['step'] for r in records if r['split'] == 'train'] == list(
+      range(1, 7))
   assert all(r['bad_images'] == 0 for r in records if r['split'] == 'train')
-  with open(tmp_path / 'w' / 'final_metrics.json') as f:
-    assert 0 <= json.load(f)['test']['top1'] <= 1
+
+
+@pytest.mark.slow
+def test_paper_recipe_adds_pca_noise_and_tests_on_ten_crops(
+    paper_recipe_run, jpeg_store, tmp_path):
+  """PCA noise changes what the net is trained on: a twin run with
+  pca_lighting 0 and nothing else changed (its config.json says so) has
+  the same first loss (ln 6: fc8 starts at zero, so no input shows yet)
+  and different ones from step 2 on. The final test metrics are a 10-crop
+  evaluation: `alexnet_jax.evaluate` of the last checkpoint gives them
+  again with the config's 10 crops (to float rounding: another mesh), and
+  other ones with the centre crop alone."""
+  workdir, _, env = paper_recipe_run
+  twin = tmp_path / 'no_pca'
+  result = cli.run_cli(paper_recipe_args(twin, jpeg_store, pca_lighting=0),
+                       env)
+  assert result.returncode == 0, result.stderr[-3000:]
+  configs = [json.loads((w / 'config.json').read_text())
+             for w in (workdir, twin)]
+  assert set(configs[0]) == set(configs[1])
+  assert {k for k in configs[0] if configs[0][k] != configs[1][k]} == {
+      'pca_lighting'}
+  losses = [{r['step']: r['loss'] for r in cli.read_jsonl(str(w))
+             if r['split'] == 'train'} for w in (workdir, twin)]
+  assert losses[0][1] == losses[1][1] == pytest.approx(np.log(6))
+  assert all(losses[0][s] != losses[1][s] for s in range(2, 7)), losses
+
+  with open(workdir / 'final_metrics.json') as f:
+    final = json.load(f)['test']
+  evaluated = {}
+  for name, flags in (('ten', []), ('centre', ['--config.ten_crop=False'])):
+    done = cli.run_tool('evaluate', [f'--workdir={workdir}', '--json'] + flags,
+                        env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    evaluated[name] = json.loads(done.stdout.strip().splitlines()[-1])
+  assert evaluated['ten']['ten_crop'] and not evaluated['centre']['ten_crop']
+  assert evaluated['ten']['step'] == 6
+  assert final['loss'] == pytest.approx(evaluated['ten']['loss'], rel=1e-6)
+  assert final['loss'] != pytest.approx(evaluated['centre']['loss'], rel=1e-4)
 
 
 def test_device_crop_is_a_window_of_the_square():
