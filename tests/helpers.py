@@ -146,7 +146,8 @@ def simulated_devices_env(env, devices):
 _CHECK_DEVICES = """
 import jax as _jax
 assert _jax.device_count() == {devices} and {{
-    d.platform for d in _jax.devices()}} == {{'cpu'}}, _jax.devices()
+    d.platform for d in _jax.devices()}} == {{'cpu'}}, (
+        'asked for {devices} simulated CPU devices, got %s' % _jax.devices())
 """
 
 
