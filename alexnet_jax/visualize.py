@@ -181,15 +181,8 @@ def errors(workdir: str, split: str = 'test', mistakes: int = 12, out=None,
 # --- The command line ---------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
-  """argparse whose refusals are the house's one `error:` line, exit 2."""
-
-  def error(self, message):
-    cli.exit_with_error(message)
-
-
 def _parser() -> argparse.ArgumentParser:
-  parser = _Parser(prog='python -m alexnet_jax.visualize',
+  parser = cli.ArgumentParser(prog='python -m alexnet_jax.visualize',
                    description='What a trained network learned, as the '
                    "paper showed it: conv1's kernels, nearest neighbours by "
                    'fc7 features, and where it errs.')
