@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +23,9 @@ from alexnet_jax.data import feeds
 from alexnet_jax.data import images
 from alexnet_jax.data import streaming
 from tests import cli
+from tests.helpers import alive
+from tests.helpers import child_pids
+from tests.helpers import wait_for
 from tests.photos import PHOTOS
 from tests.photos import write_tree
 
@@ -228,29 +230,6 @@ def test_paper_recipe_runs_on_an_image_folder(tree, tmp_path, subprocess_env):
   assert used['image_size'] == 227
 
 
-def child_pids(pid):
-  children = []
-  for stat in os.listdir('/proc'):
-    if not stat.isdigit():
-      continue
-    try:
-      with open(f'/proc/{stat}/stat') as f:
-        if int(f.read().rsplit(')', 1)[1].split()[1]) == pid:
-          children.append(int(stat))
-    except OSError:
-      continue
-  return children
-
-
-def alive(pid):
-  """Running, not a zombie left for a reaper to collect."""
-  try:
-    with open(f'/proc/{pid}/stat') as f:
-      return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
-  except OSError:
-    return False
-
-
 @pytest.mark.slow
 def test_kill_9_mid_epoch_then_rerun_is_bitwise_equal(tree, tmp_path,
                                                       subprocess_env):
@@ -263,18 +242,16 @@ def test_kill_9_mid_epoch_then_rerun_is_bitwise_equal(tree, tmp_path,
   workdir = tmp_path / 'w'
   proc = cli.start_cli(tiny_args(tree, workdir), subprocess_env,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.monotonic() + 300
-  while not (workdir / 'checkpoints' / '9').is_dir():  # Mid-epoch 2 of 6.
-    assert proc.poll() is None and time.monotonic() < deadline
-    time.sleep(0.02)
+  wait_for(lambda: (workdir / 'checkpoints' / '9').is_dir(),  # Mid-epoch 2.
+           what='checkpoint 9', proc=proc)
   workers = child_pids(proc.pid)  # Grain's decoding processes.
   assert len(workers) >= 2
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  deadline = time.monotonic() + 20
-  while any(alive(pid) for pid in workers):
-    assert time.monotonic() < deadline, 'Grain workers outlived kill -9'
-    time.sleep(0.2)
+  # They notice their parent is gone and end; the timeout only turns a
+  # worker that never ends into a failure.
+  wait_for(lambda: not any(alive(pid) for pid in workers), timeout=120,
+           what='Grain workers ending after their parent got kill -9')
   again = cli.run_cli(tiny_args(tree, workdir), subprocess_env)
   assert again.returncode == 0, again.stderr[-3000:]
   assert 'resuming from' in again.stdout
