@@ -85,7 +85,6 @@ def test_signals_are_seen_when_they_arrive_even_inside_an_xla_call():
 _FORKED_CHILD_SIGNALLED = """
 import os, signal, sys
 from alexnet_jax.runtime import preemption
-from tests.conftest import REPO
 with preemption.StopRequest(lambda step: False) as stop:
   child = os.fork()
   if child == 0:
