@@ -73,8 +73,8 @@ def _positive(value, flag: str):
 
 def filters(workdir: str, out=None, step=None):
   """Draws conv1's kernels; (path written, [inspection.Tower])."""
-  config, step, model, params = _load(workdir, step)
   out = _out(out, workdir, 'filters.png')
+  config, step, model, params = _load(workdir, step)
   towers = inspection.conv1_towers(params['params'], model.groups)
   blocks = [(f'{t.title}  |  mean chroma {t.chroma.mean():.3f}',
              pictures.kernel_grid(t.kernels)) for t in towers]
@@ -122,8 +122,8 @@ def neighbours(workdir: str, split: str = 'test', count: int = 8, k: int = 6,
   for value, flag in ((count, '--count'), (k, '--k'), (sample, '--sample'),
                       (batch_size, '--batch_size')):
     _positive(value, flag)
-  config, step, model, params = _load(workdir, step, dataset, data_dir)
   png = _out(out, workdir, f'neighbours_{split}.png')
+  config, step, model, params = _load(workdir, step, dataset, data_dir)
   splits = inspection.open_splits(config, config_lib.input_side(config))
   reader = _eval_split(splits, split, config)
   if count > len(reader):
@@ -155,8 +155,8 @@ def errors(workdir: str, split: str = 'test', mistakes: int = 12, out=None,
   _positive(batch_size, '--batch_size')
   if not isinstance(mistakes, int) or mistakes < 0:
     raise DataError(f'--mistakes {mistakes!r} must be an integer >= 0')
-  config, step, model, params = _load(workdir, step, dataset, data_dir)
   out = _out(out, workdir, f'errors_{split}.png')
+  config, step, model, params = _load(workdir, step, dataset, data_dir)
   splits = inspection.open_splits(config, config_lib.input_side(config))
   reader = _eval_split(splits, split, config)
   net = inspection.Network(config, model, params,
@@ -181,15 +181,8 @@ def errors(workdir: str, split: str = 'test', mistakes: int = 12, out=None,
 # --- The command line ---------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
-  """argparse whose refusals are the house's one `error:` line, exit 2."""
-
-  def error(self, message):
-    cli.exit_with_error(message)
-
-
 def _parser() -> argparse.ArgumentParser:
-  parser = _Parser(prog='python -m alexnet_jax.visualize',
+  parser = cli.ArgumentParser(prog='python -m alexnet_jax.visualize',
                    description='What a trained network learned, as the '
                    "paper showed it: conv1's kernels, nearest neighbours by "
                    'fc7 features, and where it errs.')

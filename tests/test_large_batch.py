@@ -3,10 +3,7 @@ masks), the poly schedule, AlexNet-BN's shape and its batch statistics as
 train state (saved, restored, an exact resume), statistics over the global
 batch on several devices."""
 
-import json
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +17,9 @@ from alexnet_jax.task import optim
 from alexnet_jax.task.config import Durations
 from configs import default
 from tests import cli
-from tests.test_train import tiny_config
+from tests.cli import tiny_config
+from tests.helpers import assert_same_structure
+from tests.helpers import run_on_simulated_devices
 
 
 def lars_config(**overrides):
@@ -85,11 +84,16 @@ def test_poly_schedule_warms_up_then_falls_as_a_square_to_zero():
   assert float(sched(110)) == pytest.approx(0., abs=1e-6)
 
 
-def test_lars_with_the_plateau_schedule_is_one_line():
-  from alexnet_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
-  from alexnet_jax.task import config as config_lib  # pylint: disable=g-import-not-at-top
-  with pytest.raises(ConfigError, match='optimizer lars takes schedule poly'):
-    config_lib.validate_config(lars_config(schedule='plateau'))
+def test_lars_with_the_plateau_schedule_is_one_line(cifar_dir, tmp_path,
+                                                    subprocess_env):
+  """As a user meets it: one `error:` line naming the valid schedules, exit
+  status 2, no traceback, no workdir."""
+  workdir = tmp_path / 'w'
+  result = cli.run_cli(cli.cli_args(cifar_dir, workdir, optimizer='lars',
+                                    schedule='plateau'), subprocess_env)
+  cli.assert_one_error_line(result, 'optimizer lars takes schedule poly, '
+                            'cosine, step or constant, not plateau')
+  assert not workdir.exists()
 
 
 def test_alexnet_bn_has_the_papers_parameters_and_batch_statistics():
@@ -179,14 +183,10 @@ def test_batch_statistics_are_the_global_batchs_on_several_devices(
   """On 4 devices (4 images each) the running averages and the
   parameters after two LARS steps equal one device's: the statistics are
   over the global batch, not each device's share."""
-  runs = {}
-  for devices in (1, 4):
-    env = dict(subprocess_env, XLA_FLAGS=(
-        f'--xla_force_host_platform_device_count={devices}'))
-    result = subprocess.run([sys.executable, '-c', _GLOBAL_STATS],
-                            cwd=cli.REPO, env=env, capture_output=True,
-                            text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    runs[devices] = json.loads(result.stdout.strip().splitlines()[-1])
-  for a, b in zip(jax.tree.leaves(runs[1]), jax.tree.leaves(runs[4])):
+  runs = {devices: run_on_simulated_devices(_GLOBAL_STATS, subprocess_env,
+                                            devices)
+          for devices in (1, 4)}
+  as_arrays = lambda t: jax.tree.map(
+      np.asarray, t, is_leaf=lambda x: isinstance(x, list))
+  for _, a, b in assert_same_structure(as_arrays(runs[1]), as_arrays(runs[4])):
     np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)

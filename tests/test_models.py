@@ -1,5 +1,15 @@
 """Shapes and parameter counts under jax.eval_shape (nothing allocated), init
-schemes, determinism, dropout, and LRN against the paper's formula."""
+schemes, determinism, dropout, and LRN against the paper's formula.
+
+Float comparisons carry tolerances derived from float32 arithmetic (each
+says how), never a constant measured on one CPU: a sum of n terms computed
+in two orders may differ by up to 2 * gamma_n * (the sum of the terms'
+absolute values) (`tests.helpers.sum_error_bound`), a bound that holds for
+every order, blocking, vectorization and FMA use, so on any x86 or ARM CPU.
+Convolutions run at 'highest' matmul precision, where GPUs compute in float32
+(not TF32) and TPUs in six bfloat16 passes, about as accurate, so the same
+bounds hold there.
+"""
 
 
 import jax
@@ -8,8 +18,8 @@ import numpy as np
 import pytest
 from alexnet_jax.model import alexnet
 from alexnet_jax.model import layers
-
-pass
+from tests.helpers import UNIT_ROUNDOFF
+from tests.helpers import sum_error_bound
 
 
 def layer_shapes(model, image_size):
@@ -199,10 +209,20 @@ def lrn_reference(a, size=5, k=2., alpha=1e-4, beta=0.75):
   return out
 
 
+# LRN in float32 against the float64 formula, elementwise and relative: the
+# input's rounding to float32 (u, carried at most ~2.5x to the output), five
+# squares and four additions of positive terms (gamma_5 plus 5u), k + alpha s
+# (2u), all carried by the power 0.75, then the power itself (XLA computes
+# it as exp(beta log x): a few ulps on every backend) and the division (u):
+# under 20u of arithmetic. 64u leaves room for a backend's pow; a window one
+# channel off, or alpha divided by size as in torch, is off by 1e-3 and more.
+LRN_RTOL = 64 * UNIT_ROUNDOFF
+
+
 def test_lrn_matches_the_paper_formula():
   a = np.random.default_rng(0).normal(0, 30, (2, 3, 3, 16)).astype(np.float64)
   got = layers.local_response_norm(jnp.asarray(a, jnp.float32))
-  np.testing.assert_allclose(got, lrn_reference(a), rtol=1e-5)
+  np.testing.assert_allclose(got, lrn_reference(a), rtol=LRN_RTOL)
 
 
 def test_lrn_window_stays_inside_each_tower():
@@ -210,7 +230,7 @@ def test_lrn_window_stays_inside_each_tower():
   got = layers.local_response_norm(jnp.asarray(a, jnp.float32), groups=2)
   want = np.concatenate([lrn_reference(a[..., :6]), lrn_reference(a[..., 6:])],
                         axis=-1)
-  np.testing.assert_allclose(got, want, rtol=1e-5)
+  np.testing.assert_allclose(got, want, rtol=LRN_RTOL)
 
 
 def test_adaptive_avg_pool_bins_like_torch():
@@ -241,10 +261,14 @@ def test_max_pool_matches_flax_values_and_gradient(shape, padding, ties):
   cotangent = jax.random.normal(jax.random.PRNGKey(1), flax_pool(x).shape)
   grad = lambda f: jax.jit(jax.grad(lambda x: (f(x) * cotangent).sum()))(x)
   # An input that wins several windows sums their cotangents, in another
-  # order than select-and-scatter: equal up to float rounding.
+  # order than select-and-scatter. A 3x3 window at stride 2 overlaps its
+  # neighbours by one row and one column, so an input is in at most 4
+  # windows: two sums of at most 4 cotangents, each within gamma_4 * 4 *
+  # max|cotangent| of the exact sum (`sum_error_bound`).
+  atol = 2 * sum_error_bound(4 * np.abs(cotangent).max(), 4)
   np.testing.assert_allclose(
       grad(lambda x: layers.max_pool(x, 3, 2, padding)), grad(flax_pool),
-      rtol=1e-6, atol=1e-6)
+      rtol=0, atol=atol)
 
 
 def test_max_pool_gradient_goes_to_first_maximum_of_overlapping_windows():
@@ -264,7 +288,17 @@ def test_max_pool_gradient_goes_to_first_maximum_of_overlapping_windows():
 def test_conv_is_flax_conv_with_groups_split(groups, kernel, stride, padding):
   """Same parameter tree and initial values as nn.Conv, the same outputs,
   and gradients equal up to float rounding (the two-tower net's towers run
-  as separate convolutions)."""
+  as separate convolutions).
+
+  The rounding bound, per element, from the arithmetic of each (see the
+  module docstring): an output sums K1 = kernel^2 * 6 / groups products
+  and the bias, so each implementation is within gamma_{K1+1} * A of the
+  exact value, A = conv(|x|, |w|) + |b| (the terms' absolute values).
+  d/dw, d/db and d/dx of sum(y^2) sum at most K2 = max(positions,
+  kernel^2 * 8) terms 2 y x (or 2 y, 2 y w); with y off by gamma_{K1+1} A,
+  each is within (gamma_{K1+1} + gamma_{K2+2}) times the same sums taken
+  over absolute values with A for y: the vjp of the absolute-value
+  convolution with cotangent 2 A. Two implementations: twice that."""
   import flax.linen as nn
   init = nn.initializers.normal(0.1)
   ours = layers.Conv(8, kernel, stride, padding, groups, kernel_init=init,
@@ -277,10 +311,32 @@ def test_conv_is_flax_conv_with_groups_split(groups, kernel, stride, padding):
   params = ours.init(jax.random.PRNGKey(1), x)
   jax.tree.map(np.testing.assert_array_equal, params,
                flax_conv.init(jax.random.PRNGKey(1), x))
-  np.testing.assert_allclose(ours.apply(params, x),
-                             flax_conv.apply(params, x), rtol=1e-6, atol=1e-6)
-  grad = lambda m: jax.grad(lambda p, x: (m.apply(p, x) ** 2).sum(),
-                            argnums=(0, 1))(params, x)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
-                                                       atol=1e-5),
-               grad(ours), grad(flax_conv))
+  with jax.default_matmul_precision('highest'):
+    y = ours.apply(params, x)
+    grad = lambda m: jax.grad(lambda p, x: (m.apply(p, x) ** 2).sum(),
+                              argnums=(0, 1))(params, x)
+    got, want = grad(ours), grad(flax_conv)
+    # The same sums over absolute values, and their vjp with cotangent 2A.
+    abs_params, abs_x = jax.tree.map(jnp.abs, params), jnp.abs(x)
+    a_y, vjp = jax.vjp(lambda p, x: flax_conv.apply(p, x), abs_params, abs_x)
+    magnitudes = vjp(2 * a_y)
+    flax_y = flax_conv.apply(params, x)
+  k1 = kernel * kernel * x.shape[-1] // groups + 1
+  k2 = max(y.shape[0] * y.shape[1] * y.shape[2], kernel * kernel * 8) + 2
+  gamma = lambda n: float(sum_error_bound(1., n))
+  assert_within(y, flax_y, 2 * gamma(k1) * np.asarray(a_y), 'outputs')
+  for (path, a), (_, b), (_, m) in zip(*(
+      jax.tree_util.tree_leaves_with_path(t) for t in (got, want, magnitudes))):
+    assert_within(a, b, 2 * (gamma(k1) + gamma(k2)) * np.asarray(m),
+                  jax.tree_util.keystr(path))
+
+
+def assert_within(a, b, bound, what):
+  """|a - b| <= bound, element by element (bound an array)."""
+  diff = np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))
+  assert diff.shape == np.shape(bound), (what, diff.shape, np.shape(bound))
+  worst = np.unravel_index(np.argmax(diff - bound), diff.shape)
+  assert (diff <= bound).all(), (
+      f'{what}: |difference| {diff[worst]:.3g} > bound {bound[worst]:.3g} '
+      f'at {worst} (largest difference {diff.max():.3g}, largest bound '
+      f'{bound.max():.3g})')

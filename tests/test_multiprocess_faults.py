@@ -172,11 +172,9 @@ def test_kill_9_of_one_process_stops_the_other_then_rerun_resumes(
   try:
     wait_for_checkpoint(workdir, 30, procs[0])
     procs[victim].kill()
-    killed_at = time.monotonic()
     before = committed_steps(workdir)
     survivor = 1 - victim
     procs[survivor].wait(timeout=120)
-    took = time.monotonic() - killed_at
   finally:
     stop_all(procs)
   _, err = read_logs(tmp_path / 'first', survivor)
@@ -185,9 +183,19 @@ def test_kill_9_of_one_process_stops_the_other_then_rerun_resumes(
   assert len(errors) == 1, err[-3000:]
   assert f'error: process {victim} of 2' in errors[0]
   assert f'process {survivor} stops too (exit status 75)' in errors[0]
-  assert took < (5 if victim == 0 else HEARTBEAT / 2 + 10), took
-  print(f'process {survivor} stopped {took:.1f} s after process {victim} '
-        'was killed')
+  # How soon, from what the survivor says rather than a wall clock. The
+  # coordinator lost: the SIGABRT hook's line, which JAX's error polling
+  # triggers at once (the watchdog's own path, after heartbeat/2 of
+  # silence, says 'lost contact with the coordinator ... for N s').
+  # Process 1 lost: the watchdog's line, naming the silence it waited:
+  # at least heartbeat/2 (a live process is never flagged sooner) and less
+  # than the heartbeat, after which JAX's own check would have aborted
+  # this process instead (exit -6, not 75, and no such line).
+  if victim == 0:
+    assert 'it accepts no connections' in errors[0], errors[0]
+  else:
+    silent = int(errors[0].split('no sign of life for ')[1].split(' s')[0])
+    assert HEARTBEAT / 2 <= silent < HEARTBEAT, errors[0]
   after = committed_steps(workdir)
   for step, files in before.items():
     assert after[step] == files, f'checkpoint {step} changed'
@@ -256,21 +264,21 @@ def test_second_sigterm_exits_at_once_with_several_processes(
       p.send_signal(signal.SIGTERM)
     for path in errs:
       wait_for_text(path, 'SIGTERM received', procs)
-    again = time.monotonic()
     for p in signalled:
       p.send_signal(signal.SIGTERM)
     for p in procs:
       p.wait(timeout=60)
-    took = time.monotonic() - again
   finally:
     stop_all(procs)
   assert [p.returncode for p in procs] == [143] * len(procs)
   for path in errs:
     text = path.read_text()
     assert 'SIGTERM again: exiting at once, without saving' in text, text[-2000:]
+  # At once, as events show it: each process says so and exits 143 without
+  # the first signal's save (no 'stopped by' line), where one whose second
+  # SIGTERM was swallowed would finish its step and save first.
   for path in errs + outs:
     assert 'stopped by SIGTERM at step' not in path.read_text()
-  assert took < 10, took
   step = cli.load_state_on_host(workdir)['step']  # The last one is intact.
   assert int(step) % 2 == 0 and int(step) >= 2
 

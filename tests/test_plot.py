@@ -3,17 +3,16 @@ by kill -9) through `plot_runs` and the CLI, the CLI's one-line errors, and
 the curves of a short real training run. Each PNG is decoded and checked for
 its size and for being a drawing, not a blank canvas."""
 
+import collections
 import json
 import math
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 from matplotlib import image as mpimg
 
-pass
 from alexnet_jax.run import loop
 from alexnet_jax.runtime import curves
 from configs import cifar10
@@ -131,17 +130,51 @@ def test_run_without_records_says_no_metrics_yet(tmp_path):
   read_png(tmp_path / 'both.png')
 
 
-def test_write_run_curves_is_quick_for_thousands_of_records(tmp_path):
-  """Training waits for this after every evaluation. The bound is loose (a
-  busy 2-core machine takes ~0.4 s); it catches an order-of-magnitude slip,
-  such as a layout engine measuring every tick label on each redraw."""
-  workdir = write_run(tmp_path / 'big', num_logs=5000)
-  curves.write_run_curves(str(workdir))  # Font cache and imports, once.
-  start = time.perf_counter()
-  out = curves.write_run_curves(str(workdir))
-  elapsed = time.perf_counter() - start
-  read_png(out)
-  assert elapsed < 3., f'{elapsed:.2f} s for 5,000 records'
+def redraw_work(workdir, monkeypatch):
+  """What one `write_run_curves` of `workdir` does, counted: figure draws
+  (and their layout engines), metrics reads, paths and texts drawn, tick
+  updates and text extents measured (what a layout engine multiplies)."""
+  from matplotlib import axis, figure, text  # pylint: disable=g-import-not-at-top
+  from matplotlib.backends import backend_agg  # pylint: disable=g-import-not-at-top
+  counts, engines = collections.Counter(), []
+
+  def count(owner, name, label):
+    original = getattr(owner, name)
+
+    def counted(*args, **kwargs):
+      counts[label] += 1
+      if label == 'figure draws':
+        engines.append(args[0].get_layout_engine())
+      return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counted)
+
+  count(figure.Figure, 'draw', 'figure draws')
+  count(curves, 'read_records', 'metrics reads')
+  count(backend_agg.RendererAgg, 'draw_path', 'paths drawn')
+  count(backend_agg.RendererAgg, 'draw_text', 'texts drawn')
+  count(axis.Axis, '_update_ticks', 'tick updates')
+  count(text.Text, 'get_window_extent', 'text extents')
+  read_png(curves.write_run_curves(str(workdir)))
+  monkeypatch.undo()
+  return counts, engines
+
+
+def test_write_run_curves_does_the_same_work_for_thousands_of_records(
+    tmp_path, monkeypatch):
+  """Training waits for this after every evaluation, so a redraw must not
+  grow with the run: 5,000 records cost the same draws, tick updates and
+  text measurements as 40 (only the lines' points grow), one figure drawn
+  once from one read of metrics.jsonl, and no layout engine (one measures
+  every tick label again on each redraw: 3x the text extents here). Counted,
+  not timed: a count is the same on a busy 2-core machine."""
+  small, small_engines = redraw_work(write_run(tmp_path / 's', num_logs=40),
+                                     monkeypatch)
+  big, big_engines = redraw_work(write_run(tmp_path / 'b', num_logs=5000),
+                                 monkeypatch)
+  assert big == small, (big, small)
+  assert big['figure draws'] == 1 and big['metrics reads'] == 1
+  assert small_engines == big_engines == [None]
 
 
 def test_cli_overlays_runs_and_prints_the_path(tmp_path, subprocess_env):

@@ -1,7 +1,7 @@
 """torchvision's pretrained AlexNet in JAX: convert, then predict like PyTorch.
 
 torchvision's weights cannot be downloaded here, so its AlexNet is built in
-real PyTorch, module for module (`test_torch_parity.torchvision_alexnet`),
+real PyTorch, module for module (`tests/torch_models.py`),
 with random weights saved by torch.save exactly as a state dict file is.
 `alexnet_jax.convert` and `alexnet_jax.predict` run as users run them; the
 photos are scikit-image's, written as JPEG and PNG. PyTorch's side of the
@@ -33,7 +33,7 @@ from tests.conftest import REPO
 torch = pytest.importorskip(
     'torch', reason='PyTorch not installed: pip install -r requirements-parity.txt')
 skimage_data = pytest.importorskip('skimage.data')
-from tests.test_torch_parity import torchvision_alexnet  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tests.torch_models import torchvision_alexnet  # pylint: disable=g-import-not-at-top,wrong-import-position
 from alexnet_jax.task import state as state_lib
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)

@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +24,9 @@ from alexnet_jax.data import streaming
 from alexnet_jax.errors import DataError
 from tests import cli
 from tests.conftest import REPO
-from tests.test_streaming import write_tree
+from tests.helpers import simulated_devices_env
+from tests.helpers import wait_for
+from tests.photos import write_tree
 
 PREPARE = [sys.executable, '-m', 'alexnet_jax.prepare']
 BROKEN = {'truncated.jpg': 'truncated', 'empty.jpg': 'empty',
@@ -46,6 +47,7 @@ def add_broken_files(root, split='train', klass='chelsea'):
 
 @pytest.fixture(scope='module')
 def photos(tmp_path_factory):
+  pytest.importorskip('skimage.data')
   root = write_tree(str(tmp_path_factory.mktemp('photos')))
   add_broken_files(root)
   return root
@@ -118,10 +120,8 @@ def test_prepare_killed_then_rerun_resumes_and_matches(photos, tmp_path):
   proc = subprocess.Popen(PREPARE + args + [f'--store={cut}'], cwd=REPO,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                           start_new_session=True)
-  deadline = time.monotonic() + 120
-  while not list(cut.glob('*.array_record')) if cut.exists() else True:
-    assert time.monotonic() < deadline and proc.poll() is None
-    time.sleep(0.05)
+  wait_for(lambda: cut.exists() and list(cut.glob('*.array_record')),
+           what='the first shard', proc=proc)
   os.killpg(proc.pid, signal.SIGKILL)  # The prepare and its workers.
   proc.wait()
   assert not (cut / store.MANIFEST).exists()
@@ -172,21 +172,87 @@ def store_args(workdir, data_dir, **overrides):
       f'--config.{k}={v}' for k, v in base.items()]
 
 
-def test_paper_recipe_trains_from_the_store(jpeg_store, tmp_path,
-                                            subprocess_env):
-  """configs/imagenet.py as it is (two towers at 227, PCA noise, 10-crop
-  test) on the store, decoded by 2 Grain workers: 256 squares in, 227
-  crops cut on the device."""
-  result = cli.run_cli(store_args(tmp_path / 'w', jpeg_store, data_workers=2),
-                       subprocess_env)
+def paper_recipe_args(workdir, data_dir, **overrides):
+  """configs/imagenet.py as it is on the store, its two towers on a 'tower'
+  pair of devices (the paper's two GPUs), decoded by 2 Grain workers."""
+  return store_args(workdir, data_dir, data_workers=2, tower_parallelism=2,
+                    **overrides)
+
+
+@pytest.fixture(scope='module')
+def paper_recipe_run(jpeg_store, tmp_path_factory, subprocess_env):
+  """The recipe trained on two simulated devices: (workdir, stdout, env)."""
+  env = simulated_devices_env(subprocess_env, 2)
+  workdir = tmp_path_factory.mktemp('recipe') / 'w'
+  result = cli.run_cli(paper_recipe_args(workdir, jpeg_store), env)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert 'store: 30 train / 6 val / 12 test' in result.stdout
   # Grain's workers hand batches over in shared memory: none left behind.
   assert 'leaked shared_memory' not in result.stderr, result.stderr[-2000:]
-  records = cli.read_jsonl(str(tmp_path / 'w'))
+  return workdir, result.stdout, env
+
+
+def test_paper_recipe_trains_from_the_store(paper_recipe_run):
+  """configs/imagenet.py's net and input, seen from outside the run: the
+  two-tower net (conv2's kernel sees one tower's 48 maps) split over a
+  'tower' pair of devices, fed 227 crops (fc6 takes 6 x 6 x 256 inputs,
+  which only a 227 input gives) cut on the device from the store's 256
+  squares, PCA noise and the 10-crop test on in the config it ran."""
+  workdir, stdout, _ = paper_recipe_run
+  assert 'store: 30 train / 6 val / 12 test' in stdout
+  assert "mesh {'data': 1, 'model': 1, 'tower': 2}" in stdout
+  assert ("the two towers on a 'tower' pair of devices: conv2 kernel sharded "
+          "(None, None, None, 'tower')") in stdout
+  with open(workdir / 'config.json') as f:
+    used = json.load(f)
+  assert used['model'] == 'alexnet_paper' and used['tower_parallelism'] == 2
+  assert used['image_size'] == 227 and used['resize_size'] == 256
+  assert used['pca_lighting'] == 0.1 and used['ten_crop']
+  params = cli.load_state_on_host(str(workdir))['params']
+  assert params['conv2']['kernel'].shape == (5, 5, 48, 256)
+  assert params['fc6']['kernel'].shape == (6 * 6 * 256, 4096)
+  records = cli.read_jsonl(str(workdir))
+  assert [r['step'] for r in records if r['split'] == 'train'] == list(
+      range(1, 7))
   assert all(r['bad_images'] == 0 for r in records if r['split'] == 'train')
-  with open(tmp_path / 'w' / 'final_metrics.json') as f:
-    assert 0 <= json.load(f)['test']['top1'] <= 1
+
+
+@pytest.mark.slow
+def test_paper_recipe_adds_pca_noise_and_tests_on_ten_crops(
+    paper_recipe_run, jpeg_store, tmp_path):
+  """PCA noise changes what the net is trained on: a twin run with
+  pca_lighting 0 and nothing else changed (its config.json says so) has
+  the same first loss (ln 6: fc8 starts at zero, so no input shows yet)
+  and different ones from step 2 on. The final test metrics are a 10-crop
+  evaluation: `alexnet_jax.evaluate` of the last checkpoint gives them
+  again with the config's 10 crops (to float rounding: another mesh), and
+  other ones with the centre crop alone."""
+  workdir, _, env = paper_recipe_run
+  twin = tmp_path / 'no_pca'
+  result = cli.run_cli(paper_recipe_args(twin, jpeg_store, pca_lighting=0),
+                       env)
+  assert result.returncode == 0, result.stderr[-3000:]
+  configs = [json.loads((w / 'config.json').read_text())
+             for w in (workdir, twin)]
+  assert set(configs[0]) == set(configs[1])
+  assert {k for k in configs[0] if configs[0][k] != configs[1][k]} == {
+      'pca_lighting'}
+  losses = [{r['step']: r['loss'] for r in cli.read_jsonl(str(w))
+             if r['split'] == 'train'} for w in (workdir, twin)]
+  assert losses[0][1] == losses[1][1] == pytest.approx(np.log(6))
+  assert all(losses[0][s] != losses[1][s] for s in range(2, 7)), losses
+
+  with open(workdir / 'final_metrics.json') as f:
+    final = json.load(f)['test']
+  evaluated = {}
+  for name, flags in (('ten', []), ('centre', ['--config.ten_crop=False'])):
+    done = cli.run_tool('evaluate', [f'--workdir={workdir}', '--json'] + flags,
+                        env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    evaluated[name] = json.loads(done.stdout.strip().splitlines()[-1])
+  assert evaluated['ten']['ten_crop'] and not evaluated['centre']['ten_crop']
+  assert evaluated['ten']['step'] == 6
+  assert final['loss'] == pytest.approx(evaluated['ten']['loss'], rel=1e-6)
+  assert final['loss'] != pytest.approx(evaluated['centre']['loss'], rel=1e-4)
 
 
 def test_device_crop_is_a_window_of_the_square():
@@ -420,10 +486,8 @@ def test_sigterm_to_the_process_group_saves_and_resumes_exactly(
                           env=subprocess_env, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True,
                           start_new_session=True)
-  deadline = time.monotonic() + 300
-  while not (stopped / 'checkpoints' / '4').is_dir():
-    assert time.monotonic() < deadline and proc.poll() is None
-    time.sleep(0.05)
+  wait_for(lambda: (stopped / 'checkpoints' / '4').is_dir(),
+           what='checkpoint 4', proc=proc)
   workers = subprocess.run(['pgrep', '-g', str(proc.pid)], capture_output=True,
                            text=True).stdout.split()
   assert len(workers) >= 3, workers  # The trainer and its 2 decode workers.
@@ -502,20 +566,85 @@ def test_dali_cpu_decodes_the_store_as_the_grain_path_does(jpeg_store):
     assert diff.mean() < 1., diff.mean()
 
 
+def pils_squares_of(photos, dali_images, dali_labels):
+  """For each DALI image: its mean |difference| from PIL's 256 square of
+  the folder's image it shows (`store_writer.square`, what the Grain path
+  and the store hold), and per image the share of pixels within one level.
+  Which image it shows is found, not assumed: the nearest of the folder's
+  decodable images, which must be unambiguous (half the next one's
+  distance at most) and carry the batch's label."""
+  source = streaming.ImageFolderSource.scan(os.path.join(photos, 'train'))
+  good = [i for i, p in enumerate(source.paths)
+          if os.path.basename(p) not in BROKEN]
+  squares = np.stack([store_writer.square(source[i]['image'])
+                      for i in good]).astype(np.int16)
+  means, within_one = [], []
+  for image, label in zip(dali_images.astype(np.int16), dali_labels):
+    distance = np.abs(squares - image).mean(axis=(1, 2, 3))
+    nearest, second = np.argsort(distance)[:2]
+    assert distance[nearest] <= distance[second] / 2, distance
+    assert source.labels[good[nearest]] == label
+    means.append(distance[nearest])
+    within_one.append((np.abs(squares[nearest] - image) <= 1).mean())
+  return np.asarray(means), np.asarray(within_one)
+
+
+@pytest.fixture(scope='module')
+def dali_and_grain_folder_batches(photos):
+  """Seven batches of 6 of the image folder with broken files, through DALI
+  (256 squares) and through Grain (227 crops cut on the host): the feeds
+  and their batches."""
+  needs_dali()
+  dali = dali_feed(photos, 'image_folder', input_pipeline='dali',
+                   dali_device='cpu')
+  grain = dali_feed(photos, 'image_folder')
+  return dali, list(dali.train(0, 5, 7)), grain, list(grain.train(0, 5, 7))
+
+
 @pytest.mark.slow
 def test_dali_cpu_reads_image_folders_and_replaces_what_it_cannot_decode(
-    photos, jpeg_store):
+    photos, dali_and_grain_folder_batches):
   """An image folder with broken files: DALI rescales to the store's
-  squares (within a few levels of PIL's resampling), and the broken files
-  are replaced by the same records the Grain path takes."""
-  needs_dali()
-  folder = dali_feed(photos, 'image_folder', input_pipeline='dali',
-                     dali_device='cpu')
-  batches = list(folder.train(0, 5, 7))
-  for batch in batches:
-    assert batch['images'].shape == (6, 256, 256, 3)
-  assert sum(int(np.asarray(b['replaced']).sum()) for b in batches) >= 1
-  assert folder.bad.seen['train']
+  squares, and the broken files are replaced by the same records the Grain
+  path takes.
+
+  Same records: batch by batch the labels and the replaced examples equal
+  the Grain path's, and the feeds name the same unreadable files. Squares:
+  each image is PIL's square of a record with its label, and the typical
+  image (the median) is within half a level of it on average: the same
+  bilinear, antialiased filter, each output rounded to a level."""
+  dali, dali_batches, grain, grain_batches = dali_and_grain_folder_batches
+  assert len(dali_batches) == len(grain_batches) == 7
+  for d, g in zip(dali_batches, grain_batches):
+    assert d['images'].shape == (6, 256, 256, 3)
+    assert g['images'].shape == (6, 227, 227, 3)
+    np.testing.assert_array_equal(d['labels'], g['labels'])
+    np.testing.assert_array_equal(d['replaced'], g['replaced'])
+  assert sum(int(np.asarray(b['replaced']).sum()) for b in dali_batches) >= 1
+  assert dali.bad.seen['train'] and dali.bad.seen == grain.bad.seen
+  means, _ = pils_squares_of(
+      photos, np.concatenate([np.asarray(b['images']) for b in dali_batches]),
+      np.concatenate([np.asarray(b['labels']) for b in dali_batches]))
+  assert np.median(means) <= 0.5, means
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "found by this test: DALI's resize_shorter rounds the longer side "
+    "(306x203 -> 386x256), torchvision's rule, which the store and the Grain "
+    'path follow, truncates (385x256): 6 of the 31 source images drawn come '
+    "out half a pixel off PIL's squares (2.8-3.3 levels on average, 45-62% "
+    'of pixels within one level), and a 919x802 JPEG star field (sizes '
+    'alike) by 6 levels'))
+def test_dali_image_folder_squares_are_pils_on_every_image(
+    photos, dali_and_grain_folder_batches):
+  """The docstring's promise image by image: 99% of each image's pixels
+  within one level of PIL's square (natural photos: 99.8% and more)."""
+  _, dali_batches, _, _ = dali_and_grain_folder_batches
+  _, within_one = pils_squares_of(
+      photos, np.concatenate([np.asarray(b['images']) for b in dali_batches]),
+      np.concatenate([np.asarray(b['labels']) for b in dali_batches]))
+  assert (within_one >= 0.99).all(), within_one
 
 
 def test_dali_gpu_on_a_machine_without_one_is_one_line(jpeg_store, tmp_path,

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -24,36 +23,13 @@ from alexnet_jax.data import feeds
 from alexnet_jax.data import images
 from alexnet_jax.data import streaming
 from tests import cli
+from tests.helpers import alive
+from tests.helpers import child_pids
+from tests.helpers import wait_for
+from tests.photos import PHOTOS
+from tests.photos import write_tree
 
 skimage_data = pytest.importorskip('skimage.data')
-
-# Real photographs of different sizes and aspect ratios; `camera` is grey.
-PHOTOS = ('astronaut', 'coffee', 'chelsea', 'rocket', 'camera',
-          'hubble_deep_field')
-
-
-def _variant(img: Image.Image, k: int) -> Image.Image:
-  """The k-th view of a photo: crops of varying size, some mirrored."""
-  w, h = img.size
-  f = 0.6 + 0.08 * (k % 5)
-  cw, ch = int(w * f), int(h * f)
-  left, top = (k * 37) % (w - cw + 1), (k * 53) % (h - ch + 1)
-  view = img.crop((left, top, left + cw, top + ch))
-  return view.transpose(Image.FLIP_LEFT_RIGHT) if k % 2 else view
-
-
-def write_tree(root, train_per_class=6, val_per_class=2):
-  for name in PHOTOS:
-    photo = Image.fromarray(getattr(skimage_data, name)())
-    for split, count, offset in (('train', train_per_class, 0),
-                                 ('val', val_per_class, 100)):
-      folder = os.path.join(root, split, name)
-      os.makedirs(folder, exist_ok=True)
-      for k in range(count):
-        ext = 'jpg' if k % 2 == 0 else 'png'
-        _variant(photo, k + offset).save(os.path.join(folder, f'{k}.{ext}'))
-  return root
-
 
 @pytest.fixture(scope='module')
 def tree(tmp_path_factory):
@@ -285,9 +261,7 @@ def test_bad_image_folder_is_one_line(tmp_path, subprocess_env):
       ['--config=configs/imagenet.py', f'--workdir={tmp_path / "w"}',
        '--config.dataset=image_folder', f'--config.data_dir={tmp_path / "d"}'],
       subprocess_env)
-  assert result.returncode == 2
-  errors = [l for l in result.stderr.splitlines() if l.startswith('error:')]
-  assert len(errors) == 1 and 'no .jpg/.jpeg/.png images' in errors[0]
+  cli.assert_one_error_line(result, 'no .jpg/.jpeg/.png images')
   assert not (tmp_path / 'w').exists()
 
 
@@ -326,29 +300,6 @@ def test_paper_recipe_runs_on_an_image_folder(tree, tmp_path, subprocess_env):
   assert used['image_size'] == 227
 
 
-def child_pids(pid):
-  children = []
-  for stat in os.listdir('/proc'):
-    if not stat.isdigit():
-      continue
-    try:
-      with open(f'/proc/{stat}/stat') as f:
-        if int(f.read().rsplit(')', 1)[1].split()[1]) == pid:
-          children.append(int(stat))
-    except OSError:
-      continue
-  return children
-
-
-def alive(pid):
-  """Running, not a zombie left for a reaper to collect."""
-  try:
-    with open(f'/proc/{pid}/stat') as f:
-      return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
-  except OSError:
-    return False
-
-
 @pytest.mark.slow
 def test_kill_9_mid_epoch_then_rerun_is_bitwise_equal(tree, tmp_path,
                                                       subprocess_env):
@@ -361,18 +312,16 @@ def test_kill_9_mid_epoch_then_rerun_is_bitwise_equal(tree, tmp_path,
   workdir = tmp_path / 'w'
   proc = cli.start_cli(tiny_args(tree, workdir), subprocess_env,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.monotonic() + 300
-  while not (workdir / 'checkpoints' / '9').is_dir():  # Mid-epoch 2 of 6.
-    assert proc.poll() is None and time.monotonic() < deadline
-    time.sleep(0.02)
+  wait_for(lambda: (workdir / 'checkpoints' / '9').is_dir(),  # Mid-epoch 2.
+           what='checkpoint 9', proc=proc)
   workers = child_pids(proc.pid)  # Grain's decoding processes.
   assert len(workers) >= 2
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  deadline = time.monotonic() + 20
-  while any(alive(pid) for pid in workers):
-    assert time.monotonic() < deadline, 'Grain workers outlived kill -9'
-    time.sleep(0.2)
+  # They notice their parent is gone and end; the timeout only turns a
+  # worker that never ends into a failure.
+  wait_for(lambda: not any(alive(pid) for pid in workers), timeout=120,
+           what='Grain workers ending after their parent got kill -9')
   again = cli.run_cli(tiny_args(tree, workdir), subprocess_env)
   assert again.returncode == 0, again.stderr[-3000:]
   assert 'resuming from' in again.stdout
@@ -419,10 +368,8 @@ def test_unprepared_tfds_dataset_says_how_to_prepare(tmp_path, subprocess_env):
   result = cli.run_cli(
       ['--config=configs/imagenette.py', f'--workdir={tmp_path / "w"}',
        f'--config.tfds_data_dir={tmp_path / "tfds"}'], subprocess_env)
-  assert result.returncode == 2, result.stderr[-2000:]
-  errors = [l for l in result.stderr.splitlines() if l.startswith('error:')]
-  assert len(errors) == 1, result.stderr[-2000:]
-  assert 'python -m alexnet_jax.prepare --dataset=imagenette' in errors[0]
+  cli.assert_one_error_line(result,
+                            'python -m alexnet_jax.prepare --dataset=imagenette')
   assert not (tmp_path / 'w').exists()
 
 

@@ -16,36 +16,20 @@ import pytest
 
 from alexnet_jax.data import augment
 from alexnet_jax.data import cifar
-from alexnet_jax.data import feeds
 from alexnet_jax.data import registry
 from alexnet_jax.model import alexnet
 from alexnet_jax.run import loop
 from alexnet_jax.runtime import checkpoints
-from alexnet_jax.runtime import mesh as mesh_lib
 from alexnet_jax.runtime import reporting
 from alexnet_jax.task import config as config_lib
-from alexnet_jax.task import evaluation
 from alexnet_jax.task import optim
 from alexnet_jax.task import state as state_lib
 from alexnet_jax.errors import UserError
-from configs import cifar10
 from tests import cli
 from tests.cli import read_jsonl
+from tests.cli import tiny_config
 from tests.conftest import require_cifar_subset
-
-
-def tiny_config(cifar_dir, **overrides):
-  c = cifar10.get_config()
-  c.model = 'alexnet_tiny'
-  c.data_dir = cifar_dir
-  c.batch_size = 128
-  c.learning_rate = 0.02
-  c.num_epochs = 2
-  c.log_every_steps = 5
-  c.checkpoint_every_steps = 10
-  c.keep_checkpoints = 2
-  c.update(overrides)
-  return c
+from tests.helpers import simulated_devices_env
 
 
 def test_run_writes_metrics_tensorboard_and_checkpoints(cifar_dir, tmp_path):
@@ -289,18 +273,14 @@ def test_bad_input_on_the_command_line(
   """The table as a user meets it: one `error:` line, exit 2, no traceback,
   the workdir untouched. The command-line cases in the fast tier, the rest
   (done in-process above) in the full one."""
-  override, env = dict(override), dict(subprocess_env)
-  env['XLA_FLAGS'] = (f'--xla_force_host_platform_device_count='
-                      f'{override.pop("devices", 1)}')
+  override = dict(override)
+  env = simulated_devices_env(subprocess_env, override.pop('devices', 1))
   marker = tmp_path / 'pwned'
   override = _special_values(override, tmp_path, marker)
   before = cli.snapshot(trained_workdir)
   result = cli.run_cli(cli.cli_args(cifar_dir, trained_workdir, **override),
                        env, timeout=300)
-  assert result.returncode == 2, result.stderr[-2000:]
-  errors = cli.error_lines(result.stderr)
-  assert len(errors) == 1 and expected in errors[0], result.stderr[-2000:]
-  assert 'Traceback' not in result.stderr
+  cli.assert_one_error_line(result, expected)
   assert cli.snapshot(trained_workdir) == before
   assert not marker.exists()
 

@@ -327,13 +327,28 @@ def test_streamed_neighbours_and_errors_match_independent_ones(streamed_run,
   assert confusion.sum() == 3
 
 
-def test_an_out_in_a_missing_folder_is_refused_before_any_work(run, tmp_path):
+@pytest.mark.parametrize('command', ['filters', 'neighbours', 'errors'])
+def test_an_out_in_a_missing_folder_is_refused_before_any_work(
+    run, tmp_path, monkeypatch, command):
+  """The refusal comes before the checkpoint is read (the first work each
+  command does: minutes for a large net), and nothing is written."""
   from alexnet_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.runtime import checkpoints  # pylint: disable=g-import-not-at-top
+  reads = []
+  read = checkpoints.load_variables_on_host
+  monkeypatch.setattr(checkpoints, 'load_variables_on_host',
+                      lambda *a, **k: reads.append(a) or read(*a, **k))
+  before = cli.snapshot(run)
   out = tmp_path / 'missing' / 'f.png'
   with pytest.raises(UserError, match=f'--out {out}: folder '
                      f'{out.parent} does not exist'):
-    visualize.filters(run, out=out)
+    getattr(visualize, command)(run, out=out)
+  assert reads == []
   assert not out.parent.exists()
+  assert cli.snapshot(run) == before
+  # The hook sees a read when there is one (the check above can fail).
+  visualize.filters(run, out=tmp_path / 'f.png')
+  assert len(reads) == 1
 
 
 @pytest.mark.parametrize('argv', [['--help'], ['neighbours', '--help']])

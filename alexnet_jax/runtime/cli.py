@@ -2,6 +2,7 @@
 status 2, `--help` prints the command's help and exits 0, and library
 tracebacks stay quiet unless --verbose."""
 
+import argparse
 import sys
 import threading
 import traceback
@@ -16,6 +17,14 @@ def exit_with_error(message, verbose: bool = False):
   print(f'error: {" ".join(str(message).split())}', file=sys.stderr,
         flush=True)
   sys.exit(2)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse whose refusals are the house's one `error:` line, exit 2
+  (argparse's own print the usage block first)."""
+
+  def error(self, message):
+    exit_with_error(message)
 
 
 def exit_if_help(argv, doc: str):
