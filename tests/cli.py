@@ -8,6 +8,7 @@ import sys
 import jax
 
 from alexnet_jax.runtime import checkpoints
+from alexnet_jax.runtime.layout import Layout
 from tests import helpers
 from tests.conftest import REPO
 
@@ -85,7 +86,7 @@ def load_state_on_host(workdir, step=None):
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   if step is None:
     step = checkpoints.latest_step_on_disk(workdir)
-  path = checkpoints.workdir_path(workdir) / 'checkpoints' / str(step) / 'default'
+  path = Layout.of(workdir).checkpoint(step)
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = jax.tree.map(
       lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
@@ -124,13 +125,20 @@ def evaluate_arrays(config, model, params, images, labels, num_classes=10):
   arrays: {'loss', 'top1', 'top5'}. `params` may be the model's variables
   ({'params', 'batch_stats'})."""
   variables = params if 'params' in params else {'params': params}
-  from alexnet_jax.data import registry  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import build  # pylint: disable=g-import-not-at-top
   from alexnet_jax.runtime import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   from alexnet_jax.task import evaluation  # pylint: disable=g-import-not-at-top
-  spec = registry.get(config.dataset)
-  evaluate = evaluation.scan_evaluator(
-      evaluation.make_logits_fn(config, model, spec.mean, spec.std,
-                                images.shape[1]),
-      config.eval_batch_size, mesh_lib.make_mesh(), num_classes)
-  return evaluation.split_metrics(evaluate(variables, jax.numpy.asarray(images),
-                                           jax.numpy.asarray(labels)))
+  spec = build.input_spec(config, build.dataset(config), images.shape[1])
+  evaluator = evaluation.Evaluator(
+      evaluation.make_logits_fn(spec, model.apply), config.eval_batch_size,
+      mesh_lib.make_mesh(), num_classes)
+  return evaluation.split_metrics(evaluator.over_arrays(
+      variables, jax.numpy.asarray(images), jax.numpy.asarray(labels)))
+
+
+def durations(total_steps: int, log_every: int = 1, steps_per_epoch: int = 10):
+  """A run's Durations for components tested on their own."""
+  from alexnet_jax.task.durations import Durations  # pylint: disable=g-import-not-at-top
+  return Durations(steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+                   log_every=log_every, steps_per_eval=0, checkpoint_every=0,
+                   warmup_steps=0, lr_step_boundaries=())

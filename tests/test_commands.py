@@ -9,12 +9,12 @@ import sys
 
 import pytest
 
-from alexnet_jax.run import loop
+from alexnet_jax import train
 from tests import cli
 from tests.cli import tiny_config
 
 COMMANDS = ('main', 'evaluate', 'predict', 'convert', 'prepare', 'plot',
-            'benchmark', 'visualize')
+            'visualize')
 
 
 @pytest.mark.parametrize('command', COMMANDS)
@@ -44,7 +44,7 @@ def test_profile_steps_writes_a_trace_into_the_workdir(cifar_dir, tmp_path):
   """--config.profile_steps=2: an XLA trace that TensorBoard's profile
   plugin reads (WORKDIR/plugins/profile/<run>/<host>.xplane.pb)."""
   workdir = str(tmp_path / 'w')
-  loop.train_and_evaluate(
+  train.train_and_evaluate(
       tiny_config(cifar_dir, num_epochs=0, num_steps=10, profile_steps=2,
                   eval_every_epochs=0), workdir)
   traces = glob.glob(os.path.join(workdir, 'plugins', 'profile', '*',

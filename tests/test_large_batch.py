@@ -11,10 +11,9 @@ import numpy as np
 import optax
 import pytest
 
+from alexnet_jax import build
+from alexnet_jax import train
 from alexnet_jax.model import alexnet
-from alexnet_jax.run import loop
-from alexnet_jax.task import optim
-from alexnet_jax.task.config import Durations
 from configs import default
 from tests import cli
 from tests.cli import tiny_config
@@ -36,8 +35,7 @@ def test_two_lars_steps_by_hand():
   layer, into the momentum; biases and batch-norm leaves (no 'kernel'):
   lr * g, no decay, no trust ratio."""
   config = lars_config()
-  tx, _ = optim.make_optimizer(config,
-                               Durations.from_steps_per_epoch(config, 10))
+  tx, _ = build.optimizer(config, build.durations(config, 10))
   w = {'conv1': {'kernel': jnp.array([[3., 4.]]), 'bias': jnp.array([1.])},
        'fc6': {'kernel': jnp.array([0.5, -0.5, 1.0]),
                'bias': jnp.array([-2., 0.])}}
@@ -76,8 +74,7 @@ def test_two_lars_steps_by_hand():
 def test_poly_schedule_warms_up_then_falls_as_a_square_to_zero():
   config = lars_config(schedule='poly', learning_rate=10., warmup_epochs=1.,
                        num_steps=110)
-  sched = optim.learning_rate_schedule(
-      config, Durations.from_steps_per_epoch(config, 10))
+  _, sched = build.optimizer(config, build.durations(config, 10))
   assert float(sched(0)) == 0. and float(sched(5)) == pytest.approx(5.)
   assert float(sched(10)) == pytest.approx(10.)
   assert float(sched(60)) == pytest.approx(10. * 0.5 ** 2)
@@ -135,11 +132,11 @@ def test_batch_statistics_are_checkpointed_and_resume_exactly(cifar_dir,
       learning_rate=1.0, warmup_epochs=0.1, num_epochs=0, num_steps=12,
       eval_every_epochs=0, checkpoint_every_steps=6, keep_checkpoints=3)
   whole, cut = str(tmp_path / 'whole'), str(tmp_path / 'cut')
-  final = loop.train_and_evaluate(config, whole)
+  final = train.train_and_evaluate(config, whole)
   shutil.copytree(whole, cut)
   shutil.rmtree(os.path.join(cut, 'checkpoints', '12'))
   os.remove(os.path.join(cut, 'final_metrics.json'))
-  again = loop.train_and_evaluate(config, cut)
+  again = train.train_and_evaluate(config, cut)
   cli.assert_states_bitwise_equal(whole, cut, 12)
   state = cli.load_state_on_host(cut, 12)
   assert set(state['batch_stats']) == {'bn2', 'bn3', 'bn4', 'bn5'}
@@ -150,9 +147,9 @@ def test_batch_statistics_are_checkpointed_and_resume_exactly(cifar_dir,
 _GLOBAL_STATS = r'''
 import json, sys
 import jax, jax.numpy as jnp, numpy as np
-from alexnet_jax.data import registry
+from alexnet_jax import build
 from alexnet_jax.runtime import mesh as mesh_lib
-from alexnet_jax.task import config as config_lib, optim, state as state_lib
+from alexnet_jax.task import state as state_lib
 from alexnet_jax.task import steps
 from configs import default
 c = default.get_config()
@@ -160,11 +157,11 @@ c.update(model='alexnet_tiny_bn', dataset='fake', num_classes=10,
          crop_padding=0, random_flip=False, dropout_rate=0., batch_size=16,
          schedule='constant', optimizer='lars', learning_rate=1.)
 mesh = mesh_lib.make_mesh()
-model = state_lib.make_model(c, 10)
-tx, _ = optim.make_optimizer(c, config_lib.Durations.from_steps_per_epoch(c, 1))
+model = build.model(c, 10)
+tx, _ = build.optimizer(c, build.durations(c, 1))
 state, _ = state_lib.create_train_state(model, tx, (32, 32, 3), 0, mesh)
-step = steps.make_train_step(c, model, 10, registry.CIFAR10_MEAN,
-                             registry.CIFAR10_STD, 32)
+step = steps.make_train_step(build.input_spec(c, build.dataset(c), 32), 10,
+                             log_every=c.log_every_steps)
 rng = np.random.default_rng(0)
 for _ in range(2):
   batch = {'images': jax.device_put(rng.integers(0, 256, (16, 32, 32, 3),

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from matplotlib import image as mpimg
 
-from alexnet_jax.run import loop
+from alexnet_jax import train
 from alexnet_jax.runtime import curves
 from configs import cifar10
 from tests.conftest import REPO
@@ -121,7 +121,7 @@ def test_run_without_records_says_no_metrics_yet(tmp_path):
   nothing = tmp_path / 'nothing'
   nothing.mkdir()  # No metrics.jsonl at all.
   for workdir in (empty, nothing):
-    assert curves.write_run_curves(str(workdir)) == str(workdir / 'curves.png')
+    assert curves.write_run_curves(str(workdir), 'a run') == str(workdir / 'curves.png')
     pixels = read_png(workdir / 'curves.png')
     assert orange_pixels(pixels) == 0
   # Beside a run that has records, the empty one is a legend entry only.
@@ -155,7 +155,7 @@ def redraw_work(workdir, monkeypatch):
   count(backend_agg.RendererAgg, 'draw_text', 'texts drawn')
   count(axis.Axis, '_update_ticks', 'tick updates')
   count(text.Text, 'get_window_extent', 'text extents')
-  read_png(curves.write_run_curves(str(workdir)))
+  read_png(curves.write_run_curves(str(workdir), 'a run'))
   monkeypatch.undo()
   return counts, engines
 
@@ -236,7 +236,7 @@ def test_curves_of_a_real_training_run(cifar_dir, tmp_path, subprocess_env):
                 num_epochs=0, num_steps=20, log_every_steps=5,
                 eval_every_epochs=0.1, checkpoint_every_steps=0)
   workdir = tmp_path / 'w'
-  loop.train_and_evaluate(config, str(workdir))
+  train.train_and_evaluate(config, str(workdir))
   splits = [r['split'] for r in curves.read_records(workdir)]
   assert splits.count('train') >= 4 and splits.count('val') >= 3
   assert splits.count('test') == 1

@@ -18,11 +18,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexnet_jax.runtime import checkpoints
+from alexnet_jax import build
 from alexnet_jax import convert
+from alexnet_jax.runtime import checkpoints
 from alexnet_jax.task import finetune
-from alexnet_jax.task import config as config_lib
-from alexnet_jax.task import optim
 from alexnet_jax.runtime import mesh as mesh_lib
 from alexnet_jax.model import torch_weights
 from alexnet_jax.errors import UserError
@@ -145,9 +144,8 @@ def test_a_run_resumes_from_the_converted_checkpoint(converted, weights):
   converted weights into the state train_and_evaluate builds."""
   config = imagenet_torchvision.get_config()
   mesh = mesh_lib.make_mesh(1)
-  model = state_lib.make_model(config, 1000)
-  tx, _ = optim.make_optimizer(
-      config, config_lib.Durations.from_steps_per_epoch(config, 100))
+  model = build.model(config, 1000)
+  tx, _ = build.optimizer(config, build.durations(config, 100))
   _, abstract = state_lib.create_train_state(model, tx, (224, 224, 3),
                                          config.seed, mesh)
   ckpt = checkpoints.Checkpointer(converted, config.keep_checkpoints)
@@ -174,14 +172,13 @@ def test_init_from_converted_weights_into_ten_classes(converted, weights,
   """Fine-tuning's start: conv1..fc7 are torchvision's, fc8 the new run's."""
   config = imagenet_torchvision.get_config()
   config.update(init_from=converted)
-  model = state_lib.make_model(config, 10)
-  tx, _ = optim.make_optimizer(
-      config, config_lib.Durations.from_steps_per_epoch(config, 10))
+  model = build.model(config, 10)
+  tx, _ = build.optimizer(config, build.durations(config, 10))
   fresh, _ = state_lib.create_train_state(model, tx, (224, 224, 3), config.seed,
                                       mesh_lib.make_mesh(1))
   messages = []
-  state = finetune.init_from(config, str(tmp_path / 'tuned'), fresh,
-                             log=messages.append)
+  state = finetune.init_from(config.init_from, config.model,
+                             str(tmp_path / 'tuned'), fresh, log=messages.append)
   assert messages == [f'initialized from {converted} (step 0): every layer '
                       'but fc8 loaded; fc8 re-initialized (1000 classes '
                       'there, 10 here); fresh optimizer state, step 0']

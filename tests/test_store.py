@@ -16,12 +16,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from alexnet_jax import build
 from alexnet_jax.data import augment
 from alexnet_jax.data import images
 from alexnet_jax.data import store
 from alexnet_jax.data import store_writer
 from alexnet_jax.data import streaming
 from alexnet_jax.errors import DataError
+from alexnet_jax.runtime import mesh as mesh_lib
+from configs import imagenet
 from tests import cli
 from tests.conftest import REPO
 from tests.helpers import simulated_devices_env
@@ -508,13 +511,10 @@ def test_sigterm_to_the_process_group_saves_and_resumes_exactly(
 def test_evaluation_images_are_decoded_once_per_run(jpeg_store):
   """The second evaluation of a split replays the first one's decoded
   images from host memory: same arrays, and no Grain pass."""
-  from alexnet_jax.data import feeds  # pylint: disable=g-import-not-at-top
-  from alexnet_jax.runtime import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
-  from configs import imagenet  # pylint: disable=g-import-not-at-top
   config = imagenet.get_config()
   config.update(dataset='store', data_dir=jpeg_store, data_workers=0,
                 val_examples=6)
-  feed = feeds.StreamingFeed(config, mesh_lib.make_mesh(), 227)
+  feed = build.feed(config, mesh_lib.make_mesh(), build.dataset(config), 227)
   first = [tuple(np.asarray(a) for a in b) for b in feed.eval_batches('test', 8)]
   assert ('test', 8) in feed._eval_cache  # pylint: disable=protected-access
   original = streaming.eval_batches
@@ -535,14 +535,11 @@ def test_evaluation_images_are_decoded_once_per_run(jpeg_store):
 
 
 def dali_feed(data_dir, dataset='store', **overrides):
-  from alexnet_jax.data import feeds  # pylint: disable=g-import-not-at-top
-  from alexnet_jax.runtime import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
-  from configs import imagenet  # pylint: disable=g-import-not-at-top
   config = imagenet.get_config()
   config.update(dataset=dataset, data_dir=data_dir, data_workers=1,
                 val_examples=6, batch_size=6, max_bad_fraction=0.2,
                 **overrides)
-  return feeds.StreamingFeed(config, mesh_lib.make_mesh(), 227)
+  return build.feed(config, mesh_lib.make_mesh(), build.dataset(config), 227)
 
 
 def needs_dali():

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from alexnet_jax import build
 from alexnet_jax.data import augment
 from alexnet_jax.data import feeds
 from alexnet_jax.data import images
@@ -342,7 +343,8 @@ def test_tfds_imagenette_feeds_batches_under_mock_data(tmp_path):
   config = imagenette.get_config()
   config.batch_size, config.eval_batch_size, config.data_workers = 4, 6, 0
   with tfds.testing.mock_data(num_examples=20, data_dir=str(tmp_path)):
-    feed = feeds.StreamingFeed(config, mesh_lib.make_mesh(), 224)
+    feed = build.feed(config, mesh_lib.make_mesh(), build.dataset(config),
+                      224)
     assert feed.num_classes == 10 and feed.sizes == {'train': 19, 'val': 1,
                                                      'test': 20}
     batch = next(feed.train(0, 4, 2))
@@ -377,7 +379,7 @@ def test_unprepared_tfds_dataset_says_how_to_prepare(tmp_path, subprocess_env):
 def test_no_tensorflow_on_the_import_path_of_a_cifar_archive_run():
   """TF is imported only by the paths that need it (TFDS, TensorBoard), and
   then with every GPU hidden from it (flax#445)."""
-  code = ('import sys; from alexnet_jax.run import loop; '
+  code = ('import sys; from alexnet_jax import train; '
           'from alexnet_jax.data import streaming, feeds; '
           'assert "tensorflow" not in sys.modules, "imported"; '
           'from alexnet_jax.runtime import tf_cpu; tf = tf_cpu.tensorflow(); '

@@ -13,7 +13,8 @@ PACKAGE = REPO / 'alexnet_jax'
 # hands it to the builders, the builders, validation, and the reader that
 # makes a config out of a workdir's config.json.
 READERS = {'main.py', 'train.py', 'build.py', 'task/validation.py',
-           'task/saved_run.py', 'evaluate.py', 'predict.py', 'visualize.py',
+           'task/saved_run.py', 'evaluate.py', 'predict.py',
+           'visualize/__init__.py', 'visualize/__main__.py',
            'convert.py', 'prepare.py'}
 CONFIG_NAMES = ('config', 'cfg')
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from alexnet_jax.errors import ConfigError
-from alexnet_jax.task import config as config_lib
+from alexnet_jax.task import validation
 from configs import cifar10
 from tests import cli
 from tests.conftest import REPO
@@ -35,10 +35,8 @@ import json
 import jax
 import numpy as np
 from configs import cifar10
-from alexnet_jax.data import registry
+from alexnet_jax import build
 from alexnet_jax.runtime import mesh as mesh_lib
-from alexnet_jax.task import config as config_lib
-from alexnet_jax.task import optim
 from alexnet_jax.task import state as state_lib
 from alexnet_jax.task import steps
 
@@ -48,13 +46,12 @@ def train(devices, towers):
   c.schedule, c.warmup_epochs, c.learning_rate = 'constant', 0., 0.05
   c.dropout_rate, c.log_every_steps = 0.5, 1
   mesh = mesh_lib.make_mesh(1, towers, jax.devices()[:devices])
-  model = state_lib.make_model(c, 10)
-  tx, _ = optim.make_optimizer(
-      c, config_lib.Durations.from_steps_per_epoch(c, 10))
+  model = build.model(c, 10)
+  tx, _ = build.optimizer(c, build.durations(c, 10))
   state, _ = state_lib.create_train_state(
-      model, tx, (32, 32, 3), 0, mesh, state_lib.make_apply(c, model, mesh))
-  step = steps.make_train_step(c, model, 10, registry.CIFAR10_MEAN,
-                               registry.CIFAR10_STD, 32)
+      model, tx, (32, 32, 3), 0, mesh, build.apply_fn(c, model, mesh))
+  step = steps.make_train_step(build.input_spec(c, build.dataset(c), 32), 10,
+                               log_every=c.log_every_steps)
   rng, losses = np.random.default_rng(0), []
   for _ in range(3):
     batch = {'images': rng.integers(0, 256, (8, 32, 32, 3), np.uint8),
@@ -94,15 +91,15 @@ _COUNTS = r'''
 import json
 import jax
 from configs import imagenet
-from alexnet_jax.task import steps
+from benchmarks import lowering
 
 def counts(devices, towers):
   c = imagenet.get_config()
   c.dataset, c.num_classes, c.batch_size = 'fake', 1000, 8
   c.image_size = 227
   c.model, c.tower_parallelism = 'alexnet_paper', towers
-  hlo = steps.lower_train_step(c, devices).compile().as_text()
-  return steps.count_collectives(hlo)
+  hlo = lowering.lower_train_step(c, devices).compile().as_text()
+  return lowering.count_collectives(hlo)
 
 print(json.dumps({'pair': counts(2, 2), 'data_x_tower': counts(4, 2),
                   'data': counts(4, 1)}))
@@ -160,7 +157,7 @@ def test_bad_tower_settings_are_one_line(flags, message, monkeypatch):
   c = cifar10.get_config()
   c.update(flags)
   with pytest.raises(ConfigError, match=message) as err:
-    config_lib.validate_config(c)
+    validation.validate_config(c)
   assert '\n' not in str(err.value)
 
 

@@ -18,10 +18,10 @@ from alexnet_jax.data import augment
 from alexnet_jax.data import cifar
 from alexnet_jax.data import registry
 from alexnet_jax.model import alexnet
-from alexnet_jax.run import loop
+from alexnet_jax import build
+from alexnet_jax import train
 from alexnet_jax.runtime import checkpoints
 from alexnet_jax.runtime import reporting
-from alexnet_jax.task import config as config_lib
 from alexnet_jax.task import optim
 from alexnet_jax.task import state as state_lib
 from alexnet_jax.errors import UserError
@@ -34,7 +34,7 @@ from tests.helpers import simulated_devices_env
 
 def test_run_writes_metrics_tensorboard_and_checkpoints(cifar_dir, tmp_path):
   workdir = str(tmp_path / 'w')
-  final = loop.train_and_evaluate(tiny_config(cifar_dir), workdir)
+  final = train.train_and_evaluate(tiny_config(cifar_dir), workdir)
 
   assert final['step'] == 70  # 4577 train images // 128, times 2 epochs.
   assert 0 <= final['test']['top1'] <= final['test']['top5'] <= 1
@@ -80,7 +80,7 @@ def test_relative_workdir_as_the_readme_writes_it_saves_and_resumes(
 @pytest.mark.slow
 def test_training_learns_real_images(cifar_dir, tmp_path):
   """A few epochs of the tiny net beat chance (10%) clearly on val and test."""
-  final = loop.train_and_evaluate(
+  final = train.train_and_evaluate(
       tiny_config(cifar_dir, num_epochs=6, learning_rate=0.05,
                   dropout_rate=0.1, checkpoint_every_steps=0),
       str(tmp_path / 'w'))
@@ -121,7 +121,7 @@ def trained_workdir(tmp_path_factory):
   """A workdir holding checkpoints, to check that bad input leaves it alone."""
   cifar = require_cifar_subset()
   workdir = str(tmp_path_factory.mktemp('trained') / 'w')
-  loop.train_and_evaluate(tiny_config(cifar, num_epochs=0, num_steps=10),
+  train.train_and_evaluate(tiny_config(cifar, num_epochs=0, num_steps=10),
                            workdir)
   return workdir
 
@@ -259,7 +259,7 @@ def test_bad_input_is_one_user_error_and_leaves_workdir_alone(
         config[key], float) and isinstance(value, str) else value
   before = cli.snapshot(trained_workdir)
   with pytest.raises(UserError) as error:
-    loop.train_and_evaluate(config, trained_workdir)
+    train.train_and_evaluate(config, trained_workdir)
   assert expected in ' '.join(str(error.value).split())
   assert cli.snapshot(trained_workdir) == before
   assert not marker.exists()
@@ -323,9 +323,8 @@ def test_logged_learning_rate_is_the_one_the_step_used(cifar_dir, tmp_path):
                        log_every_steps=1, eval_every_epochs=0,
                        checkpoint_every_steps=0)
   workdir = str(tmp_path / 'w')
-  loop.train_and_evaluate(config, workdir)
-  schedule = optim.learning_rate_schedule(
-      config, config_lib.Durations.from_steps_per_epoch(config, 35))
+  train.train_and_evaluate(config, workdir)
+  _, schedule = build.optimizer(config, build.durations(config, 35))
   logged = {r['step']: r['lr'] for r in read_jsonl(workdir)
             if r['split'] == 'train'}
   assert logged[1] == 0.0  # The first step of a warmup from zero.
@@ -345,18 +344,18 @@ def test_best_val_checkpoint_that_is_not_the_last_is_restored_and_reported(
   config = lambda steps, keep: tiny_config(
       cifar_dir, num_epochs=0, num_steps=steps, eval_every_epochs=10 / 35,
       keep_checkpoints=keep, checkpoint_every_steps=0, learning_rate=0.05)
-  loop.train_and_evaluate(config(20, 2), workdir)
+  train.train_and_evaluate(config(20, 2), workdir)
   metrics_file = os.path.join(workdir, 'checkpoints', '10', 'metrics',
                               'metrics')
   with open(metrics_file, 'w') as f:
     json.dump({checkpoints.BEST_METRIC: 1.0}, f)
-  final = loop.train_and_evaluate(config(40, 1), workdir)
+  final = train.train_and_evaluate(config(40, 1), workdir)
   assert final['best_val_step'] == 10 and final['step'] == 40
   kept = sorted(int(s) for s in os.listdir(os.path.join(workdir,
                                                          'checkpoints')))
   assert kept == [10, 40]  # The latest 1 plus the best.
   state = cli.load_state_on_host(workdir, 10)
-  model = state_lib.make_model(tiny_config(cifar_dir), 10)
+  model = build.model(tiny_config(cifar_dir), 10)
   _, test = cifar.load_cifar10_archive(cifar_dir)
   metrics = cli.evaluate_arrays(tiny_config(cifar_dir), model,
                                 state['params'], test.images, test.labels)
@@ -388,14 +387,14 @@ def test_train_step_compiles_once(cifar_dir, tmp_path, caplog):
   config = tiny_config(cifar_dir, num_epochs=0, num_steps=12,
                        eval_every_epochs=0.2, checkpoint_every_steps=5)
   with jax.log_compiles(), caplog.at_level('WARNING'):
-    loop.train_and_evaluate(config, str(tmp_path / 'w'))
+    train.train_and_evaluate(config, str(tmp_path / 'w'))
   compiles = [r for r in caplog.records
               if 'Compiling jit(step_fn)' in r.getMessage()]
   assert len(compiles) == 1
 
 
 def test_reporter_rewrites_metrics_only_when_something_was_written(tmp_path):
-  reporter = reporting.Reporter(str(tmp_path), total_steps=10)
+  reporter = reporting.Reporter(str(tmp_path), cli.durations(10))
   reporter.write(1, 'train', loss=1.0)
   reporter.flush(force=True)
   path = tmp_path / 'metrics.jsonl'
@@ -412,7 +411,7 @@ def test_reporter_without_tensorflow_still_writes_metrics(tmp_path, capsys,
   """A machine without TensorFlow (clu's writers import it): one line says
   so; steps/s, metrics.jsonl and the console line work as always."""
   monkeypatch.setitem(sys.modules, 'tensorflow', None)  # Import fails.
-  reporter = reporting.Reporter(str(tmp_path), total_steps=5, log_every=2)
+  reporter = reporting.Reporter(str(tmp_path), cli.durations(5, log_every=2))
   assert ('TensorBoard events off: tensorflow is not installed'
           in capsys.readouterr().out)
   rates = [reporter.after_step(step) for step in range(1, 6)]

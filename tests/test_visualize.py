@@ -19,14 +19,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from alexnet_jax import build
+from alexnet_jax import train
 from alexnet_jax import visualize
-from alexnet_jax.data import in_memory
 from alexnet_jax.data import registry
 from alexnet_jax.model import alexnet
-from alexnet_jax.run import loop
-from alexnet_jax.runtime import pictures
-from alexnet_jax.task import inspection
-from alexnet_jax.task import workdir as workdir_lib
+from alexnet_jax.task import saved_run
+from alexnet_jax.visualize import inspection
+from alexnet_jax.visualize import pictures
 from configs import cifar10
 from tests import cli
 from tests.conftest import REPO
@@ -42,7 +42,7 @@ def run(tmp_path_factory):
                 num_steps=4, batch_size=32, schedule='constant',
                 warmup_epochs=0., log_every_steps=2, learning_rate=0.05,
                 val_fraction=0.)
-  loop.train_and_evaluate(config, workdir)
+  train.train_and_evaluate(config, workdir)
   return workdir
 
 
@@ -145,10 +145,10 @@ def independent_features(model, params, images):
 
 @pytest.fixture(scope='module')
 def features(run):
-  config = workdir_lib.load_config(run)
-  _, model, variables = workdir_lib.load_model(config, run)
+  config = saved_run.load_config(run)
+  _, model, variables = saved_run.load_model(config, run)
   params = variables['params']
-  data = in_memory.load_dataset(config)
+  data = build.host_data(config, build.dataset(config))
   return (data, independent_features(model, params, data.train.images),
           independent_features(model, params, data.test.images))
 
@@ -181,10 +181,10 @@ def test_neighbours_match_brute_force_numpy(run, features, tmp_path):
 
 
 def test_confusion_trace_is_the_evaluations_top1_count(run, tmp_path):
-  config = workdir_lib.load_config(run)
-  _, model, variables = workdir_lib.load_model(config, run)
+  config = saved_run.load_config(run)
+  _, model, variables = saved_run.load_model(config, run)
   params = variables['params']
-  test = in_memory.load_dataset(config).test
+  test = build.host_data(config, build.dataset(config)).test
   metrics = cli.evaluate_arrays(config, model, params, test.images,
                                 test.labels)
   path, p, confusion, accuracy, names = visualize.errors(
@@ -286,8 +286,8 @@ def test_streamed_neighbours_and_errors_match_independent_ones(streamed_run,
                                                                 tmp_path):
   from alexnet_jax.data import streaming  # pylint: disable=g-import-not-at-top
   workdir, root = streamed_run
-  config = workdir_lib.load_config(workdir)
-  _, model, variables = workdir_lib.load_model(config, workdir)
+  config = saved_run.load_config(workdir)
+  _, model, variables = saved_run.load_model(config, workdir)
   params = variables['params']
 
   def model_input(folder):
@@ -360,3 +360,19 @@ def test_help_exits_zero(argv, capsys):
   assert out.startswith('usage: python -m alexnet_jax.visualize')
   assert ('filters|neighbours|errors' in out if argv == ['--help'] else
           '--sample M' in out)
+
+
+def test_pictures_are_titled_by_the_run_not_by_a_path(run, tmp_path,
+                                                      monkeypatch):
+  """Model, dataset and step in the title; the machine's path nowhere."""
+  titles = []
+  for name in ('filters_png', 'errors_png'):
+    draw = getattr(pictures, name)
+    monkeypatch.setattr(pictures, name, lambda *a, draw=draw: (
+        titles.append(a[-1]), draw(*a))[1])
+  visualize.filters(run, out=tmp_path / 'f.png')
+  visualize.errors(run, mistakes=2, out=tmp_path / 'e.png')
+  assert len(titles) == 2
+  for title in titles:
+    assert title.startswith('alexnet_tiny on cifar10, step 4: '), title
+    assert run not in title and str(tmp_path) not in title

@@ -160,23 +160,6 @@ class StreamedSplit:
       yield images, labels, idx, mask
 
 
-def open_splits(config, side: int) -> dict:
-  """{'train', 'val', 'test'}: each split (None where empty) as evaluation
-  stores it. The training split is what the run trained on (validation held
-  out by the registry's rule)."""
-  from alexnet_jax import build  # pylint: disable=g-import-not-at-top
-  data = build.dataset(config)
-  if data.streamed:
-    feed = build.feed(config, mesh_lib.make_mesh(1), data, side)
-    return {name: StreamedSplit(source, feed.resize_size, feed.workers)
-            if source is not None else None
-            for name, source in feed.splits.items()}
-  host = build.host_data(config, data)
-  return {'train': InMemorySplit(host.train),
-          'val': InMemorySplit(host.val) if host.val else None,
-          'test': InMemorySplit(host.test)}
-
-
 def sample_indices(n: int, count: Optional[int], seed: int = SAMPLE_SEED):
   """The sorted indices of a fixed-seed random `count` of n (all: None)."""
   if count is None or count >= n:
