@@ -3,8 +3,8 @@
 For each simulated device count N (a subprocess per N, started with
 XLA_FLAGS=--xla_force_host_platform_device_count=N, since JAX reads the flag
 at import), each model and each layout, builds the train step exactly as
-training does (`run/loop.py`: `make_mesh` from the config, `make_model`,
-`make_optimizer`, `create_train_state`, `make_train_step`), lowers and
+training does (`benchmarks/lowering.py`, through training's builders:
+the mesh, the model, the optimizer, the train state and step), lowers and
 compiles it for abstract inputs (the state's shapes and shardings from
 `jax.eval_shape`, the batch as a ShapeDtypeStruct: nothing is allocated and
 the step is never run), and reads every collective in the optimized HLO

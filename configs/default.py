@@ -1,7 +1,7 @@
 """Every config field, with its default. Other configs start from here.
 
 Durations may be given in epochs or steps (a step count > 0 wins); the trainer
-turns them into steps in one place (`task/config.py`, `Durations`).
+turns them into steps in one place (`task/durations.py`, `Durations`).
 """
 
 import ml_collections

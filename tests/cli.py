@@ -108,15 +108,19 @@ def run_tool(tool, args, env):
                         timeout=300)
 
 
-def assert_one_error_line(result, expected):
+def assert_one_error_line(result, expected, alone: bool = False):
   """Exit 2, one `error:` line containing `expected`, no traceback; the
-  line. (Other lines on stderr, such as a library's warnings, may be there:
-  a Python process cannot always silence them. The launchers' own check,
-  in test_launch.py, wants stderr to be that line alone.)"""
+  line. Other lines on stderr, such as a library's warnings, may be there (a
+  Python process cannot always silence them), unless `alone`: the launchers,
+  which own every line they print, leave stdout empty and that line alone.
+  """
   assert result.returncode == 2, result.stderr[-2000:]
   errors = error_lines(result.stderr)
   assert len(errors) == 1 and expected in errors[0], result.stderr[-2000:]
   assert 'Traceback' not in result.stderr
+  if alone:
+    assert result.stdout == '' and result.stderr.splitlines() == errors, (
+        result.stdout[-1000:], result.stderr[-1000:])
   return errors[0]
 
 

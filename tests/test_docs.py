@@ -119,7 +119,11 @@ def is_placeholder(name: str) -> bool:
 
 
 def module_path(module: str) -> pathlib.Path:
-  return REPO.joinpath(*module.split('.')).with_suffix('.py')
+  """The file `python -m module` runs: module.py, or a package's __main__."""
+  package = REPO.joinpath(*module.split('.'))
+  if package.is_dir():
+    return package / '__main__.py'
+  return package.with_suffix('.py')
 
 
 def defined_flags(module: str) -> set:

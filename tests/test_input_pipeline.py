@@ -11,7 +11,6 @@ import tarfile
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
@@ -213,52 +212,47 @@ def test_hostile_pickle_cannot_run_code(tmp_path):
   assert marker.exists()
 
 
-def cifar_config(cifar_dir, **overrides):
-  cfg = ml_collections.ConfigDict(dict(
-      dataset='cifar10', data_dir=cifar_dir, tfds_data_dir='', num_classes=0,
-      val_fraction=0.1, val_examples=0))
-  cfg.update(overrides)
-  return cfg
+def cifar_data(cifar_dir, val_fraction=0.1, val_examples=0):
+  """The host splits training holds (`build.host_data`'s loader)."""
+  return in_memory.load_dataset(
+      registry.resolve('cifar10', data_dir=cifar_dir),
+      val_examples=val_examples, val_fraction=val_fraction)
 
 
 def test_validation_hold_out_is_fixed_disjoint_and_sized(cifar_dir):
   train, _ = cifar.load_cifar10_archive(cifar_dir)
-  data = in_memory.load_dataset(cifar_config(cifar_dir))
+  data = cifar_data(cifar_dir)
   tr, val = data.train, data.val
   assert len(val) == 508 and len(tr) == 5085 - 508
-  again = in_memory.load_dataset(cifar_config(cifar_dir))
+  again = cifar_data(cifar_dir)
   np.testing.assert_array_equal(val.labels, again.val.labels)
   # Disjoint and complete: image bytes of both splits add up to the original.
   key = lambda imgs: {im.tobytes() for im in imgs}
   assert not key(tr.images) & key(val.images)
   assert key(tr.images) | key(val.images) == key(train.images)
-  assert in_memory.load_dataset(
-      cifar_config(cifar_dir, val_fraction=0.)).val is None
+  assert cifar_data(cifar_dir, val_fraction=0.).val is None
 
 
 def test_val_examples_holds_out_that_many_for_every_dataset(cifar_dir):
   """One hold-out rule (the registry's) for in-memory and streamed data."""
-  data = in_memory.load_dataset(cifar_config(cifar_dir, val_examples=300))
+  data = cifar_data(cifar_dir, val_examples=300)
   assert len(data.val) == 300 and len(data.train) == 5085 - 300
   train_idx, val_idx = registry.hold_out(5085, 300)
   np.testing.assert_array_equal(data.val.labels,
                                 cifar.load_cifar10_archive(cifar_dir)[0]
                                 .labels[val_idx])
   with pytest.raises(DataError, match='cannot hold out 5085 validation'):
-    in_memory.load_dataset(cifar_config(cifar_dir, val_examples=5085))
+    cifar_data(cifar_dir, val_examples=5085)
 
 
 def test_load_dataset_fake_and_unknown():
-  cfg = ml_collections.ConfigDict(dict(
-      dataset='fake', num_classes=7, fake_num_train=20, fake_num_test=6,
-      fake_image_size=40, val_fraction=0.25, val_examples=0, data_dir='',
-      tfds_data_dir=''))
-  data = in_memory.load_dataset(cfg)
+  fake = registry.resolve('fake', num_classes=7, fake_image_size=40)
+  data = in_memory.load_dataset(fake, val_examples=0, val_fraction=0.25,
+                                fake_num_train=20, fake_num_test=6)
   assert data.train.images.shape == (15, 40, 40, 3)
   assert len(data.val) == 5 and len(data.test) == 6 and data.num_classes == 7
-  cfg.dataset = 'imagenet42'
   with pytest.raises(DataError, match="unknown dataset 'imagenet42'.*cifar10"):
-    in_memory.load_dataset(cfg)
+    registry.resolve('imagenet42')
 
 
 def test_epoch_permutations_are_a_pure_function_of_seed_and_epoch():

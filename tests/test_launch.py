@@ -13,40 +13,12 @@ import sys
 
 import pytest
 
+from tests.launch_scripts import BASH, LAUNCH, REPO, assert_one_error_line
+from tests.launch_scripts import commands, option, run
 from tests.slurm_cluster import FAKE_SLURM, calls, cluster_env
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-LAUNCH = REPO / 'launch'
 SLURM = LAUNCH / 'slurm_gpu.sbatch'
 LOCAL = LAUNCH / 'local_multiprocess.sh'
-BASH = shutil.which('bash')
-
-
-def run(script, *args, env=None):
-  return subprocess.run([BASH, str(script), *args], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=30)
-
-
-def commands(stdout):
-  """Dry-run output as argv lists; every line must be one `+ ` command."""
-  lines = stdout.splitlines()
-  assert lines and all(line.startswith('+ ') for line in lines), stdout
-  return [shlex.split(line[2:]) for line in lines]
-
-
-def option(argv, name):
-  values = [a.split('=', 1)[1] for a in argv if a.startswith(name + '=')]
-  assert len(values) == 1, (name, argv)
-  return values[0]
-
-
-def assert_one_error_line(result, expected):
-  """Exit 2, nothing on stdout, one `error:` line that says `expected`."""
-  assert result.returncode == 2, result
-  assert result.stdout == ''
-  lines = result.stderr.splitlines()
-  assert len(lines) == 1 and lines[0].startswith('error: '), result.stderr
-  assert expected in lines[0], (expected, lines[0])
 
 
 @pytest.mark.parametrize('script', [SLURM, LOCAL, LAUNCH / 'tpu_worker.sh'],

@@ -15,8 +15,9 @@ import sys
 
 import pytest
 
-from tests.test_launch import BASH, REPO, assert_one_error_line, commands
+from tests.launch_scripts import BASH, REPO, assert_one_error_line, commands
 from tests.tpu_fakes import LAUNCHER, TPU_ARGS, kind, option, wait_for
+
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 becomes a stop request, the checkpoint save cadence orbax decides, the
 lost-process watchdog's verdicts, and C-level signal handlers."""
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -150,20 +151,29 @@ def test_an_abort_while_exiting_at_once_keeps_the_exit_status():
   assert proc.returncode == 143, proc.stderr[-2000:]
 
 
-def test_save_cadence_is_orbaxs_policy(tmp_path):
-  """Every 4 steps, every 6 (evaluations), and the last step (10); never a
-  step already saved."""
-  ckpt = checkpoints.Checkpointer(str(tmp_path), keep=3, save_every=(4, 6),
-                                  save_on=(10,))
+def test_one_cadence_for_logs_evaluations_and_saves():
+  """Logs every 3 steps, evaluations every 6 (and at the end), saves every 4,
+  at evaluations and at the end; a window of summed metrics opens after
+  each log."""
+  from tests import cli  # pylint: disable=g-import-not-at-top
+  d = dataclasses.replace(cli.durations(10, log_every=3), steps_per_eval=6,
+                          checkpoint_every=4)
+  steps = range(1, 11)
+  assert [s for s in steps if d.logs_at(s)] == [3, 6, 9, 10]
+  assert [s for s in steps if d.evaluates_at(s)] == [6, 10]
+  assert [s for s in steps if d.saves_at(s)] == [4, 6, 8, 10]
+  assert [s for s in steps if d.window_start(s)] == [1, 4, 7, 10]
+
+
+def test_the_checkpointer_saves_when_told_and_keeps_the_latest(tmp_path):
+  ckpt = checkpoints.Checkpointer(str(tmp_path), keep=2)
   try:
-    wanted = [s for s in range(1, 11) if ckpt.should_save(s)]
-    assert wanted == [4, 6, 8, 10]
-    ckpt.save(8, {'w': jnp.zeros(2)})
+    for step in (4, 6, 8):
+      ckpt.save(step, {'w': jnp.zeros(2)})
     ckpt.wait()
-    assert not ckpt.should_save(8) and not ckpt.should_save(6)
   finally:
     ckpt.close()
-  assert checkpoints.saved_steps(str(tmp_path)) == [8]
+  assert checkpoints.saved_steps(str(tmp_path)) == [6, 8]
 
 
 # --- The lost-process watchdog (runtime/liveness.py) ---------------------------

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from tests.test_launch import BASH, REPO
+from tests.launch_scripts import BASH, REPO
 from tests.tpu_fakes import FAKES, wait_for
 
 WORKER = REPO / 'launch' / 'tpu_worker.sh'

@@ -25,6 +25,7 @@ from alexnet_jax import visualize
 from alexnet_jax.data import registry
 from alexnet_jax.model import alexnet
 from alexnet_jax.task import saved_run
+from alexnet_jax.visualize import __main__ as visualize_cli
 from alexnet_jax.visualize import inspection
 from alexnet_jax.visualize import pictures
 from configs import cifar10
@@ -354,7 +355,7 @@ def test_an_out_in_a_missing_folder_is_refused_before_any_work(
 @pytest.mark.parametrize('argv', [['--help'], ['neighbours', '--help']])
 def test_help_exits_zero(argv, capsys):
   with pytest.raises(SystemExit) as stop:
-    visualize.main(argv)
+    visualize_cli.main(argv)
   assert stop.value.code == 0
   out = capsys.readouterr().out
   assert out.startswith('usage: python -m alexnet_jax.visualize')

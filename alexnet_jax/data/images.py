@@ -2,7 +2,7 @@
 stored and cropped ImageNet (Sec. 2) and as torchvision's transforms do.
 
 Run by the streaming pipeline's worker processes (`streaming.py`) and by
-inference (`task/workdir.py`), so both see the same pixels.
+inference (`task/saved_run.py`), so both see the same pixels.
 """
 
 import io

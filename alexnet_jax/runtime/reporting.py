@@ -62,7 +62,7 @@ def prepare_workdir(workdir):
     return
   path = Layout.of(workdir).root
   if path.exists() and not path.is_dir():
-    raise WorkdirError(f'workdir {workdir} is a file, not a directory; pass '
+    raise WorkdirError(f'workdir {path} is a file, not a directory; pass '
                        'a directory (new, or one a run wrote) as --workdir')
   try:
     path.mkdir(parents=True, exist_ok=True)

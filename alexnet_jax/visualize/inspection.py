@@ -16,7 +16,7 @@ the network that the run's test numbers describe:
 Splits are walked in fixed-size batches (the last padded and masked) placed
 on every device with the batch sharding; image datasets are decoded by
 Grain one batch at a time, so host memory does not grow with the split.
-Drawing is `runtime/pictures.py`; the command is `alexnet_jax.visualize`.
+Drawing is `pictures.py` beside it; the command is `alexnet_jax.visualize`.
 """
 
 import dataclasses

@@ -8,7 +8,7 @@ matplotlib is used through its object-oriented API and the Agg canvas only
 (no pyplot: nothing global leaks into a notebook or a trainer), and files are
 written to a temporary sibling and renamed into place (`write`). What is
 computed -- features, neighbours, the confusion matrix -- is
-`task/inspection.py`.
+`inspection.py` beside it.
 """
 
 import io
