@@ -189,12 +189,36 @@ def finetuned(config: Config, workdir: str, state):
   return finetune.init_from(config.init_from, config.model, workdir, state)
 
 
-def train_step(config: Config, made_feed, run_durations: Durations):
-  return steps.make_train_step(
+def train_steps(config: Config, made_feed, run_durations: Durations,
+                start_step: int):
+  """How the run takes its steps (`steps.OnDevice` or `steps.FromHost`):
+  chunks of up to `steps_per_call` steps per compiled call on data held on
+  the device; one step per batch from a stream."""
+  step_fn = steps.make_step_fn(
       made_feed.input_spec, made_feed.num_classes,
       log_every=run_durations.log_every,
       label_smoothing=config.label_smoothing,
       plateau=config.schedule == 'plateau')
+  if made_feed.streamed:
+    return steps.FromHost(step_fn, made_feed.train(
+        start_step, run_durations.steps_per_epoch, run_durations.total_steps))
+  return steps.OnDevice(step_fn, made_feed, run_durations.steps_per_epoch,
+                        steps_per_call(config))
+
+
+# Steps per call where `steps_per_call` is 0 (auto), by platform: on
+# XLA:CPU a chunk's loop runs 18x slower (benchmarks.steps_per_call: its
+# body leaves most convolution gradients out of YNNPACK) and dispatch is
+# a sliver of a step; on accelerators a call per step is launch-bound.
+AUTO_STEPS_PER_CALL = {'cpu': 1}
+AUTO_STEPS_PER_CALL_ACCELERATORS = 16
+
+
+def steps_per_call(config: Config) -> int:
+  if config.steps_per_call:
+    return config.steps_per_call
+  return AUTO_STEPS_PER_CALL.get(jax.default_backend(),
+                                 AUTO_STEPS_PER_CALL_ACCELERATORS)
 
 
 def evaluator(config: Config, made_feed, apply, mesh) -> evaluation.Evaluator:

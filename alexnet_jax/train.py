@@ -97,7 +97,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     stop = stack.enter_context(preemption.StopRequest(ckpt.reached_preemption))
     reporter.write_json(layout.config, build.resolved_config(
         config, model, feed.num_classes, side))
-    run = _Run(feed, durations, mesh, build.train_step(config, feed, durations),
+    run = _Run(feed, durations, mesh,
+               build.train_steps(config, feed, durations, start_step or 0),
                build.evaluator(config, feed, apply_fn, mesh), lr_schedule,
                ckpt, reporter, stop)
     run.log_header(state, start_step, config.model, config.dataset)
@@ -110,10 +111,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 class _Run:
   """One run's loop and its pieces: train, log, evaluate, save, stop, finish."""
 
-  def __init__(self, feed, durations, mesh, train_step, evaluator,
+  def __init__(self, feed, durations, mesh, train_steps, evaluator,
                lr_schedule, ckpt, reporter, stop):
     self.feed, self.durations, self.mesh = feed, durations, mesh
-    self.train_step, self.evaluator = train_step, evaluator
+    self.train_steps, self.evaluator = train_steps, evaluator
     self.lr_schedule, self.ckpt, self.reporter, self.stop = (lr_schedule, ckpt,
                                                              reporter, stop)
     self.val_metrics = None
@@ -130,7 +131,7 @@ class _Run:
         f'{sizes["test"]} test | global batch {batch} = {split} '
         f'({jax.process_count()} processes, mesh '
         f'{dict(self.mesh.shape)}) | {d.total_steps} steps '
-        f'({d.steps_per_epoch}/epoch)')
+        f'({d.steps_per_epoch}/epoch, {self.train_steps.pace})')
     if self.mesh.shape['model'] > 1:
       self.reporter.log(
           f"FC layers split over 'model' ({self.mesh.shape['model']} ways): "
@@ -145,19 +146,25 @@ class _Run:
                         f'{start_step}')
 
   def train(self, state, start_step: int):
-    d, step = self.durations, start_step
+    """Steps in chunks that end wherever something is due (a log, an
+    evaluation, a save, the end; `Durations.until_due`), so each happens at
+    its exact step; a signal stops the run after the chunk under way. The
+    first step is a chunk of its own: it compiles, and the pace is timed
+    from its end."""
+    d, step, steps = self.durations, start_step, self.train_steps
     # Closed when the loop ends, by a stop too: Grain's workers end with it.
-    with contextlib.closing(self.feed.train(start_step, d.steps_per_epoch,
-                                            d.total_steps)) as batches:
-      for batch in batches:
-        state = self.train_step(state, batch)
-        step += 1
+    with contextlib.closing(steps):
+      while step < d.total_steps:
+        n = 1 if step == start_step else min(steps.room(step),
+                                             d.until_due(step))
+        state = steps.advance(state, step, n)
+        step += n
         log_now = d.logs_at(step)
         # Wait for the step where it is timed: after compilation, and when
         # its metrics are logged.
         sums = jax.device_get(state.sums) if (
             log_now or step == start_step + 1) else None
-        steps_per_sec = self.reporter.after_step(step)
+        steps_per_sec = self.reporter.after_step(step, n)
         eval_now = d.evaluates_at(step) and self.feed.sizes['val'] > 0
         stop_now = self.stop.should_stop(step)
         save_now = d.saves_at(step) or stop_now
@@ -214,8 +221,9 @@ class _Run:
 
   def save(self, state, step: int, metrics: Optional[dict] = None):
     """A checkpoint, never of a state that has seen a non-finite loss."""
-    self.check_finite(jax.device_get(state.sums))
-    if not bool(steps.all_finite(state.params)):
+    first_bad, params_ok = jax.device_get(steps.finiteness(state))
+    self.check_finite({'first_nonfinite_step': first_bad})
+    if not params_ok:
       raise self.nonfinite('the parameters', step)
     self.ckpt.save(step, state, metrics)
     return state
@@ -270,7 +278,7 @@ class _Run:
     final = {'step': step, 'val': self.val_metrics, 'test': test_metrics,
              'best_val_step': best, 'best_val_test': best_test}
     self.reporter.write_json(self.reporter.layout.final_metrics, final)
-    self.reporter.write_curves()
+    self.reporter.write_curves(wait=True)
     self.reporter.log(
         f'done: step {step} | test top1 {100 * test_metrics["top1"]:.2f}% | '
         + (f'best val checkpoint: step {best}, test top1 '

@@ -137,6 +137,12 @@ def _bookkeeping(c):
   c.eval_every_epochs = 1.0
   c.log_every_steps = 50
   c.checkpoint_every_steps = 1000  # Also after every evaluation and at the end.
+  # Data held on the device (CIFAR-10, fake): up to this many train steps in
+  # one compiled call, the batches gathered on the device; a chunk ends
+  # wherever a log, an evaluation or a save is due. 1: a call per step; 0:
+  # by platform (1 on CPUs, 16 on GPUs and TPUs; docs/speed.md says why).
+  # Streamed data takes one step per batch.
+  c.steps_per_call = 0
   c.keep_checkpoints = 3  # The latest K; the best by val top-1 is kept too.
   c.seed = 0
   # > 0: write an XLA profile of this many steps, a few steps after the run

@@ -422,3 +422,39 @@ def test_reporter_without_tensorflow_still_writes_metrics(tmp_path, capsys,
   reporter.close()
   assert 'step 5/5 | epoch   1.00 | loss 0.5000' in capsys.readouterr().out
   assert [r['step'] for r in read_jsonl(str(tmp_path))] == [5]
+
+
+def test_curves_are_drawn_off_the_training_thread(tmp_path, monkeypatch):
+  """A redraw runs in its own thread: write_curves returns while it draws,
+  asks made meanwhile are left to the next redraw, the last one (wait=True)
+  is drawn whole, and a write that failed comes back as one WorkdirError
+  at the next call."""
+  import threading  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.errors import WorkdirError  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.runtime import curves  # pylint: disable=g-import-not-at-top
+  release, drawn, threads = threading.Event(), [], []
+
+  def slow_draw(layout, title):
+    threads.append(threading.current_thread())
+    assert release.wait(60)
+    drawn.append(title)
+    if title.endswith('step 4'):
+      raise OSError(28, 'No space left on device')
+
+  monkeypatch.setattr(curves, 'write_run_curves', slow_draw)
+  reporter = reporting.Reporter(str(tmp_path), cli.durations(10), title='run')
+  reporter.write(1, 'train', loss=1.0)
+  reporter.write_curves()  # Returns while the drawing waits.
+  reporter.write(2, 'train', loss=0.9)
+  reporter.write_curves()  # Busy: left to the next one.
+  release.set()
+  reporter.write(3, 'train', loss=0.8)
+  reporter.write_curves(wait=True)
+  assert drawn == ['run, step 1', 'run, step 3']
+  assert all(t is not threading.main_thread() for t in threads)
+  reporter.write(4, 'train', loss=0.7)
+  reporter.write_curves()
+  reporter._drawing.exception()  # pylint: disable=protected-access
+  with pytest.raises(WorkdirError, match='write curves.png'):
+    reporter.write_curves()
+  reporter.close()

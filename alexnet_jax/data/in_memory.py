@@ -139,6 +139,7 @@ class InMemoryFeed:
     self.permutations = jax.jit(epoch_permutations, static_argnums=(2, 3),
                                 out_shardings=mesh_lib.replicated(mesh))
     self.gather = jax.jit(self._gather, static_argnums=(4,))
+    self._epoch, self._perms = None, None
 
   def _gather(self, images, labels, perms, step_in_epoch, batch):
     parts = mesh_lib.batch_shards(self.mesh)
@@ -152,18 +153,30 @@ class InMemoryFeed:
     return (jax.lax.with_sharding_constraint(x, batch_sharding),
             jax.lax.with_sharding_constraint(y, batch_sharding))
 
+  def epoch_data(self, epoch: int):
+    """What `gather_batch` reads for `epoch`: the arrays and that epoch's
+    permutation of each shard (computed once per epoch)."""
+    if self._epoch != epoch:
+      self._epoch, self._perms = epoch, self.permutations(
+          self.data_key, epoch, self.shards, self.per_shard)
+    return (*self.train_arrays, self._perms)
+
+  def batch(self, epoch: int, index: int) -> dict:
+    """Batch `index` of `epoch`, gathered on the device by its own call."""
+    images, labels = self.gather(*self.epoch_data(epoch), np.int32(index),
+                                 self.batch_size)
+    return {'images': images, 'labels': labels}
+
+  def gather_batch(self, data, index):
+    """Batch `index` of the epoch `data` holds (`epoch_data`); jittable."""
+    images, labels = self._gather(*data, index, self.batch_size)
+    return {'images': images, 'labels': labels}
+
   def train(self, start_step: int, steps_per_epoch: int,
             total_steps: int) -> Iterator:
     """{'images', 'labels'} of batches start_step .. total_steps - 1."""
-    perm_epoch, perms = None, None
     for step in range(start_step, total_steps):
-      epoch, index = divmod(step, steps_per_epoch)
-      if epoch != perm_epoch:
-        perm_epoch, perms = epoch, self.permutations(
-            self.data_key, epoch, self.shards, self.per_shard)
-      images, labels = self.gather(*self.train_arrays, perms, np.int32(index),
-                                   self.batch_size)
-      yield {'images': images, 'labels': labels}
+      yield self.batch(*divmod(step, steps_per_epoch))
 
   def evaluate(self, evaluator, variables, name: str):
     """Split `name` through `evaluator` (`evaluation.Evaluator`): on the

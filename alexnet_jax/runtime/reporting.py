@@ -13,6 +13,7 @@ TensorFlow (which clu's writers import) is not installed, the run trains all
 the same, without TensorBoard events, and says so in one line.
 """
 
+import concurrent.futures
 import contextlib
 import json
 import math
@@ -161,6 +162,9 @@ class Reporter:
     self._paused_s = 0.  # Evaluations and saves, kept off the step clock.
     self._records = []
     self._last_step = resume_step
+    self._painter = concurrent.futures.ThreadPoolExecutor(
+        1, thread_name_prefix='alexnet_jax-curves')
+    self._drawing = None  # The redraw under way, if any.
     if self.enabled:  # On resume, drop what came after the checkpoint.
       old = curves.read_records(self.layout, missing_ok=True)
       self._records = [r for r in old if r.get('step', 0) <= resume_step]
@@ -191,14 +195,18 @@ class Reporter:
     if self.enabled:
       print(message, flush=True)
 
-  def after_step(self, step: int) -> Optional[float]:
-    """The periodic actions, after every step from the first one after
-    compilation on; the steps/s measured over the window just closed, on the
-    steps where clu measured one (every `log_every`, and the last)."""
-    if self._profile is not None:
-      self._profile(step)
+  def after_step(self, step: int, taken: int = 1) -> Optional[float]:
+    """The periodic actions, after the `taken` steps that ended at `step`
+    (a chunk: clu's actions want every step, and a chunk ends wherever one
+    of theirs is due); the steps/s measured over the window just closed, on
+    the steps where clu measured one (every `log_every`, and the last)."""
     clock = time.monotonic() - self._paused_s
-    return self._progress.steps_per_sec if self._progress(step, clock) else None
+    measured = False
+    for s in range(step - taken + 1, step + 1):
+      if self._profile is not None:
+        self._profile(s)
+      measured = self._progress(s, clock)
+    return self._progress.steps_per_sec if measured else None
 
   @contextlib.contextmanager
   def paused(self):
@@ -241,13 +249,28 @@ class Reporter:
     self._dirty = False
     self._last_flush = time.monotonic()
 
-  def write_curves(self):
-    """WORKDIR/curves.png from metrics.jsonl (after a forced flush)."""
-    if self.enabled:
-      self.flush(force=True)
-      title = f'{self.title}, step {self._last_step}'
-      self._guard(lambda: curves.write_run_curves(self.layout, title),
-                  'write curves.png')
+  def write_curves(self, wait: bool = False):
+    """WORKDIR/curves.png from metrics.jsonl (after a forced flush), drawn
+    off the training thread: a redraw asked for while one is drawing is
+    left to the next (the run's last one, `wait=True`, is drawn whole before
+    it returns). A failure to write is raised here, at the next call."""
+    if not self.enabled:
+      return
+    self.flush(force=True)
+    if self._drawing is not None and self._drawing.done():
+      done, self._drawing = self._drawing, None
+      done.result()  # A WorkdirError from the last redraw, if any.
+    if self._drawing is not None and not wait:
+      return
+    if self._drawing is not None:
+      self._drawing.result()
+    title = f'{self.title}, step {self._last_step}'
+    self._drawing = self._painter.submit(
+        self._guard, lambda: curves.write_run_curves(self.layout, title),
+        'write curves.png')
+    if wait:
+      done, self._drawing = self._drawing, None
+      done.result()
 
   def write_json(self, path: epath.Path, value):
     """A JSON file of the workdir (a `Layout` path), replaced whole."""
@@ -272,4 +295,5 @@ class Reporter:
     try:
       self.flush(force=True)
     finally:
+      self._painter.shutdown(wait=True)  # A redraw under way completes.
       self._writer.close()

@@ -70,6 +70,14 @@ class Durations:
     return self.evaluates_at(step) or bool(
         self.checkpoint_every and step % self.checkpoint_every == 0)
 
+  def until_due(self, step: int) -> int:
+    """Steps from `step` to the next one where something is due: a log, an
+    evaluation, a save, the end. (A stop on a signal comes between steps.)"""
+    def after(every):
+      return (step // every + 1) * every if every else self.total_steps
+    return min(after(self.log_every), after(self.steps_per_eval),
+               after(self.checkpoint_every), self.total_steps) - step
+
   def window_start(self, step: int) -> bool:
     """Whether `step` opens a new window of summed train metrics."""
     return (step - 1) % self.log_every == 0

@@ -4,6 +4,7 @@ the paper's update; and the per-example quantities evaluation shares.
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from alexnet_jax.task import state as state_lib
@@ -44,9 +45,9 @@ def _add_sums(sums, step, log_every, loss, logits, batch, num_classes):
   }
 
 
-def make_train_step(input_spec, num_classes: int, *, log_every: int,
-                    label_smoothing: float = 0., plateau: bool = False):
-  """jit(step)(state, batch) -> state, the state donated.
+def make_step_fn(input_spec, num_classes: int, *, log_every: int,
+                 label_smoothing: float = 0., plateau: bool = False):
+  """step(state, batch) -> state: one train step, not yet compiled.
 
   One batch in, {'images': uint8, 'labels', ['replaced']}, from either
   feed, sharded over the batch axes, made into the model's input by
@@ -87,11 +88,100 @@ def make_train_step(input_spec, num_classes: int, *, log_every: int,
         sums=_add_sums(state.sums, step, log_every, loss, logits, batch,
                        num_classes))
 
-  return jax.jit(step_fn, donate_argnums=(0,))
+  return step_fn
+
+
+def make_train_step(input_spec, num_classes: int, **kwargs):
+  """jit(step)(state, batch) -> state, the state donated: `make_step_fn`'s
+  step compiled on its own (a batch from the host per call)."""
+  return jax.jit(make_step_fn(input_spec, num_classes, **kwargs),
+                 donate_argnums=(0,))
+
+
+def make_train_chunk(step_fn, gather):
+  """jit(chunk)(state, data, first, n) -> state after n steps: batch i of
+  the chunk is `gather(data, first + i)`, taken on the device, and n is an
+  argument (a loop in one compiled program), so any chunk length runs the
+  same executable. Chunks of any lengths give the same state bit for bit
+  (a chunk of 1 is this program too); `data` stays on the device."""
+
+  def chunk(state, data, first, n):
+    def body(i, state):
+      return step_fn(state, gather(data, first + i))
+    return jax.lax.fori_loop(0, n, body, state)
+
+  return jax.jit(chunk, donate_argnums=(0,))
+
+
+class OnDevice:
+  """Train steps on a split held on the device (`in_memory.InMemoryFeed`).
+
+  `limit` > 1: up to that many steps in one call, the batch gather and the
+  steps in one compiled program (`make_train_chunk`), so the host
+  dispatches once per chunk; a chunk stays within one epoch (the
+  permutation is the epoch's). `limit` 1: each batch gathered, then one
+  jitted step, as a stream's batches are taken. The two are different
+  programs: on XLA:CPU a loop's body runs some of the step's convolutions
+  outside YNNPACK (slower, and rounded differently), so CPUs take 1
+  (`build.train_steps`).
+  """
+
+  def __init__(self, step_fn, feed, steps_per_epoch: int, limit: int):
+    self.feed, self.steps_per_epoch, self.limit = feed, steps_per_epoch, limit
+    if limit > 1:
+      self.chunk = make_train_chunk(step_fn, feed.gather_batch)
+    else:
+      self.single = jax.jit(step_fn, donate_argnums=(0,))
+
+  @property
+  def pace(self) -> str:
+    """For the run's first log line."""
+    return (f'up to {self.limit} steps per call' if self.limit > 1 else
+            '1 step per call')
+
+  def room(self, step: int) -> int:
+    """The most steps one call may take from `step`."""
+    return min(self.limit,
+               self.steps_per_epoch - step % self.steps_per_epoch)
+
+  def advance(self, state, step: int, n: int):
+    epoch, index = divmod(step, self.steps_per_epoch)
+    assert 0 < n <= self.room(step), (step, n)
+    if self.limit == 1:
+      return self.single(state, self.feed.batch(epoch, index))
+    return self.chunk(state, self.feed.epoch_data(epoch), np.int32(index),
+                      np.int32(n))
+
+  def close(self):
+    pass
+
+
+class FromHost:
+  """Train steps on batches a stream hands over (`feeds.StreamingFeed`):
+  one step, one batch, one call."""
+
+  def __init__(self, step_fn, batches):
+    self.step, self.batches = jax.jit(step_fn, donate_argnums=(0,)), batches
+
+  pace = '1 step per call (streamed)'
+
+  def room(self, step: int) -> int:
+    del step
+    return 1
+
+  def advance(self, state, step: int, n: int):
+    assert n == 1, (step, n)
+    return self.step(state, next(self.batches))
+
+  def close(self):
+    """Ends the stream (a run that stops early: Grain's workers end too)."""
+    self.batches.close()
 
 
 @jax.jit
-def all_finite(tree) -> jax.Array:
-  """Whether every parameter is finite (checked before each save)."""
-  return jnp.all(jnp.stack([jnp.isfinite(x).all()
-                            for x in jax.tree.leaves(tree)]))
+def finiteness(state):
+  """(the first step whose loss was not finite or -1, whether every
+  parameter is finite): what a save checks, in one call and one fetch."""
+  params_ok = jnp.all(jnp.stack([jnp.isfinite(x).all()
+                                 for x in jax.tree.leaves(state.params)]))
+  return state.sums['first_nonfinite_step'], params_ok

@@ -67,6 +67,8 @@ _RANGES = {
                      'a finite number >= 0 (0: off; the paper: 0.1)'),
     'lr_step_epochs': (lambda v: isinstance(v, (tuple, list)) and all(
         _finite(e) and e > 0 for e in v), 'a list of positive epoch numbers'),
+    'steps_per_call': (lambda v: _integer(v) and v >= 0,
+                       'an integer >= 0 (0: by platform)'),
     'profile_steps': (lambda v: _integer(v) and v >= 0,
                       'an integer >= 0 (0: no profile)'),
     'max_bad_fraction': (lambda v: _finite(v) and 0 <= v <= 1, 'in [0, 1]'),
