@@ -264,6 +264,9 @@ def report(r: dict):
     print(f"PyTorch {r['pytorch']} {row['mode']}: {row['step_ms']:.1f} "
           f"ms/step, {row['images_per_sec']:.1f} img/s; alexnet_jax is "
           f"{row['speedup']:.2f}x")
+  if r.get('vs_pytorch'):
+    print(f"against PyTorch at its best here ({r['best_pytorch_mode']}): "
+          f"{r['speedup_vs_best_pytorch']:.2f}x")
 
 
 def main(argv=None):
