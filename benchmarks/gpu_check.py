@@ -10,17 +10,26 @@ part is a module of `benchmarks/gpu/`; this one runs them:
      FLOP/s used;
   2. train_step (`step_vs_pytorch.py`): our step (`benchmarks.train_step`)
      against the PyTorch twin in every mode (eager, channels_last,
-     torch.compile), float32 (TF32 matmuls on both sides) and bfloat16 / AMP,
-     for `alexnet_torchvision` at batch 256 and the CIFAR form at batch 512,
-     with MFU;
-  3. cifar_main (`cifar_main.py`): the main job to the end, as its own
-     process, the real command (`python -m alexnet_jax.main
-     --config=configs/cifar10.py`): wall time, the train epoch's time at the
-     run's rate, test top-1. On the CIFAR-10 pickles of `--cifar_dir` (the
-     full set, or the subset: then the top-1 is the subset's); without it on
-     fake data of CIFAR's shape (`--main_epochs`, default 3: epoch time, no
-     accuracy);
-  4. input_pipeline (`input_pipeline.py`): `benchmarks/image_pipeline.py`'s
+     torch.compile, and PyTorch at its best: max_autotune, the whole step
+     compiled with CUDA graphs and fused SGD, for the target step only),
+     float32 (TF32 matmuls on both sides) and bfloat16 / AMP, for
+     `alexnet_torchvision` at batch 256 and the CIFAR form at batch 512,
+     with MFU and the ratio to the best PyTorch mode;
+  3. step_profile (`step_profile.py`): XLA's profile of the target step
+     (bfloat16 `alexnet_torchvision`, batch 256): the costliest ops, what
+     each computes, the time by kind (convolution, matmul, reduce, ...);
+  4. cifar_main (`cifar_main.py`): the main job to the end, twice, as its
+     own process, the real command (`python -m alexnet_jax.main
+     --config=configs/cifar10.py`, its steps in chunks per call on a GPU):
+     with an empty compilation cache (cold) and with the one the first run
+     filled (warm); wall times, the train epoch's time at the run's rate,
+     test top-1. On the CIFAR-10 pickles of `--cifar_dir` (the full set, or
+     the subset: then the top-1 is the subset's); without it on fake data
+     of CIFAR's shape (`--main_epochs`, default 3: epoch time, no accuracy);
+  5. store_training (`store_training.py`): the real command on the
+     paper's 256x256 store, JPEG and raw, of photos written on the machine:
+     the run's images/s against the step alone's;
+  6. input_pipeline (`input_pipeline.py`): `benchmarks/image_pipeline.py`'s
      input paths (folder, store JPEG/raw; DALI CPU and GPU where DALI is
      installed, tf.data where TensorFlow is), images/s;
 then checks the GPU targets (BENCHMARKS.md, "Targets"; `targets.py`) into
@@ -28,7 +37,7 @@ met / not met / not measured, and writes OUT/gpu_check.json (everything) and
 OUT/gpu_check.md (the tables for BENCHMARKS.md; `report.py`) after every
 part, so a run cut short keeps what it measured. `--out` defaults to a new
 directory, printed at the end. `--smoke` runs every part tiny on the CPU
-(what CI runs; about a minute): the targets then read "not measured".
+(what CI runs; about two minutes): the targets then read "not measured".
 
 On the lent GPU machine (the device tool; BENCHMARKS.md "GPU" has the
 whole recipe). It lacks ml_collections, clu, grain (with array_record and
@@ -75,15 +84,18 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 # whole run's budget, and the train step starts no configuration it has no
 # time left for.
 BUDGETS = {
-    'gpu': {'device': 20, 'train_step': 210, 'cifar_main': 150,
-            'input_pipeline': 60},
-    'smoke': {'device': 60, 'train_step': 300, 'cifar_main': 300,
+    'gpu': {'device': 15, 'train_step': 200, 'step_profile': 25,
+            'cifar_main': 130, 'store_training': 70, 'input_pipeline': 30},
+    'smoke': {'device': 60, 'train_step': 300, 'step_profile': 120,
+              'cifar_main': 300, 'store_training': 300,
               'input_pipeline': 120},
 }
 # Each part's module in benchmarks/gpu/, imported when the part starts, so
 # that one which cannot import fails alone.
 MODULES = {'device': 'device', 'train_step': 'step_vs_pytorch',
-           'cifar_main': 'cifar_main', 'input_pipeline': 'input_pipeline'}
+           'step_profile': 'step_profile', 'cifar_main': 'cifar_main',
+           'store_training': 'store_training',
+           'input_pipeline': 'input_pipeline'}
 
 
 def _parser():
@@ -97,11 +109,12 @@ def _parser():
                       help='epochs of the main job (0: the config\'s 45 on '
                       'real data, 3 on fake data)')
   parser.add_argument('--pytorch_modes', default='',
-                      help='PyTorch modes (default: all three on a GPU, '
+                      help='PyTorch modes (default: all four on a GPU, '
+                      'max_autotune for the first configuration only; '
                       'eager,channels_last with --smoke); "none" leaves '
                       'PyTorch out')
   parser.add_argument('--budget_s', type=float, default=0,
-                      help='the whole run\'s budget (default: 450 s, 900 '
+                      help='the whole run\'s budget (default: 470 s, 1200 '
                       'with --smoke)')
   parser.add_argument('--parts', default=','.join(BUDGETS['gpu']),
                       help='a comma list of the parts')
@@ -138,6 +151,8 @@ def _measure(name, args, clock, out, budget_s) -> dict:
   if name == 'cifar_main':
     return module.measure(mode, clock, budget_s, args.cifar_dir,
                           args.main_epochs, out)
+  if name == 'store_training':
+    return module.measure(mode, clock, budget_s, out)
   return module.measure(mode)
 
 
@@ -163,7 +178,7 @@ def main(argv=None):
   args, parts = parse_args(argv)
   out = pathlib.Path(args.out or tempfile.mkdtemp(prefix='gpu_check_'))
   out.mkdir(parents=True, exist_ok=True)
-  clock = part_lib.Clock(args.budget_s or (900 if args.smoke else 450))
+  clock = part_lib.Clock(args.budget_s or (1200 if args.smoke else 470))
   report = {'command': 'python -m benchmarks.gpu_check ' + ' '.join(
       sys.argv[1:] if argv is None else argv),
             'smoke': args.smoke, 'budget_s': clock.budget_s,

@@ -89,17 +89,55 @@ def _cifar_table(main: dict) -> list:
   if 'wall_s' not in main:
     return []
   top1 = main.get('test_top1')
-  lines = ['| CIFAR main job | data | wall | train epoch (this data) | '
-           'train epoch at 45,000 images | test top-1 |',
-           '| --- | --- | --- | --- | --- | --- |',
+  warm = main.get('warm_wall_s')
+  lines = ['| CIFAR main job | data | steps per call | wall, cold cache | '
+           'wall, warm cache | train epoch (this data) | train epoch at '
+           '45,000 images | test top-1 |',
+           '| --- | --- | --- | --- | --- | --- | --- | --- |',
            f"| `configs/cifar10.py`, {main.get('epochs_done', 0):.1f} "
-           f"epochs | {main['data']} | {main['wall_s']:.0f} s | "
+           f"epochs | {main.get('data', '?')} | {main.get('pace') or '?'} | "
+           f"{main['wall_s']:.1f} s | "
+           + ('—' if warm is None else f'{warm:.1f} s') + ' | '
            + ' | '.join('—' if main.get(k) is None else f'{main[k]:.2f} s'
                         for k in ('train_epoch_s', 'full_cifar_epoch_s'))
            + f" | {'—' if top1 is None else targets_lib.pct(top1)} |", '']
   if main.get('note'):
     lines += [main['note'] + '.', '']
+  if main.get('warm_error'):
+    lines += ['The warm run failed: ' + _last_line(main['warm_error']), '']
   return lines
+
+
+def _profile_table(prof: dict) -> list:
+  if not prof.get('top'):
+    return []
+  xla = prof.get('xla_ms')
+  lines = [f"XLA's profile of the `{prof['model']}` step, batch "
+           f"{prof['batch_size']}, {prof['dtype']} ({prof['steps_traced']} "
+           'steps traced; ms per step'
+           + (f', {xla:.2f} ms in XLA' if xla else '') + '): by kind, '
+           + ', '.join(f'{k} {v:.2f}' for k, v in prof['by_kind_ms'].items())
+           + '.', '', '| op | ms per step | share | what it computes |',
+           '| --- | --- | --- | --- |']
+  lines += [f"| {r['op']} | {r['ms']:.3f} | {targets_lib.pct(r['share'])} | "
+            f"`{r['what']}` |" for r in prof['top']]
+  return lines + ['']
+
+
+def _store_table(store: dict) -> list:
+  alone = store.get('step_alone')
+  if not alone:
+    return []
+  lines = [f"| training from the store (`{store['model']}`, batch "
+           f"{store['batch_size']}, {store['image_size']}², {store['dtype']})"
+           ' | images/s | of the step alone |', '| --- | --- | --- |',
+           f"| the step alone | {alone['images_per_sec']:,.0f} | 100% |"]
+  for encoding, run in store.get('runs', {}).items():
+    rate = run.get('images_per_sec')
+    lines.append(f'| store ({encoding}), the whole run | '
+                 + ('—' if rate is None else f'{rate:,.0f}') + ' | '
+                 + targets_lib.pct(run.get('vs_step')) + ' |')
+  return lines + ['']
 
 
 def _pipeline_table(pipe: dict) -> list:
@@ -125,7 +163,9 @@ def markdown(report: dict) -> str:
   s = report['sections']
   lines = (_header(report) + _failed_parts(s)
            + _train_table(s.get('train_step', {}).get('configs', []))
+           + _profile_table(s.get('step_profile', {}))
            + _cifar_table(s.get('cifar_main', {}))
+           + _store_table(s.get('store_training', {}))
            + _pipeline_table(s.get('input_pipeline', {}))
            + _targets_table(report.get('targets', ())))
   return '\n'.join(lines) + '\n'
