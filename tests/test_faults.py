@@ -150,6 +150,49 @@ def test_second_signal_exits_at_once_without_saving(reference, tmp_path,
   assert checkpoints.saved_steps(workdir) == saved
 
 
+CHUNKED = dict(steps_per_call=8, log_every_steps=20)
+
+
+@pytest.fixture(scope='module')
+def chunked_reference(tmp_path_factory, subprocess_env):
+  """An uninterrupted run taking up to 8 steps a call (`steps.OnDevice`, a
+  program of its own: not bitwise the one-step run)."""
+  cifar = require_cifar_subset()
+  workdir = str(tmp_path_factory.mktemp('chunked') / 'w')
+  done = cli.run_cli(cli.cli_args(cifar, workdir, **RUN, **CHUNKED),
+                     subprocess_env)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert 'up to 8 steps per call' in done.stdout, done.stdout[:2000]
+  return workdir
+
+
+def test_signal_in_chunks_stops_after_the_chunk_and_resumes_exactly(
+    reference, chunked_reference, tmp_path, subprocess_env):
+  """SIGTERM while 8 steps a call run: the run stops at the end of the
+  chunk under way (a step no log or save forced), saves it, and the rerun
+  ends bit for bit where the uninterrupted chunked run ended."""
+  workdir = str(tmp_path / 'w')
+  args = cli.cli_args(reference['cifar'], workdir, **RUN, **CHUNKED)
+  proc = cli.start_cli(args, subprocess_env, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE)
+  wait_for(lambda: os.path.isdir(os.path.join(workdir, 'checkpoints', '10')),
+           what='checkpoint 10', proc=proc)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+  last = out.strip().splitlines()[-1]
+  assert last.startswith('stopped by SIGTERM at step '), out[-1000:]
+  step = int(last.split('at step ')[1].split('/')[0])
+  assert 10 <= step < STEPS
+  assert os.path.isdir(os.path.join(workdir, 'checkpoints', str(step)))
+  resumed = cli.run_cli(args, subprocess_env)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert f'at step {step}' in resumed.stdout
+  cli.assert_states_bitwise_equal(workdir, chunked_reference, STEPS)
+  assert (cli.without_speed(cli.read_jsonl(workdir)) ==
+          cli.without_speed(cli.read_jsonl(chunked_reference)))
+
+
 # --- Damaged checkpoints ------------------------------------------------------------
 
 
