@@ -28,6 +28,7 @@ from alexnet_jax.runtime import reporting
 from alexnet_jax.task import evaluation
 from alexnet_jax.task import finetune
 from alexnet_jax.task import optim
+from alexnet_jax.task import runs as runs_lib
 from alexnet_jax.task import state as state_lib
 from alexnet_jax.task import steps
 from alexnet_jax.task.durations import Durations
@@ -102,11 +103,20 @@ def feed(config: Config, mesh, data: registry.Dataset, side: int):
         dali_device=(config.dali_device if config.input_pipeline == 'dali'
                      else ''))
   else:
-    made = in_memory.InMemoryFeed(data, host_data(config, data), mesh,
-                                  batch_size=config.batch_size,
-                                  seed=config.seed)
+    stack = run_plan(config)
+    made = in_memory.InMemoryFeed(
+        data, host_data(config, data), mesh, batch_size=config.batch_size,
+        seed=config.seed, seeds=[r.seed for r in stack] if stack else None)
   made.input_spec = input_spec(config, data, side, made.crops_on_device)
   return made
+
+
+def run_plan(config: Config) -> Optional[list]:
+  """The runs of a stack (`task/runs.py`), or None for one run."""
+  if not runs_lib.is_multi(config.runs, config.sweep):
+    return None
+  return runs_lib.plan(config.runs, config.sweep, config.sweep_mode, config,
+                       config.seed)
 
 
 # --- The schedule --------------------------------------------------------------
@@ -158,12 +168,26 @@ def apply_fn(config: Config, net: alexnet.AlexNet, mesh):
 
 def optimizer(config: Config, run_durations: Durations):
   """(the optimizer, its learning-rate schedule, for logging)."""
-  schedule = optim.learning_rate_schedule(
-      config.schedule, config.learning_rate, run_durations,
-      lr_step_factor=config.lr_step_factor, poly_power=config.poly_power)
+  return optimizer_with(config, run_durations, config.learning_rate,
+                        config.weight_decay, config.momentum)
+
+
+def optimizer_with(config: Config, run_durations: Durations, learning_rate,
+                   weight_decay, momentum):
+  """`optimizer` with these numbers (floats, or a stacked run's traced
+  values: `runs.SWEEPABLE`: the schedule's shape at peak 1, scaled)."""
+  def shape(peak):
+    return optim.learning_rate_schedule(
+        config.schedule, peak, run_durations,
+        lr_step_factor=config.lr_step_factor, poly_power=config.poly_power)
+  if isinstance(learning_rate, (int, float)):
+    schedule = shape(learning_rate)
+  else:
+    unit = shape(1.)
+    schedule = lambda count: learning_rate * unit(count)
   if config.optimizer == 'lars':
-    return optim.lars(schedule, weight_decay=config.weight_decay,
-                      momentum=config.momentum,
+    return optim.lars(schedule, weight_decay=weight_decay,
+                      momentum=momentum,
                       trust_coefficient=config.lars_trust_coefficient,
                       eps=config.lars_eps), schedule
   plateau = None
@@ -173,15 +197,17 @@ def optimizer(config: Config, run_durations: Durations):
         accumulation_size=(run_durations.steps_per_eval or
                            run_durations.total_steps),
         min_scale=0.1 ** config.plateau_reductions)
-  return optim.sgd(schedule, weight_decay=config.weight_decay,
-                   momentum=config.momentum, plateau=plateau), schedule
+  return optim.sgd(schedule, weight_decay=weight_decay,
+                   momentum=momentum, plateau=plateau), schedule
 
 
 def train_state(config: Config, net: alexnet.AlexNet, tx, side: int, mesh,
                 apply):
   """(the initial train state, its abstract twin for restores)."""
-  return state_lib.create_train_state(net, tx, (side, side, 3), config.seed,
-                                      mesh, apply)
+  stack = run_plan(config)
+  return state_lib.create_train_state(
+      net, tx, (side, side, 3), config.seed, mesh, apply,
+      seeds=[r.seed for r in stack] if stack else None)
 
 
 def finetuned(config: Config, workdir: str, state):
@@ -194,11 +220,17 @@ def train_steps(config: Config, made_feed, run_durations: Durations,
   """How the run takes its steps (`steps.OnDevice` or `steps.FromHost`):
   chunks of up to `steps_per_call` steps per compiled call on data held on
   the device; one step per batch from a stream."""
+  stack = run_plan(config)
   step_fn = steps.make_step_fn(
       made_feed.input_spec, made_feed.num_classes,
       log_every=run_durations.log_every,
       label_smoothing=config.label_smoothing,
-      plateau=config.schedule == 'plateau')
+      plateau=config.schedule == 'plateau',
+      optimizer_of=lambda **h: optimizer_with(config, run_durations, **h)[0])
+  if stack:
+    step_fn = steps.make_runs_step(step_fn, {
+        k: jnp.asarray([r.values[k] for r in stack], jnp.float32)
+        for k in runs_lib.SWEEPABLE})
   if made_feed.streamed:
     return steps.FromHost(step_fn, made_feed.train(
         start_step, run_durations.steps_per_epoch, run_durations.total_steps))

@@ -43,6 +43,8 @@ def define_flags():
   flags.DEFINE_string('workdir', None, 'A workdir of alexnet_jax.main or '
                       'alexnet_jax.convert (local or gs://).')
   flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
+  flags.DEFINE_integer('run', None, 'Which run of a workdir that trained '
+                       'several together (--config.runs / sweep).')
   flags.DEFINE_bool('ten_crop', False, "The paper's 10-crop test (corners and "
                     'centre, each mirrored; softmax averaged): image datasets '
                     'only.')
@@ -51,8 +53,9 @@ def define_flags():
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str, step=None,
-             ten_crop: bool = False) -> dict:
-  """{step, split, examples, loss, top1, top5} on the test split."""
+             ten_crop: bool = False, run=None) -> dict:
+  """{step, split, examples, loss, top1, top5} on the test split (of run
+  `run` of a stack)."""
   config = ml_collections.ConfigDict(config.to_dict())  # Unlocked copy.
   if ten_crop:
     if not registry.get(config.dataset).streamed:
@@ -64,12 +67,14 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, step=None,
           '(set --config.dataset and --config.data_dir, or drop --ten_crop)')
     config.ten_crop = True
   validation.validate_config(config)
+  trained = ml_collections.ConfigDict(config.to_dict())  # Its stack, if any.
+  config.runs, config.sweep = 1, ''  # One run is evaluated.
   mesh = mesh_lib.make_mesh(config.model_parallelism)
   data = build.dataset(config)
   side = build.input_side(config, data)
   feed = build.feed(config, mesh, data, side)
-  step, model, variables = saved_run.load_model(config, workdir, step,
-                                                feed.num_classes)
+  step, model, variables = saved_run.load_model(trained, workdir, step,
+                                                feed.num_classes, run)
   build.check_input_side(config, model, side)
   evaluator = build.evaluator(config, feed, model.apply, mesh)
   metrics = evaluation.split_metrics(feed.evaluate(
@@ -86,7 +91,7 @@ def main(argv):
     logging.set_verbosity(logging.ERROR)
   try:
     metrics = evaluate(FLAGS.config, FLAGS.workdir, FLAGS.step,
-                       FLAGS.ten_crop)
+                       FLAGS.ten_crop, FLAGS.run)
   except UserError as e:
     cli.exit_with_error(e, FLAGS.verbose)
   if FLAGS.json:

@@ -36,6 +36,8 @@ def define_flags():
   flags.DEFINE_string('workdir', None, 'A workdir of alexnet_jax.main or '
                       'alexnet_jax.convert (local or gs://).')
   flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
+  flags.DEFINE_integer('run', None, 'Which run of a workdir that trained '
+                       'several together (--config.runs / sweep).')
   flags.DEFINE_bool('json', False, 'One JSON object per image per line.')
   flags.DEFINE_bool('logits', False, 'With --json: add every class\'s logit '
                     '(for checks against other implementations).')
@@ -45,7 +47,8 @@ def define_flags():
 TOP_K = 5
 
 
-def predict(workdir: str, paths, step=None, batch_size: int = 16):
+def predict(workdir: str, paths, step=None, batch_size: int = 16,
+            run=None):
   """(step, class names, logits [N, classes]) for image files.
 
   Every image is read before the model is: a bad one stops the run at once,
@@ -54,7 +57,8 @@ def predict(workdir: str, paths, step=None, batch_size: int = 16):
   config = saved_run.load_config(workdir)
   prep = saved_run.Preprocessing.from_config(config)
   pixels = np.stack([prep.pixels(saved_run.open_image(p)) for p in paths])
-  step, model, variables = saved_run.load_model(config, workdir, step)
+  step, model, variables = saved_run.load_model(config, workdir, step,
+                                                run=run)
   names = build.dataset(config).class_names(model.num_classes)
 
   @jax.jit
@@ -110,7 +114,7 @@ def main(argv):
     if FLAGS.batch_size < 1:
       raise DataError(f'--batch_size {FLAGS.batch_size} must be positive')
     step, names, logits = predict(FLAGS.workdir, paths, FLAGS.step,
-                                  FLAGS.batch_size)
+                                  FLAGS.batch_size, FLAGS.run)
   except UserError as e:
     cli.exit_with_error(e, FLAGS.verbose)
   report(paths, names, logits, FLAGS.json, FLAGS.logits,

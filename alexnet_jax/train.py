@@ -27,6 +27,7 @@ from alexnet_jax.runtime import reporting
 from alexnet_jax.runtime.layout import Layout
 from alexnet_jax.task import evaluation
 from alexnet_jax.task import optim
+from alexnet_jax.task import runs as runs_lib
 from alexnet_jax.task import state as state_lib
 from alexnet_jax.task import steps
 from alexnet_jax.task import validation
@@ -97,10 +98,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     stop = stack.enter_context(preemption.StopRequest(ckpt.reached_preemption))
     reporter.write_json(layout.config, build.resolved_config(
         config, model, feed.num_classes, side))
-    run = _Run(feed, durations, mesh,
-               build.train_steps(config, feed, durations, start_step or 0),
-               build.evaluator(config, feed, apply_fn, mesh), lr_schedule,
-               ckpt, reporter, stop)
+    pieces = (feed, durations, mesh,
+              build.train_steps(config, feed, durations, start_step or 0),
+              build.evaluator(config, feed, apply_fn, mesh), lr_schedule,
+              ckpt, reporter, stop)
+    plan = build.run_plan(config)
+    run = _Run(*pieces) if plan is None else _Stack(
+        *pieces, plan=plan, schedules=[
+            build.optimizer_with(config, durations, **r.values)[1]
+            for r in plan])
     run.log_header(state, start_step, config.model, config.dataset)
     state, step = run.train(state, start_step or 0)
     return run.finish(state, step, abstract_state)
@@ -110,6 +116,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 class _Run:
   """One run's loop and its pieces: train, log, evaluate, save, stop, finish."""
+  stacked = 1  # Runs along the state's leading axis (`_Stack`).
 
   def __init__(self, feed, durations, mesh, train_steps, evaluator,
                lr_schedule, ckpt, reporter, stop):
@@ -121,7 +128,8 @@ class _Run:
 
   def log_header(self, state, start_step, model_name: str, dataset: str):
     d, sizes, batch = self.durations, self.feed.sizes, self.feed.batch_size
-    n_params = sum(x.size for x in jax.tree.leaves(state.params))
+    n_params = sum(x.size for x in jax.tree.leaves(state.params)
+                   ) // self.stacked
     n, parts = jax.device_count(), mesh_lib.batch_shards(self.mesh)
     split = (f'{batch // n} per device x {n} devices' if parts == n
              else f'{batch // parts} per tower pair x {parts} pairs')
@@ -284,4 +292,164 @@ class _Run:
         + (f'best val checkpoint: step {best}, test top1 '
            f'{100 * best_test["top1"]:.2f}%' if best is not None else
            'no validation split'))
+    return final
+
+
+# --- A stack of runs -----------------------------------------------------------
+
+class _Stack(_Run):
+  """Many runs trained by one compiled step (`task/runs.py`): `_Run`'s loop,
+  with each run's own metrics (records carry `run`), plateau input (its own
+  validation error), non-finite stop (the run is frozen, the others go on),
+  best-validation step and result; the summary is the mean, standard
+  deviation and 95% interval over the runs that finished. The kept
+  "best" checkpoint ranks the mean validation top-1 of those runs."""
+
+  def __init__(self, *pieces, plan, schedules):
+    super().__init__(*pieces)
+    self.plan, self.schedules, self.stacked = plan, schedules, len(plan)
+    self.frozen = {}  # Run index -> the step it turned non-finite.
+
+  def live(self) -> list:
+    return [i for i in range(self.stacked) if i not in self.frozen]
+
+  def log_header(self, state, start_step, model_name: str, dataset: str):
+    super().log_header(state, start_step, model_name, dataset)
+    self.reporter.log(f'{self.stacked} runs in one step:')
+    for r in self.plan:
+      self.reporter.log(f'  {r.describe()}')
+
+  def learning_rate(self, state, step: int) -> list:
+    scale = jax.device_get(optim.plateau_scale(state.opt_state))
+    return [float(self.schedules[i](step - 1)) * float(
+        scale[i] if getattr(scale, 'ndim', 0) else scale)
+            for i in range(self.stacked)]
+
+  def check_finite(self, sums):
+    for i, bad in enumerate(jax.device_get(sums['first_nonfinite_step'])):
+      if bad >= 0 and i not in self.frozen:
+        self.frozen[i] = int(bad)
+        self.reporter.log(
+            f'{self.plan[i].describe()} became non-finite at step {bad}: '
+            'frozen there, its last good parameters kept; the other runs go '
+            'on')
+    if not self.live():
+      raise self.nonfinite('the training loss of every run',
+                           min(self.frozen.values()))
+
+  def log_train(self, state, m: dict, step: int,
+                steps_per_sec: Optional[float]):
+    self.check_finite(m)
+    m = jax.device_get(m)
+    lrs = self.learning_rate(state, step)
+    epoch = self.durations.epoch(step)
+    images_per_sec = (self.feed.batch_size * self.stacked * steps_per_sec
+                      if steps_per_sec else None)
+    each = []
+    for i in range(self.stacked):
+      count = max(float(m['count'][i]), 1.)
+      loss, top1, top5 = (float(m[k][i]) / count
+                          for k in ('loss', 'top1', 'top5'))
+      self.reporter.write(step, 'train', run=i, epoch=epoch, loss=loss,
+                          top1=top1, top5=top5, lr=lrs[i],
+                          images_per_sec=images_per_sec)
+      each.append((loss, top1, lrs[i]))
+    live = [each[i] for i in self.live()]
+    mean = [sum(v) / len(live) for v in zip(*live)]
+    self.reporter.progress(step, epoch, *mean, images_per_sec)
+
+  def evaluate_split(self, name: str, state, step: int, record: bool = True):
+    """Each run's {'loss', 'top1', 'top5'} (a list), and the stacked sums."""
+    sums = jax.vmap(lambda v: self.feed.evaluate(self.evaluator, v, name))(
+        state_lib.eval_variables(state))
+    each = [evaluation.split_metrics(jax.tree.map(lambda x, i=i: x[i], sums))
+            for i in range(self.stacked)]
+    if record:
+      for i, metrics in enumerate(each):
+        self.reporter.write(step, name, run=i,
+                            epoch=self.durations.epoch(step), **metrics)
+    live = self.live()
+    listed = ' '.join(f'{100 * each[i]["top1"]:.1f}' for i in live[:16])
+    self.reporter.log(
+        f'{name:>5} @ step {step}: top1 by run {listed}'
+        f'{" ..." if len(live) > 16 else ""} % | mean '
+        f'{100 * sum(each[i]["top1"] for i in live) / len(live):.2f}%')
+    return each, sums
+
+  def validate(self, state, step: int):
+    """Each run's plateau input is its own validation error."""
+    self.val_metrics, sums = self.evaluate_split('val', state, step)
+    state = state.replace(
+        plateau_value=1. - sums.top1.total / sums.top1.count)
+    mean = runs_lib.summary([self.val_metrics[i]['top1']
+                             for i in self.live()])['mean']
+    self.save(state, step, {checkpoints.BEST_METRIC: mean})
+    self.reporter.write_curves()
+    return state
+
+  def best_val_steps(self) -> list:
+    """Each run's (step, val top-1) of its best validation, from the
+    records (a resumed run's earlier ones included)."""
+    best = [None] * self.stacked
+    for r in self.reporter.records():
+      i = r.get('run')
+      if r.get('split') == 'val' and i is not None and i < self.stacked and (
+          best[i] is None or r['top1'] > best[i][1]):
+        best[i] = (r['step'], r['top1'])
+    return best
+
+  def finish(self, state, step: int, abstract_state) -> dict:
+    if self.val_metrics is None and self.feed.sizes['val']:
+      self.val_metrics, _ = self.evaluate_split('val', state, step)
+    test, _ = self.evaluate_split('test', state, step)
+    self.ckpt.wait()
+    best = self.ckpt.best_step()
+    best_test = None
+    if best == step:
+      best_test = test
+    elif best is not None:
+      restored = self.ckpt.restore(best, abstract_state)
+      self.reporter.log(f'best mean val checkpoint, step {best}:')
+      best_test, _ = self.evaluate_split('test', restored, best,
+                                         record=False)
+    best_val = self.best_val_steps()
+    runs = []
+    for i, r in enumerate(self.plan):
+      runs.append({
+          'run': i, 'seed': r.seed, **r.values,
+          'frozen_at_step': self.frozen.get(i),
+          'val': self.val_metrics[i] if self.val_metrics else None,
+          'test': test[i],
+          'best_val_step': best_val[i][0] if best_val[i] else None,
+          'best_val_top1': best_val[i][1] if best_val[i] else None})
+    live = self.live()
+
+    def over(each, members):
+      return {k: runs_lib.summary([each[i][k] for i in members if i in live])
+              for k in ('loss', 'top1', 'top5')}
+
+    def means(each):
+      return {k: (v or {}).get('mean') for k, v in over(each, live).items()}
+
+    summary = [{**values, 'runs': members,
+                'val': over(self.val_metrics, members)
+                       if self.val_metrics else None,
+                'test': over(test, members)}
+               for values, members in runs_lib.points(self.plan)]
+    final = {'step': step, 'runs': runs, 'summary': summary,
+             'val': means(self.val_metrics) if self.val_metrics else None,
+             'test': means(test), 'frozen_runs': sorted(self.frozen),
+             'best_val_step': best,
+             'best_val_test': means(best_test) if best_test else None}
+    self.reporter.write_json(self.reporter.layout.final_metrics, final)
+    self.reporter.write_curves(wait=True)
+    for point in summary:
+      swept = ', '.join(f'{k}={point[k]:g}' for k in runs_lib.SWEEPABLE)
+      self.reporter.log(f'  {swept}: test top1 '
+                        f'{runs_lib.describe_summary(point["test"]["top1"])}')
+    frozen = (f' | frozen: runs {sorted(self.frozen)}' if self.frozen
+              else '')
+    self.reporter.log(
+        f'done: step {step} | {len(live)} of {self.stacked} runs finished'
+        + frozen)
     return final

@@ -145,6 +145,14 @@ def _bookkeeping(c):
   c.steps_per_call = 0
   c.keep_checkpoints = 3  # The latest K; the best by val top-1 is kept too.
   c.seed = 0
+  # Many runs in one process, trained by one compiled step (docs/runs.md):
+  # `runs` seeds (seed, seed+1, ...) for each point of `sweep`, e.g.
+  # 'learning_rate=0.005,0.01,0.02 weight_decay=0,5e-4' (learning_rate,
+  # weight_decay, momentum), its lists crossed ('cross') or zipped ('zip').
+  # Data held on the device only (CIFAR-10, fake).
+  c.runs = 1
+  c.sweep = ''
+  c.sweep_mode = 'cross'
   # > 0: write an XLA profile of this many steps, a few steps after the run
   # (or its resume) starts, into the workdir: TensorBoard's profile plugin
   # reads it (`tensorboard --logdir WORKDIR`, tensorboard-plugin-profile).

@@ -62,17 +62,20 @@ def test_a_chunk_ends_at_the_epoch_and_where_something_is_due(cifar_dir):
 
 def test_the_steps_per_call_change_nothing_but_the_pace(cifar_dir, tmp_path):
   """The same run with 2 and with 6 steps a call: the same records and
-  final metrics (logs every 5, evaluations every 0.3 epochs, saves every
-  4 steps: chunks cut short everywhere). (1 a call is another program:
+  final metrics (logs every 5, evaluations every 7 steps, saves every 4
+  steps: chunks cut short everywhere). (1 a call is another program:
   `steps.OnDevice`.)"""
   runs = {}
   for k in (2, 6):
-    config = tiny_config(cifar_dir, num_epochs=0, num_steps=40,
-                         log_every_steps=5, eval_every_epochs=0.3,
-                         checkpoint_every_steps=4, steps_per_call=k)
+    config = tiny_config(cifar_dir, num_epochs=0, num_steps=20,
+                         batch_size=64, log_every_steps=5,
+                         eval_every_epochs=0.1, checkpoint_every_steps=4,
+                         steps_per_call=k)
     workdir = tmp_path / f'k{k}'
     final = train.train_and_evaluate(config, str(workdir))
     runs[k] = (final, cli.without_speed(cli.read_jsonl(str(workdir))))
   assert runs[2] == runs[6]
   assert [r['step'] for r in runs[6][1] if r['split'] == 'train'] == [
-      5, 10, 15, 20, 25, 30, 35, 40]
+      5, 10, 15, 20]
+  assert [r['step'] for r in runs[6][1] if r['split'] == 'val'] == [
+      7, 14, 20]

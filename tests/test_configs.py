@@ -84,6 +84,7 @@ RANGE_EDGES = [
     ('max_bad_fraction', 0.0, -0.01), ('lars_trust_coefficient', 1e-9, 0.0),
     ('lars_eps', 0.0, -1e-9), ('poly_power', 1e-9, 0.0),
     ('profile_steps', 0, -1), ('learning_rate', 1.0, float('nan')),
+    ('runs', 1, 0), ('steps_per_call', 0, -1),
     ('lr_step_epochs', (30,), (0,)),
 ]
 

@@ -150,7 +150,7 @@ def test_second_signal_exits_at_once_without_saving(reference, tmp_path,
   assert checkpoints.saved_steps(workdir) == saved
 
 
-CHUNKED = dict(steps_per_call=8, log_every_steps=20)
+CHUNKED = dict(RUN, num_steps=30, steps_per_call=8, log_every_steps=20)
 
 
 @pytest.fixture(scope='module')
@@ -159,7 +159,7 @@ def chunked_reference(tmp_path_factory, subprocess_env):
   program of its own: not bitwise the one-step run)."""
   cifar = require_cifar_subset()
   workdir = str(tmp_path_factory.mktemp('chunked') / 'w')
-  done = cli.run_cli(cli.cli_args(cifar, workdir, **RUN, **CHUNKED),
+  done = cli.run_cli(cli.cli_args(cifar, workdir, **CHUNKED),
                      subprocess_env)
   assert done.returncode == 0, done.stderr[-3000:]
   assert 'up to 8 steps per call' in done.stdout, done.stdout[:2000]
@@ -172,7 +172,7 @@ def test_signal_in_chunks_stops_after_the_chunk_and_resumes_exactly(
   chunk under way (a step no log or save forced), saves it, and the rerun
   ends bit for bit where the uninterrupted chunked run ended."""
   workdir = str(tmp_path / 'w')
-  args = cli.cli_args(reference['cifar'], workdir, **RUN, **CHUNKED)
+  args = cli.cli_args(reference['cifar'], workdir, **CHUNKED)
   proc = cli.start_cli(args, subprocess_env, stdout=subprocess.PIPE,
                        stderr=subprocess.PIPE)
   wait_for(lambda: os.path.isdir(os.path.join(workdir, 'checkpoints', '10')),
@@ -183,12 +183,12 @@ def test_signal_in_chunks_stops_after_the_chunk_and_resumes_exactly(
   last = out.strip().splitlines()[-1]
   assert last.startswith('stopped by SIGTERM at step '), out[-1000:]
   step = int(last.split('at step ')[1].split('/')[0])
-  assert 10 <= step < STEPS
+  assert 10 <= step < 30
   assert os.path.isdir(os.path.join(workdir, 'checkpoints', str(step)))
   resumed = cli.run_cli(args, subprocess_env)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   assert f'at step {step}' in resumed.stdout
-  cli.assert_states_bitwise_equal(workdir, chunked_reference, STEPS)
+  cli.assert_states_bitwise_equal(workdir, chunked_reference, 30)
   assert (cli.without_speed(cli.read_jsonl(workdir)) ==
           cli.without_speed(cli.read_jsonl(chunked_reference)))
 

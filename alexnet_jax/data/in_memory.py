@@ -13,7 +13,7 @@ step, and a resumed run sees exactly the batches it would have seen.
 """
 
 import dataclasses
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -119,7 +119,7 @@ class InMemoryFeed:
   crops_on_device = False  # Augmentation crops CIFAR (crop_padding) itself.
 
   def __init__(self, dataset, data: Dataset, mesh, *, batch_size: int,
-               seed: int):
+               seed: int, seeds: Optional[Sequence[int]] = None):
     self.dataset, self.mesh, self.batch_size = dataset, mesh, batch_size
     self.num_classes = data.num_classes
     self.sizes = {'train': len(data.train),
@@ -135,10 +135,22 @@ class InMemoryFeed:
                                mesh_lib.put_replicated(s.labels, mesh))
                         for name, s in (('val', data.val), ('test', data.test))
                         if s}
-    self.data_key = jax.random.fold_in(jax.random.key(seed), 0x5eed)
-    self.permutations = jax.jit(epoch_permutations, static_argnums=(2, 3),
-                                out_shardings=mesh_lib.replicated(mesh))
-    self.gather = jax.jit(self._gather, static_argnums=(4,))
+    # `seeds`: a stack of runs (`task/runs.py`), each its own data order;
+    # batches then carry a leading run axis.
+    self.runs = len(seeds) if seeds is not None else None
+    data_key = lambda s: jax.random.fold_in(jax.random.key(s), 0x5eed)
+    if self.runs is None:
+      self.data_key = data_key(seed)
+      self.permutations = jax.jit(epoch_permutations, static_argnums=(2, 3),
+                                  out_shardings=mesh_lib.replicated(mesh))
+      self.gather = jax.jit(self._gather, static_argnums=(4,))
+    else:
+      self.data_key = jax.vmap(data_key)(jnp.asarray(seeds, jnp.uint32))
+      self.permutations = jax.jit(
+          lambda keys, epoch, shards, per_shard: jax.vmap(
+              lambda k: epoch_permutations(k, epoch, shards, per_shard))(keys),
+          static_argnums=(2, 3), out_shardings=mesh_lib.replicated(mesh))
+      self.gather = jax.jit(self._gather_runs, static_argnums=(4,))
     self._epoch, self._perms = None, None
 
   def _gather(self, images, labels, perms, step_in_epoch, batch):
@@ -152,6 +164,11 @@ class InMemoryFeed:
     y = take(labels, idx).reshape(batch)
     return (jax.lax.with_sharding_constraint(x, batch_sharding),
             jax.lax.with_sharding_constraint(y, batch_sharding))
+
+  def _gather_runs(self, images, labels, perms, step_in_epoch, batch):
+    """`_gather` for each run's permutation (perms [runs, ...])."""
+    return jax.vmap(lambda p: self._gather(images, labels, p, step_in_epoch,
+                                           batch))(perms)
 
   def epoch_data(self, epoch: int):
     """What `gather_batch` reads for `epoch`: the arrays and that epoch's
@@ -169,7 +186,8 @@ class InMemoryFeed:
 
   def gather_batch(self, data, index):
     """Batch `index` of the epoch `data` holds (`epoch_data`); jittable."""
-    images, labels = self._gather(*data, index, self.batch_size)
+    gather = self._gather if self.runs is None else self._gather_runs
+    images, labels = gather(*data, index, self.batch_size)
     return {'images': images, 'labels': labels}
 
   def train(self, start_step: int, steps_per_epoch: int,

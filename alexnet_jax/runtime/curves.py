@@ -19,6 +19,7 @@ import math
 import uuid
 from typing import Optional, Sequence
 
+import numpy as np
 from etils import epath
 from matplotlib import figure
 from matplotlib import lines
@@ -110,6 +111,30 @@ def _series(records: list) -> dict:
           for k, points in by_key.items()}
 
 
+def _stack_series(label: str, records: list) -> list:
+  """A workdir's [(label, series, how)]: one entry for one run; for a stack
+  of runs (records carrying `run`, `task/runs.py`) its mean (bold, a band
+  of ± one standard deviation) and then each run (thin)."""
+  stacked = sorted({r['run'] for r in records if isinstance(r.get('run'),
+                                                            int)})
+  if not stacked:
+    return [(label, _series(records), None)]
+  per = [_series([r for r in records if r.get('run') == i]) for i in stacked]
+  mean, spread = {}, {}
+  for key in {k for s in per for k in s}:
+    by_step = {}
+    for s in per:
+      for step, v in zip(*s.get(key, ((), ()))):
+        by_step.setdefault(step, []).append(v)
+    steps = sorted(by_step)
+    values = [np.asarray(by_step[t]) for t in steps]
+    mean[key] = (tuple(steps), tuple(float(v.mean()) for v in values))
+    spread[key] = tuple(float(v.std(ddof=1)) if v.size > 1 else 0.
+                        for v in values)
+  return ([(f'{label}: mean of {len(per)} runs', mean, spread)] +
+          [(f'run {i}', s, 'thin') for i, s in zip(stacked, per)])
+
+
 def default_labels(workdirs: Sequence) -> list:
   """Each workdir's last path component, or the full path where those clash."""
   paths = [Layout.of(w).root for w in workdirs]
@@ -126,8 +151,9 @@ def _render(runs: list, title: Optional[str]) -> bytes:
   axes = fig.subplots(1, len(_PANELS), gridspec_kw=dict(
       left=0.055, right=0.99, bottom=0.11, top=0.87, wspace=0.22))
   seen_splits = set()
-  for i, (_, series) in enumerate(runs):
-    colour = f'C{i % 10}'
+  runs = [r if len(r) == 3 else (*r, None) for r in runs]
+  for i, (_, series, how) in enumerate(runs):
+    colour = 'black' if isinstance(how, dict) else f'C{i % 10}'
     for ax, (key, _, _, _, splits) in zip(axes, _PANELS):
       for split in splits:
         if (split, key) not in series:
@@ -136,6 +162,15 @@ def _render(runs: list, title: Optional[str]) -> bytes:
         style = dict(_SPLIT_STYLE[split])
         if len(steps) == 1 and split == 'train':
           style['marker'] = 'o'  # A one-point line would not show.
+        if how == 'thin':  # A run of a stack, under its mean.
+          style.update(linewidth=0.6, alpha=0.5, markersize=2)
+        elif isinstance(how, dict):  # A stack's mean, bold, with a band.
+          style['linewidth'] = 2.2
+          sd = np.asarray(how[split, key])
+          if len(steps) > 1 and sd.any():
+            ax.fill_between(steps, np.asarray(values) - sd,
+                            np.asarray(values) + sd, color='0.6', alpha=0.3,
+                            linewidth=0)
         ax.plot(steps, values, color=colour, **style)
         seen_splits.add(split)
   for ax, (_, panel_title, ylabel, _, _) in zip(axes, _PANELS):
@@ -145,7 +180,8 @@ def _render(runs: list, title: Optional[str]) -> bytes:
     ax.grid(True, alpha=0.3)
     ax.xaxis.set_major_locator(ticker.MaxNLocator(  # Steps are whole.
         integer=True, min_n_ticks=1))
-  lr_values = [v for _, s in runs for v in s.get(('train', 'lr'), ((), ()))[1]]
+  lr_values = [v for _, s, _ in runs
+               for v in s.get(('train', 'lr'), ((), ()))[1]]
   if lr_values and min(lr_values) > 0 and (
       max(lr_values) / min(lr_values) > _LOG_LR_RANGE):
     axes[2].set_yscale('log')
@@ -158,9 +194,11 @@ def _render(runs: list, title: Optional[str]) -> bytes:
         for s in SPLITS if s in seen_splits], loc='best')
   if len(runs) > 1:
     axes[1].legend(handles=[
-        lines.Line2D([], [], color=f'C{i % 10}', linewidth=2,
+        lines.Line2D([], [], color='black' if isinstance(how, dict)
+                     else f'C{i % 10}', linewidth=2,
                      label=label + ('' if series else ' (no metrics yet)'))
-        for i, (label, series) in enumerate(runs)], loc='best')
+        for i, (label, series, how) in enumerate(runs[:12])], loc='best',
+                   fontsize='small')
   if not seen_splits:
     fig.text(0.5, 0.5, 'no metrics yet', ha='center', va='center',
              fontsize=20, color='0.4')
@@ -212,8 +250,9 @@ def plot_runs(workdirs: Sequence, out, labels: Optional[Sequence[str]] = None,
   labels = default_labels(workdirs) if labels is None else list(labels)
   if len(labels) != len(workdirs):
     raise PlotError(f'{len(labels)} labels for {len(workdirs)} workdirs')
-  runs = [(label, _series(read_records(w, missing_ok=missing_ok)))
-          for label, w in zip(labels, workdirs)]
+  runs = [entry for label, w in zip(labels, workdirs)
+          for entry in _stack_series(label, read_records(
+              w, missing_ok=missing_ok))]
   _write_atomically(epath.Path(out), _render(runs, title))
 
 

@@ -218,22 +218,32 @@ class Reporter:
     finally:
       self._paused_s += time.monotonic() - start
 
-  def write(self, step: int, split: str, **metrics):
-    """One metrics.jsonl record (replacing one of the same step and split)
-    and TensorBoard scalars `split/name`."""
+  def write(self, step: int, split: str, run: Optional[int] = None,
+            **metrics):
+    """One metrics.jsonl record (replacing one of the same step, split and
+    run) and TensorBoard scalars `split/name` (`runI/split/name` for run I
+    of a stack)."""
+    prefix = '' if run is None else f'run{run}/'
     self._writer.write_scalars(step, {
-        f'{split}/{k}': float(v) for k, v in metrics.items()
+        f'{prefix}{split}/{k}': float(v) for k, v in metrics.items()
         if k != 'epoch' and v is not None and math.isfinite(float(v))})
     if not self.enabled:
       return
     self._last_step = max(self._last_step, step)
     record = {'step': step, 'split': split}
+    if run is not None:
+      record['run'] = run
     record.update({k: (float(v) if v is not None else None)
                    for k, v in metrics.items()})
+    key = (step, split, run)
     self._records = [r for r in self._records
-                     if (r.get('step'), r.get('split')) != (step, split)]
+                     if (r.get('step'), r.get('split'), r.get('run')) != key]
     self._records.append(record)
     self._dirty = True
+
+  def records(self) -> list:
+    """The metrics.jsonl records so far (the resumed run's included)."""
+    return list(self._records)
 
   def flush(self, force: bool = False):
     """Writes what was added: always when forced, else at most every 30 s."""

@@ -80,15 +80,37 @@ def _check_variables(variables, model, side: int, where: str, name: str):
         f'{checkpoints.describe_mismatch(saved_sig, wanted_sig)}')
 
 
+def pick_run(config, variables, run: Optional[int], where: str):
+  """Run `run`'s variables from a stack's (`task/runs.py`), or a single
+  run's own; a missing or wrong index is one error naming the choices."""
+  plan = build.run_plan(config)
+  if plan is None:
+    if run not in (None, 0):
+      raise ConfigError(f'--run {run}: {where} holds one run (leave --run '
+                        'out, or 0)')
+    return variables
+  if run is None or not 0 <= run < len(plan):
+    given = 'no --run' if run is None else f'--run {run}'
+    raise ConfigError(
+        f'{given}: {where} holds {len(plan)} runs trained together (runs/'
+        f'sweep in its config.json); pick one with --run=0..{len(plan) - 1} '
+        '(evaluate, predict): '
+        + '; '.join(r.describe() for r in plan[:8])
+        + ('; ...' if len(plan) > 8 else ''))
+  return jax.tree.map(lambda x: np.asarray(x)[run], variables)
+
+
 def load_model(config, workdir: str, step: Optional[int] = None,
-               num_classes: Optional[int] = None):
+               num_classes: Optional[int] = None, run: Optional[int] = None):
   """(step, model, numpy variables) of a workdir's checkpoint (latest or
-  `step`); variables = {'params', ['batch_stats']}, what `model.apply` takes.
+  `step`); variables = {'params', ['batch_stats']}, what `model.apply` takes;
+  `run`: which of a stack of runs (`pick_run`).
 
   The class count is the checkpoint's own (fc8), unless `num_classes` asks
   for one: then a different count is an error naming both.
   """
   step, variables = checkpoints.load_variables_on_host(workdir, step)
+  variables = pick_run(config, variables, run, workdir)
   saved_classes = variables['params']['fc8']['kernel'].shape[-1]
   if num_classes is not None and num_classes != saved_classes:
     raise CheckpointError(

@@ -47,11 +47,14 @@ def eval_variables(state) -> dict:
 
 
 def create_train_state(model, tx, image_shape, seed: int, mesh,
-                       apply_fn=None, abstract_only: bool = False):
+                       apply_fn=None, abstract_only: bool = False,
+                       seeds=None):
   """(state, its abstract twin carrying the shardings, for restores).
   `apply_fn`: the state's forward pass (default `model.apply`).
   `abstract_only`: (None, the abstract twin), nothing allocated (to lower
-  the train step for a layout without initializing the model)."""
+  the train step for a layout without initializing the model).
+  `seeds`: a stack of runs (`task/runs.py`), one state per seed along a
+  leading axis, each as `seed` alone would make it."""
   def init(key):
     params_key, train_key = jax.random.split(key)
     x = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
@@ -63,6 +66,9 @@ def create_train_state(model, tx, image_shape, seed: int, mesh,
                              batch_stats=initial.get('batch_stats', {}))
 
   key = jax.random.key(seed)
+  if seeds is not None:
+    init = jax.vmap(init)
+    key = jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
   abstract = jax.eval_shape(init, key)
   shardings = mesh_lib.state_shardings(abstract, mesh)
   if abstract_only:

@@ -28,9 +28,13 @@ def _add_sums(sums, step, log_every, loss, logits, batch, num_classes):
   `log_every`): loss, hits, examples, examples standing in for an
   unreadable image; and the first step whose loss was not finite."""
   labels = batch['labels']
+  # The first non-finite step is kept across windows: a run of a stack
+  # stays frozen from it on (`make_runs_step`); a single run stops there.
+  kept = sums['first_nonfinite_step']
   sums = jax.tree.map(lambda zero, s: jnp.where((step - 1) % log_every == 0,
                                                 zero, s),
                       state_lib.zero_sums(), sums)
+  sums['first_nonfinite_step'] = kept
   batch_size = labels.shape[0]
   first_bad = sums['first_nonfinite_step']
   return {
@@ -46,7 +50,8 @@ def _add_sums(sums, step, log_every, loss, logits, batch, num_classes):
 
 
 def make_step_fn(input_spec, num_classes: int, *, log_every: int,
-                 label_smoothing: float = 0., plateau: bool = False):
+                 label_smoothing: float = 0., plateau: bool = False,
+                 optimizer_of=None):
   """step(state, batch) -> state: one train step, not yet compiled.
 
   One batch in, {'images': uint8, 'labels', ['replaced']}, from either
@@ -59,7 +64,7 @@ def make_step_fn(input_spec, num_classes: int, *, log_every: int,
   (`value=`, optax's reduce_on_plateau).
   """
 
-  def step_fn(state, batch):
+  def step_fn(state, batch, hyper=None):
     labels = batch['labels']
     aug_key, dropout_key = jax.random.split(
         jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step))
@@ -79,8 +84,9 @@ def make_step_fn(input_spec, num_classes: int, *, log_every: int,
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(state.params)
     extra = {'value': state.plateau_value} if plateau else {}
-    updates, opt_state = state.tx.update(grads, state.opt_state, state.params,
-                                         **extra)
+    tx = state.tx if hyper is None else optimizer_of(**hyper)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params,
+                                   **extra)
     step = state.step + 1
     return state.replace(
         step=step, params=optax.apply_updates(state.params, updates),
@@ -89,6 +95,33 @@ def make_step_fn(input_spec, num_classes: int, *, log_every: int,
                        num_classes))
 
   return step_fn
+
+
+def make_runs_step(step_fn, hyper: dict):
+  """step(stack, batches) -> stack: `step_fn` over a stacked state, one run
+  per row (`jax.vmap`), run i's batch batches[i] and its optimizer's numbers
+  hyper[field][i]. A run whose loss turns non-finite keeps its last good
+  parameters and optimizer state from that step on (frozen: its
+  `first_nonfinite_step` says where); the others go on."""
+
+  def one(state, batch, h):
+    new = step_fn(state, batch, h)
+    first_bad = new.sums['first_nonfinite_step']
+    params_ok = jnp.all(jnp.stack([jnp.isfinite(x).all()
+                                   for x in jax.tree.leaves(new.params)]))
+    first_bad = jnp.where((first_bad < 0) & ~params_ok, new.step, first_bad)
+    frozen = first_bad >= 0
+    keep = lambda old, now: jax.tree.map(
+        lambda o, n: jnp.where(frozen, o, n), old, now)
+    return new.replace(params=keep(state.params, new.params),
+                       opt_state=keep(state.opt_state, new.opt_state),
+                       batch_stats=keep(state.batch_stats, new.batch_stats),
+                       sums={**new.sums, 'first_nonfinite_step': first_bad})
+
+  def step(state, batch):
+    return jax.vmap(one)(state, batch, hyper)
+
+  return step
 
 
 def make_train_step(input_spec, num_classes: int, **kwargs):

@@ -12,6 +12,7 @@ from alexnet_jax.errors import ConfigError
 from alexnet_jax.model import alexnet
 from alexnet_jax.model import towers
 from alexnet_jax.task import optim
+from alexnet_jax.task import runs as runs_lib
 
 from alexnet_jax.runtime import accelerator
 
@@ -69,6 +70,8 @@ _RANGES = {
         _finite(e) and e > 0 for e in v), 'a list of positive epoch numbers'),
     'steps_per_call': (lambda v: _integer(v) and v >= 0,
                        'an integer >= 0 (0: by platform)'),
+    'runs': (lambda v: _integer(v) and v >= 1,
+             'a positive integer (seeds trained together)'),
     'profile_steps': (lambda v: _integer(v) and v >= 0,
                       'an integer >= 0 (0: no profile)'),
     'max_bad_fraction': (lambda v: _finite(v) and 0 <= v <= 1, 'in [0, 1]'),
@@ -165,6 +168,30 @@ def _check_dataset_fields(config):
         f'datasets are cropped from resize_size (set crop_padding=0)')
 
 
+def _check_runs(config):
+  """A stack of runs (`task/runs.py`): its plan, and what it cannot do yet."""
+  if not runs_lib.is_multi(config.runs, config.sweep):
+    runs_lib.plan(1, config.sweep, config.sweep_mode, config, config.seed)
+    return
+  runs_lib.plan(config.runs, config.sweep, config.sweep_mode, config,
+                config.seed)
+  if registry.get(config.dataset).streamed:
+    held = ', '.join(n for n, s in registry.DATASETS.items() if not s.streamed)
+    raise ConfigError(f'runs {config.runs} / sweep: many runs in one step need '
+                      f'data held on the device ({held}), not '
+                      f'{config.dataset!r}; run an image dataset once per '
+                      'seed')
+  for field in ('model_parallelism', 'tower_parallelism'):
+    if config[field] > 1:
+      raise ConfigError(f'runs {config.runs} / sweep: {field} '
+                        f'{config[field]} cannot split a stack of runs yet; '
+                        'set it to 1')
+  if config.init_from:
+    raise ConfigError(f'runs {config.runs} / sweep: init_from '
+                      f'{config.init_from!r} starts one run; a stack starts '
+                      "from its seeds (set init_from='')")
+
+
 def validate_config(config: ml_collections.ConfigDict):
   """Cheap checks, before any data is read or any file written."""
   _choice(config, 'model', tuple(alexnet.MODELS))
@@ -183,6 +210,7 @@ def validate_config(config: ml_collections.ConfigDict):
   if config.num_steps <= 0 and config.num_epochs <= 0:
     raise ConfigError(f'num_epochs {config.num_epochs} must be positive (or '
                       f'set num_steps > 0; it is {config.num_steps})')
+  _check_runs(config)
   _check_parallelism(config)
   _check_optimizer(config)
   _check_dataset_fields(config)

@@ -1,0 +1,204 @@
+"""Many runs in one (`task/runs.py`, `steps.make_runs_step`, train's
+`_Stack`): the plan and its refusals, the spread's arithmetic, run i of a
+stack against the single run with its seed and values, a diverging run
+frozen while the others finish, and a stacked workdir read back."""
+
+import os
+import subprocess
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from alexnet_jax import evaluate
+from alexnet_jax import train
+from alexnet_jax.errors import ConfigError
+from alexnet_jax.task import runs
+from alexnet_jax.task import saved_run
+from alexnet_jax.task import validation
+from tests import cli
+from tests.helpers import LineReader
+
+BASE = dict(learning_rate=0.01, weight_decay=5e-4, momentum=0.9)
+
+
+def test_the_plan_crosses_or_zips_the_sweep_with_the_seeds():
+  crossed = runs.plan(2, 'learning_rate=0.1,0.2 momentum=0.8,0.95', 'cross',
+                      BASE, 7)
+  assert [r.index for r in crossed] == list(range(8))
+  assert [r.seed for r in crossed] == [7, 8] * 4
+  assert [(r.values['learning_rate'], r.values['momentum'])
+          for r in crossed[::2]] == [(0.1, 0.8), (0.1, 0.95), (0.2, 0.8),
+                                     (0.2, 0.95)]
+  assert all(r.values['weight_decay'] == 5e-4 for r in crossed)
+  zipped = runs.plan(1, 'learning_rate=0.1,0.2;momentum=0.8,0.95', 'zip',
+                     BASE, 0)
+  assert [(r.seed, r.values['learning_rate'], r.values['momentum'])
+          for r in zipped] == [(0, 0.1, 0.8), (0, 0.2, 0.95)]
+  seeds = runs.plan(3, '', 'cross', BASE, 5)
+  assert [(r.seed, r.values) for r in seeds] == [(s, BASE) for s in (5, 6, 7)]
+  assert runs.points(crossed)[1] == (
+      dict(learning_rate=0.1, weight_decay=5e-4, momentum=0.95), [2, 3])
+
+
+@pytest.mark.parametrize('sweep,mode,says', [
+    ('batch_size=32,64', 'cross', "'batch_size' cannot vary inside one "
+     'compiled step; the fields that can: learning_rate, weight_decay, '
+     'momentum'),
+    ('dropout_rate=0.3,0.5', 'cross', "'dropout_rate' cannot vary"),
+    ('learning_rate', 'cross', "'learning_rate' is not FIELD=V1,V2"),
+    ('learning_rate=a,b', 'cross', "learning_rate values 'a,b' are not "
+     'numbers'),
+    ('momentum=0.9 momentum=0.8', 'cross', 'momentum is given twice'),
+    ('learning_rate=0.1,0.2 momentum=0.9', 'zip', 'lists of one length; got '
+     'learning_rate: 2, momentum: 1'),
+    ('learning_rate=0.1', 'grid', "sweep_mode: 'grid' is not one of cross, "
+     'zip'),
+])
+def test_a_bad_sweep_is_one_error_naming_the_choices(sweep, mode, says):
+  config = cli.tiny_config('/nonexistent', sweep=sweep, sweep_mode=mode)
+  with pytest.raises(ConfigError) as e:
+    validation.validate_config(config)
+  assert says in str(e.value) and '\n' not in str(e.value)
+
+
+@pytest.mark.parametrize('field,value,says', [
+    ('dataset', 'image_folder', "data held on the device (cifar10, fake), "
+     "not 'image_folder'"),
+    ('model_parallelism', 2, 'model_parallelism 2 cannot split a stack'),
+    ('init_from', 'torchvision', 'init_from'),
+    ('runs', 0, 'runs 0 must be a positive integer'),
+])
+def test_what_a_stack_cannot_do_is_refused_by_name(field, value, says):
+  config = cli.tiny_config('/nonexistent', **{'runs': 2, field: value})
+  if field == 'dataset':
+    config.update(crop_padding=0, batch_size=64)
+  with pytest.raises(ConfigError) as e:
+    validation.validate_config(config)
+  assert says in str(e.value)
+
+
+@pytest.mark.parametrize('n', [2, 5, 40])
+def test_the_spread_is_students_t_over_the_runs(n):
+  xs = list(np.random.default_rng(n).normal(0.68, 0.01, n))
+  s = runs.summary(xs + [float('nan'), None])  # A frozen run has no value.
+  assert s['n'] == n
+  np.testing.assert_allclose(s['mean'], np.mean(xs), rtol=1e-12)
+  np.testing.assert_allclose(s['std'], np.std(xs, ddof=1), rtol=1e-12)
+  np.testing.assert_allclose(s['ci95'], stats.t.interval(
+      0.95, n - 1, loc=np.mean(xs), scale=stats.sem(xs)), rtol=1e-12)
+  assert runs.summary([0.5]) == {'mean': 0.5, 'std': None, 'ci95': None,
+                                 'n': 1}
+
+
+def _train_records(workdir, run=None):
+  return [r for r in cli.read_jsonl(str(workdir))
+          if r['split'] == 'train' and r.get('run') == run]
+
+
+RUN = dict(num_epochs=0, num_steps=12, log_every_steps=4,
+           eval_every_epochs=0.2, checkpoint_every_steps=0,
+           schedule='cosine', warmup_epochs=0.1)
+
+
+def test_run_i_of_a_stack_is_the_single_run_with_its_seed_and_values(
+    cifar_dir, tmp_path):
+  """runs=2 crossed with two learning rates: runs 1 (seed 1, lr 0.01) and
+  2 (seed 0, lr 0.03) train as the single runs with those numbers do, to
+  float tolerance (the stacked convolutions round differently), record for
+  record; `evaluate --run` reads each back."""
+  stack = cli.tiny_config(cifar_dir, runs=2, sweep='learning_rate=0.01,0.03',
+                          **RUN)
+  final = train.train_and_evaluate(stack, str(tmp_path / 'stack'))
+  assert [(r['seed'], r['learning_rate']) for r in final['runs']] == [
+      (0, 0.01), (1, 0.01), (0, 0.03), (1, 0.03)]
+  for i, (seed, lr) in ((1, (1, 0.01)), (2, (0, 0.03))):
+    single_dir = tmp_path / f'single{i}'
+    single = train.train_and_evaluate(
+        cli.tiny_config(cifar_dir, seed=seed, learning_rate=lr, **RUN),
+        str(single_dir))
+    got, want = _train_records(tmp_path / 'stack', i), _train_records(
+        single_dir)
+    assert [r['step'] for r in got] == [r['step'] for r in want] == [4, 8, 12]
+    np.testing.assert_allclose([r['loss'] for r in got],
+                               [r['loss'] for r in want], rtol=2e-4)
+    np.testing.assert_allclose([r['lr'] for r in got],
+                               [r['lr'] for r in want], rtol=1e-6)
+    for split in ('val', 'test'):
+      np.testing.assert_allclose(final['runs'][i][split]['loss'],
+                                 single[split]['loss'], rtol=2e-4)
+      # Top-1 may differ by an example whose two best logits nearly tie.
+      assert abs(final['runs'][i][split]['top1'] -
+                 single[split]['top1']) <= 2 / 508
+    back = evaluate.evaluate(saved_run.load_config(str(tmp_path / 'stack')),
+                             str(tmp_path / 'stack'), run=i)
+    assert back['top1'] == final['runs'][i]['test']['top1']
+  with pytest.raises(ConfigError, match=r'holds 4 runs trained together.*'
+                     r'--run=0\.\.3'):
+    evaluate.evaluate(saved_run.load_config(str(tmp_path / 'stack')),
+                      str(tmp_path / 'stack'))
+
+
+def test_a_diverging_run_is_frozen_and_the_others_finish(cifar_dir, tmp_path,
+                                                          capsys):
+  """learning rate 1e6 turns run 1's loss non-finite within a few steps: it
+  is reported with its step and values, keeps its last good parameters,
+  and run 0 trains on exactly as the same stack without it would."""
+  config = cli.tiny_config(cifar_dir, sweep='learning_rate=0.02,1e6',
+                           **RUN)
+  final = train.train_and_evaluate(config, str(tmp_path / 'w'))
+  out = capsys.readouterr().out
+  frozen_at = final['runs'][1]['frozen_at_step']
+  assert final['frozen_runs'] == [1] and 1 <= frozen_at <= 12
+  assert (f'run 1 (seed 0, learning_rate=1e+06, weight_decay=0.0005, '
+          f'momentum=0.9) became non-finite at step {frozen_at}: frozen') in out
+  assert final['runs'][0]['frozen_at_step'] is None
+  assert np.isfinite(final['runs'][1]['test']['loss'])  # Its last good state.
+  assert final['summary'][1]['test']['top1'] is None  # Not averaged in.
+  assert final['test']['top1'] == final['runs'][0]['test']['top1']
+  assert '1 of 2 runs finished | frozen: runs [1]' in out
+  alone = train.train_and_evaluate(
+      cli.tiny_config(cifar_dir, sweep='learning_rate=0.02,0.03', **RUN),
+      str(tmp_path / 'alone'))
+  assert final['runs'][0]['test'] == alone['runs'][0]['test']
+  assert cli.without_speed(_train_records(tmp_path / 'w', 0)) == \
+      cli.without_speed(_train_records(tmp_path / 'alone', 0))
+
+
+def test_every_run_diverging_stops_as_one_run_does(cifar_dir, tmp_path):
+  config = cli.tiny_config(cifar_dir, sweep='learning_rate=1e6,1e7', **RUN)
+  with pytest.raises(Exception, match='the training loss of every run became '
+                     'non-finite at step'):
+    train.train_and_evaluate(config, str(tmp_path / 'w'))
+
+
+@pytest.mark.slow
+def test_a_stack_killed_and_rerun_ends_as_one_never_stopped(
+    cifar_dir, tmp_path, subprocess_env):
+  """kill -9 after step 25's line (saves at 10 and 20 and after each
+  evaluation), rerun: the same states bit for bit, the same records and
+  final metrics as the stack run straight through."""
+  run = dict(num_epochs=0, num_steps=30, eval_every_epochs=0.3, runs=2,
+             sweep='learning_rate=0.01,0.02')
+  ref = str(tmp_path / 'ref')
+  done = cli.run_cli(cli.cli_args(cifar_dir, ref, **run), subprocess_env)
+  assert done.returncode == 0, done.stderr[-2000:]
+  workdir = str(tmp_path / 'w')
+  args = cli.cli_args(cifar_dir, workdir, **run)
+  proc = cli.start_cli(args, subprocess_env, stdout=subprocess.PIPE,
+                       stderr=subprocess.DEVNULL)
+  out = LineReader(proc.stdout)
+  out.wait_for('step 25/30 | ')
+  proc.kill()
+  proc.wait()
+  out.rest()
+  resumed = cli.run_cli(args, subprocess_env)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert 'resuming from' in resumed.stdout
+  cli.assert_states_bitwise_equal(workdir, ref, 30)
+  for name in ('final_metrics.json',):
+    with open(os.path.join(workdir, name)) as a, open(
+        os.path.join(ref, name)) as b:
+      assert a.read() == b.read()
+  assert (cli.without_speed(cli.read_jsonl(workdir)) ==
+          cli.without_speed(cli.read_jsonl(ref)))
