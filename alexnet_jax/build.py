@@ -230,7 +230,7 @@ def train_steps(config: Config, made_feed, run_durations: Durations,
   if stack:
     step_fn = steps.make_runs_step(step_fn, {
         k: jnp.asarray([r.values[k] for r in stack], jnp.float32)
-        for k in runs_lib.SWEEPABLE})
+        for k in runs_lib.SWEEPABLE}, unroll=jax.default_backend() == 'cpu')
   if made_feed.streamed:
     return steps.FromHost(step_fn, made_feed.train(
         start_step, run_durations.steps_per_epoch, run_durations.total_steps))

@@ -14,6 +14,7 @@ import json
 from typing import Optional
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from alexnet_jax import build
@@ -318,6 +319,7 @@ class _Stack(_Run):
     self.reporter.log(f'{self.stacked} runs in one step:')
     for r in self.plan:
       self.reporter.log(f'  {r.describe()}')
+    self.check_finite(state.sums)  # Runs a resumed stack had frozen.
 
   def learning_rate(self, state, step: int) -> list:
     scale = jax.device_get(optim.plateau_scale(state.opt_state))
@@ -359,11 +361,15 @@ class _Stack(_Run):
     self.reporter.progress(step, epoch, *mean, images_per_sec)
 
   def evaluate_split(self, name: str, state, step: int, record: bool = True):
-    """Each run's {'loss', 'top1', 'top5'} (a list), and the stacked sums."""
-    sums = jax.vmap(lambda v: self.feed.evaluate(self.evaluator, v, name))(
-        state_lib.eval_variables(state))
-    each = [evaluation.split_metrics(jax.tree.map(lambda x, i=i: x[i], sums))
-            for i in range(self.stacked)]
+    """Each run's {'loss', 'top1', 'top5'} (a list), and the stacked sums.
+    One compiled evaluation, called per run (a batched one would run
+    grouped convolutions: slow on CPUs, and evaluation is a sliver of a
+    run's time anywhere)."""
+    variables = state_lib.eval_variables(state)
+    per_run = [self.feed.evaluate(self.evaluator, jax.tree.map(
+        lambda x, i=i: x[i], variables), name) for i in range(self.stacked)]
+    sums = jax.tree.map(lambda *xs: jnp.stack(xs), *per_run)
+    each = [evaluation.split_metrics(s) for s in per_run]
     if record:
       for i, metrics in enumerate(each):
         self.reporter.write(step, name, run=i,

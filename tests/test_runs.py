@@ -3,9 +3,11 @@
 stack against the single run with its seed and values, a diverging run
 frozen while the others finish, and a stacked workdir read back."""
 
+import json
 import os
 import subprocess
 
+import jax
 import numpy as np
 import pytest
 from scipy import stats
@@ -13,6 +15,7 @@ from scipy import stats
 from alexnet_jax import evaluate
 from alexnet_jax import train
 from alexnet_jax.errors import ConfigError
+from alexnet_jax.runtime import curves
 from alexnet_jax.task import runs
 from alexnet_jax.task import saved_run
 from alexnet_jax.task import validation
@@ -153,7 +156,9 @@ def test_a_diverging_run_is_frozen_and_the_others_finish(cifar_dir, tmp_path,
   assert (f'run 1 (seed 0, learning_rate=1e+06, weight_decay=0.0005, '
           f'momentum=0.9) became non-finite at step {frozen_at}: frozen') in out
   assert final['runs'][0]['frozen_at_step'] is None
-  assert np.isfinite(final['runs'][1]['test']['loss'])  # Its last good state.
+  saved = cli.load_state_on_host(str(tmp_path / 'w'), 12)
+  for leaf in jax.tree.leaves(saved['params']):  # Its last good parameters.
+    assert leaf.shape[0] == 2 and np.isfinite(leaf[1]).all()
   assert final['summary'][1]['test']['top1'] is None  # Not averaged in.
   assert final['test']['top1'] == final['runs'][0]['test']['top1']
   assert '1 of 2 runs finished | frozen: runs [1]' in out
@@ -202,3 +207,35 @@ def test_a_stack_killed_and_rerun_ends_as_one_never_stopped(
       assert a.read() == b.read()
   assert (cli.without_speed(cli.read_jsonl(workdir)) ==
           cli.without_speed(cli.read_jsonl(ref)))
+
+
+def test_a_stacks_curves_are_its_mean_with_a_band_and_each_run(tmp_path):
+  records = [{'step': s, 'split': 'train', 'run': i, 'loss': loss,
+              'top1': 0.1 * i, 'lr': 0.01}
+             for i, losses in enumerate(((2.0, 1.5), (2.2, 1.1), (1.8, 1.3)))
+             for s, loss in zip((10, 20), losses)]
+  records.append({'step': 20, 'split': 'test', 'run': 1, 'loss': 1.4,
+                  'top1': 0.5})
+  entries = curves._stack_series('w', records)  # pylint: disable=protected-access
+  label, mean, spread = entries[0]
+  assert label == 'w: mean of 3 runs'
+  steps_, values = mean['train', 'loss']
+  assert steps_ == (10, 20)
+  np.testing.assert_allclose(values, (2.0, 1.3))
+  np.testing.assert_allclose(spread['train', 'loss'], (0.2, 0.2))
+  assert mean['test', 'top1'] == ((20,), (50.,)) and spread['test', 'top1'] == (
+      0.,)
+  assert [(e[0], e[2]) for e in entries[1:]] == [
+      ('run 0', 'thin'), ('run 1', 'thin'), ('run 2', 'thin')]
+  np.testing.assert_allclose(entries[2][1]['train', 'loss'][1], (2.2, 1.1))
+  assert curves._stack_series('w', records[:1])[0][2] is not None  # pylint: disable=protected-access
+  single = [{k: v for k, v in r.items() if k != 'run'} for r in records[:2]]
+  assert curves._stack_series('w', single) == [  # pylint: disable=protected-access
+      ('w', curves._series(single), None)]  # pylint: disable=protected-access
+  workdir = tmp_path / 'w'
+  workdir.mkdir()
+  (workdir / 'metrics.jsonl').write_text(
+      ''.join(json.dumps(r) + '\n' for r in records))
+  out = tmp_path / 'curves.png'
+  curves.plot_runs([str(workdir)], str(out))
+  assert out.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'

@@ -97,12 +97,16 @@ def make_step_fn(input_spec, num_classes: int, *, log_every: int,
   return step_fn
 
 
-def make_runs_step(step_fn, hyper: dict):
+def make_runs_step(step_fn, hyper: dict, unroll: bool = False):
   """step(stack, batches) -> stack: `step_fn` over a stacked state, one run
   per row (`jax.vmap`), run i's batch batches[i] and its optimizer's numbers
   hyper[field][i]. A run whose loss turns non-finite keeps its last good
   parameters and optimizer state from that step on (frozen: its
-  `first_nonfinite_step` says where); the others go on."""
+  `first_nonfinite_step` says where); the others go on.
+
+  `unroll`: the runs' steps side by side in the program instead of one
+  batched step (XLA:CPU turns a batched convolution into a grouped one,
+  several times slower; `build.train_steps` unrolls there)."""
 
   def one(state, batch, h):
     new = step_fn(state, batch, h)
@@ -119,7 +123,13 @@ def make_runs_step(step_fn, hyper: dict):
                        sums={**new.sums, 'first_nonfinite_step': first_bad})
 
   def step(state, batch):
-    return jax.vmap(one)(state, batch, hyper)
+    if not unroll:
+      return jax.vmap(one)(state, batch, hyper)
+    n = len(next(iter(hyper.values())))
+    row = lambda tree, i: jax.tree.map(lambda x: x[i], tree)
+    each = [one(row(state, i), row(batch, i), row(hyper, i))
+            for i in range(n)]
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *each)
 
   return step
 
