@@ -352,7 +352,8 @@ class _Stack(_Run):
       count = max(float(m['count'][i]), 1.)
       loss, top1, top5 = (float(m[k][i]) / count
                           for k in ('loss', 'top1', 'top5'))
-      self.reporter.write(step, 'train', run=i, epoch=epoch, loss=loss,
+      self.reporter.write(step, 'train', run=i, values=self.plan[i].values,
+                          epoch=epoch, loss=loss,
                           top1=top1, top5=top5, lr=lrs[i],
                           images_per_sec=images_per_sec)
       each.append((loss, top1, lrs[i]))
@@ -372,7 +373,7 @@ class _Stack(_Run):
     each = [evaluation.split_metrics(s) for s in per_run]
     if record:
       for i, metrics in enumerate(each):
-        self.reporter.write(step, name, run=i,
+        self.reporter.write(step, name, run=i, values=self.plan[i].values,
                             epoch=self.durations.epoch(step), **metrics)
     live = self.live()
     listed = ' '.join(f'{100 * each[i]["top1"]:.1f}' for i in live[:16])

@@ -49,6 +49,9 @@ _PANELS = (
     ('top1', 'Top-1 accuracy', 'top-1 accuracy (%)', 100., SPLITS),
     ('lr', 'Learning rate', 'learning rate', 1., ('train',)),
 )
+# The fields a stack of runs may sweep (`task/runs.py`), as its records
+# carry them.
+_SWEPT = ('learning_rate', 'weight_decay', 'momentum')
 # A learning rate spanning more than this factor (plateau or step decays)
 # is drawn on a log scale, where each decay is visible, not a drop to zero.
 _LOG_LR_RANGE = 100.
@@ -119,6 +122,20 @@ def _stack_series(label: str, records: list) -> list:
                                                             int)})
   if not stacked:
     return [(label, _series(records), None)]
+  points = {}  # A sweep's points (the records' swept values): a mean each.
+  for i in stacked:
+    first = next(r for r in records if r.get('run') == i)
+    key = tuple((k, first[k]) for k in _SWEPT if k in first)
+    points.setdefault(key, []).append(i)
+  if len(points) > 1:
+    out = []
+    varying = {k for key in points for k, v in key
+               if any((k, v) not in other for other in points)}
+    for key, members in points.items():
+      name = ', '.join(f'{k}={v:g}' for k, v in key if k in varying)
+      out += _stack_series(name, [r for r in records
+                                  if r.get('run') in members])
+    return out
   per = [_series([r for r in records if r.get('run') == i]) for i in stacked]
   mean, spread = {}, {}
   for key in {k for s in per for k in s}:
@@ -152,8 +169,14 @@ def _render(runs: list, title: Optional[str]) -> bytes:
       left=0.055, right=0.99, bottom=0.11, top=0.87, wspace=0.22))
   seen_splits = set()
   runs = [r if len(r) == 3 else (*r, None) for r in runs]
+  # A colour per workdir or per sweep point; a stack's runs take their
+  # mean's colour, thin.
+  colours, group = [], -1
+  for _, _, how in runs:
+    group += how != 'thin'
+    colours.append(f'C{max(group, 0) % 10}')
   for i, (_, series, how) in enumerate(runs):
-    colour = 'black' if isinstance(how, dict) else f'C{i % 10}'
+    colour = colours[i]
     for ax, (key, _, _, _, splits) in zip(axes, _PANELS):
       for split in splits:
         if (split, key) not in series:
@@ -194,11 +217,11 @@ def _render(runs: list, title: Optional[str]) -> bytes:
         for s in SPLITS if s in seen_splits], loc='best')
   if len(runs) > 1:
     axes[1].legend(handles=[
-        lines.Line2D([], [], color='black' if isinstance(how, dict)
-                     else f'C{i % 10}', linewidth=2,
-                     label=label + ('' if series else ' (no metrics yet)'))
-        for i, (label, series, how) in enumerate(runs[:12])], loc='best',
-                   fontsize='small')
+        lines.Line2D([], [], color=colours[i], linewidth=2 if how != 'thin'
+                     else 0.8, label=label + ('' if series else
+                                             ' (no metrics yet)'))
+        for i, (label, series, how) in enumerate(runs)
+        if how != 'thin' or len(runs) <= 12], loc='best', fontsize='small')
   if not seen_splits:
     fig.text(0.5, 0.5, 'no metrics yet', ha='center', va='center',
              fontsize=20, color='0.4')

@@ -219,10 +219,10 @@ class Reporter:
       self._paused_s += time.monotonic() - start
 
   def write(self, step: int, split: str, run: Optional[int] = None,
-            **metrics):
+            values: Optional[dict] = None, **metrics):
     """One metrics.jsonl record (replacing one of the same step, split and
     run) and TensorBoard scalars `split/name` (`runI/split/name` for run I
-    of a stack)."""
+    of a stack, whose swept `values` the record carries too)."""
     prefix = '' if run is None else f'run{run}/'
     self._writer.write_scalars(step, {
         f'{prefix}{split}/{k}': float(v) for k, v in metrics.items()
@@ -233,6 +233,7 @@ class Reporter:
     record = {'step': step, 'split': split}
     if run is not None:
       record['run'] = run
+      record.update(values or {})
     record.update({k: (float(v) if v is not None else None)
                    for k, v in metrics.items()})
     key = (step, split, run)
