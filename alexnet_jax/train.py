@@ -270,8 +270,9 @@ class _Run:
     self.reporter.log(message)
     raise Interrupted(message, self.stop.signum, step)
 
-  def finish(self, state, step: int, abstract_state) -> dict:
-    """Val (if not just done) and test; the best-val checkpoint's test too."""
+  def final_evaluations(self, state, step: int, abstract_state):
+    """(test metrics, the best-val checkpoint's step, its test metrics):
+    val first if not just done."""
     if self.val_metrics is None and self.feed.sizes['val']:
       self.val_metrics, _ = self.evaluate_split('val', state, step)
     test_metrics, _ = self.evaluate_split('test', state, step)
@@ -284,6 +285,12 @@ class _Run:
       restored = self.ckpt.restore(best, abstract_state)
       self.reporter.log(f'best val checkpoint, step {best}:')
       best_test, _ = self.evaluate_split('test', restored, best, record=False)
+    return test_metrics, best, best_test
+
+  def finish(self, state, step: int, abstract_state) -> dict:
+    """Val (if not just done) and test; the best-val checkpoint's test too."""
+    test_metrics, best, best_test = self.final_evaluations(state, step,
+                                                           abstract_state)
     final = {'step': step, 'val': self.val_metrics, 'test': test_metrics,
              'best_val_step': best, 'best_val_test': best_test}
     self.reporter.write_json(self.reporter.layout.final_metrics, final)
@@ -406,19 +413,10 @@ class _Stack(_Run):
     return best
 
   def finish(self, state, step: int, abstract_state) -> dict:
-    if self.val_metrics is None and self.feed.sizes['val']:
-      self.val_metrics, _ = self.evaluate_split('val', state, step)
-    test, _ = self.evaluate_split('test', state, step)
-    self.ckpt.wait()
-    best = self.ckpt.best_step()
-    best_test = None
-    if best == step:
-      best_test = test
-    elif best is not None:
-      restored = self.ckpt.restore(best, abstract_state)
-      self.reporter.log(f'best mean val checkpoint, step {best}:')
-      best_test, _ = self.evaluate_split('test', restored, best,
-                                         record=False)
+    """Each run's val and test, its own best validation, and each sweep
+    point's spread; the best mean-val checkpoint's test too."""
+    test, best, best_test = self.final_evaluations(state, step,
+                                                   abstract_state)
     best_val = self.best_val_steps()
     runs = []
     for i, r in enumerate(self.plan):

@@ -67,7 +67,7 @@ def test_the_steps_per_call_change_nothing_but_the_pace(cifar_dir, tmp_path):
   `steps.OnDevice`.)"""
   runs = {}
   for k in (2, 6):
-    config = tiny_config(cifar_dir, num_epochs=0, num_steps=20,
+    config = tiny_config(cifar_dir, num_epochs=0, num_steps=15,
                          batch_size=64, log_every_steps=5,
                          eval_every_epochs=0.1, checkpoint_every_steps=4,
                          steps_per_call=k)
@@ -76,6 +76,6 @@ def test_the_steps_per_call_change_nothing_but_the_pace(cifar_dir, tmp_path):
     runs[k] = (final, cli.without_speed(cli.read_jsonl(str(workdir))))
   assert runs[2] == runs[6]
   assert [r['step'] for r in runs[6][1] if r['split'] == 'train'] == [
-      5, 10, 15, 20]
+      5, 10, 15]
   assert [r['step'] for r in runs[6][1] if r['split'] == 'val'] == [
-      7, 14, 20]
+      7, 14, 15]
