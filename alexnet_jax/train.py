@@ -256,9 +256,13 @@ class _Run:
     self.val_metrics, sums = self.evaluate_split('val', state, step)
     state = state.replace(
         plateau_value=1. - sums.top1.total / sums.top1.count)
-    self.save(state, step, {checkpoints.BEST_METRIC: self.val_metrics['top1']})
+    self.save(state, step, {checkpoints.BEST_METRIC: self.ranked_top1()})
     self.reporter.write_curves()
     return state
+
+  def ranked_top1(self) -> float:
+    """What ranks this evaluation's checkpoint for "best": val top-1."""
+    return self.val_metrics['top1']
 
   def interrupted(self, step: int):
     self.ckpt.wait()
@@ -390,16 +394,11 @@ class _Stack(_Run):
         f'{100 * sum(each[i]["top1"] for i in live) / len(live):.2f}%')
     return each, sums
 
-  def validate(self, state, step: int):
-    """Each run's plateau input is its own validation error."""
-    self.val_metrics, sums = self.evaluate_split('val', state, step)
-    state = state.replace(
-        plateau_value=1. - sums.top1.total / sums.top1.count)
-    mean = runs_lib.summary([self.val_metrics[i]['top1']
+  def ranked_top1(self) -> float:
+    """The mean val top-1 of the live runs (each run's plateau input is its
+    own validation error: `_Run.validate` on the stacked sums)."""
+    return runs_lib.summary([self.val_metrics[i]['top1']
                              for i in self.live()])['mean']
-    self.save(state, step, {checkpoints.BEST_METRIC: mean})
-    self.reporter.write_curves()
-    return state
 
   def best_val_steps(self) -> list:
     """Each run's (step, val top-1) of its best validation, from the
