@@ -23,6 +23,7 @@ from alexnet_jax.errors import ConfigError
 from alexnet_jax.model import alexnet
 from alexnet_jax.model import towers
 from alexnet_jax.runtime import checkpoints
+from alexnet_jax.runtime import memory
 from alexnet_jax.runtime import mesh as mesh_lib
 from alexnet_jax.runtime import reporting
 from alexnet_jax.task import evaluation
@@ -210,17 +211,49 @@ def train_state(config: Config, net: alexnet.AlexNet, tx, side: int, mesh,
       seeds=[r.seed for r in stack] if stack else None)
 
 
+def check_stack_fits(config: Config, made_feed, run_durations: Durations,
+                     net: alexnet.AlexNet, tx, side: int, mesh, apply):
+  """Refuses a stack of runs that would not fit the device's memory, before
+  any of it is allocated (`runtime/memory.py`): its train program compiled
+  from the abstract state, plus the data the feed holds."""
+  stack = run_plan(config)
+  room = memory.budget(mesh.devices.flat[0], config.memory_limit_gib)
+  if not stack or room is None:
+    return
+  resident = memory.per_device_bytes(made_feed.device_arrays())
+
+  def size(runs):
+    _, abstract = state_lib.create_train_state(
+        net, tx, (side, side, 3), config.seed, mesh, apply,
+        abstract_only=True, seeds=[r.seed for r in runs])
+    compiled, data_in = train_steps(
+        config, made_feed, run_durations, 0, stack=runs).compiled(
+            abstract, runs=len(runs))
+    program = memory.program_bytes(compiled)
+    return program and memory.StackSize(len(runs), program - data_in,
+                                        resident)
+
+  whole = size(stack)
+  if whole is None:  # No memory analysis on this platform.
+    return
+  refused = memory.refusal(whole, room, lambda: memory.largest(
+      size(stack[:1]), whole, room.bytes))
+  if refused:
+    raise ConfigError(refused)
+
+
 def finetuned(config: Config, workdir: str, state):
   """`state` with `--config.init_from`'s weights, where asked for."""
   return finetune.init_from(config.init_from, config.model, workdir, state)
 
 
 def train_steps(config: Config, made_feed, run_durations: Durations,
-                start_step: int):
+                start_step: int, stack: Optional[list] = None):
   """How the run takes its steps (`steps.OnDevice` or `steps.FromHost`):
   chunks of up to `steps_per_call` steps per compiled call on data held on
-  the device; one step per batch from a stream."""
-  stack = run_plan(config)
+  the device; one step per batch from a stream. `stack`: these runs of the
+  plan (sizing a smaller stack), not the whole plan."""
+  stack = stack or run_plan(config)
   step_fn = steps.make_step_fn(
       made_feed.input_spec, made_feed.num_classes,
       log_every=run_durations.log_every,

@@ -77,6 +77,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   build.check_input_side(config, model, side)
   tx, lr_schedule = build.optimizer(config, durations)
   apply_fn = build.apply_fn(config, model, mesh)
+  build.check_stack_fits(config, feed, durations, model, tx, side, mesh,
+                         apply_fn)
   state, abstract_state = build.train_state(config, model, tx, side, mesh,
                                             apply_fn)
   state = build.finetuned(config, workdir, state)
@@ -106,7 +108,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     plan = build.run_plan(config)
     run = _Run(*pieces) if plan is None else _Stack(
         *pieces, plan=plan, schedules=[
-            build.optimizer_with(config, durations, **r.values)[1]
+            build.optimizer_with(config, durations, **r.optimizer_values())[1]
             for r in plan])
     run.log_header(state, start_step, config.model, config.dataset)
     state, step = run.train(state, start_step or 0)

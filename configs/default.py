@@ -148,11 +148,15 @@ def _bookkeeping(c):
   # Many runs in one process, trained by one compiled step (docs/runs.md):
   # `runs` seeds (seed, seed+1, ...) for each point of `sweep`, e.g.
   # 'learning_rate=0.005,0.01,0.02 weight_decay=0,5e-4' (learning_rate,
-  # weight_decay, momentum), its lists crossed ('cross') or zipped ('zip').
-  # Data held on the device only (CIFAR-10, fake).
+  # weight_decay, momentum, dropout_rate), its lists crossed ('cross') or
+  # zipped ('zip'). Data held on the device only (CIFAR-10, fake). A stack
+  # that would not fit the device's memory is refused before it starts,
+  # with the largest that fits; memory_limit_gib > 0 sets the memory it may
+  # take per device (0: the device's free memory; on CPUs the host's).
   c.runs = 1
   c.sweep = ''
   c.sweep_mode = 'cross'
+  c.memory_limit_gib = 0.
   # > 0: write an XLA profile of this many steps, a few steps after the run
   # (or its resume) starts, into the workdir: TensorBoard's profile plugin
   # reads it (`tensorboard --logdir WORKDIR`, tensorboard-plugin-profile).

@@ -5,6 +5,7 @@ frozen while the others finish, and a stacked workdir read back."""
 
 import json
 import os
+import re
 import subprocess
 
 import jax
@@ -22,7 +23,8 @@ from alexnet_jax.task import validation
 from tests import cli
 from tests.helpers import LineReader
 
-BASE = dict(learning_rate=0.01, weight_decay=5e-4, momentum=0.9)
+BASE = dict(learning_rate=0.01, weight_decay=5e-4, momentum=0.9,
+            dropout_rate=0.5)
 
 
 def test_the_plan_crosses_or_zips_the_sweep_with_the_seeds():
@@ -41,14 +43,17 @@ def test_the_plan_crosses_or_zips_the_sweep_with_the_seeds():
   seeds = runs.plan(3, '', 'cross', BASE, 5)
   assert [(r.seed, r.values) for r in seeds] == [(s, BASE) for s in (5, 6, 7)]
   assert runs.points(crossed)[1] == (
-      dict(learning_rate=0.1, weight_decay=5e-4, momentum=0.95), [2, 3])
+      dict(learning_rate=0.1, weight_decay=5e-4, momentum=0.95,
+           dropout_rate=0.5), [2, 3])
 
 
 @pytest.mark.parametrize('sweep,mode,says', [
     ('batch_size=32,64', 'cross', "'batch_size' cannot vary inside one "
      'compiled step; the fields that can: learning_rate, weight_decay, '
-     'momentum'),
-    ('dropout_rate=0.3,0.5', 'cross', "'dropout_rate' cannot vary"),
+     'momentum, dropout_rate'),
+    ('dropout_rate=0.3,1', 'cross', 'dropout_rate 1 must be in [0, 1)'),
+    ('learning_rate=0.1,-0.1', 'cross', 'learning_rate -0.1 must be a '
+     'positive finite number'),
     ('learning_rate', 'cross', "'learning_rate' is not FIELD=V1,V2"),
     ('learning_rate=a,b', 'cross', "learning_rate values 'a,b' are not "
      'numbers'),
@@ -59,7 +64,8 @@ def test_the_plan_crosses_or_zips_the_sweep_with_the_seeds():
      'zip'),
 ])
 def test_a_bad_sweep_is_one_error_naming_the_choices(sweep, mode, says):
-  config = cli.tiny_config('/nonexistent', sweep=sweep, sweep_mode=mode)
+  config = cli.tiny_config('/nonexistent', sweep=sweep, sweep_mode=mode,
+                           runs=2)
   with pytest.raises(ConfigError) as e:
     validation.validate_config(config)
   assert says in str(e.value) and '\n' not in str(e.value)
@@ -94,6 +100,33 @@ def test_the_spread_is_students_t_over_the_runs(n):
                                  'n': 1}
 
 
+def _refusal(config, workdir) -> str:
+  with pytest.raises(ConfigError) as e:
+    train.train_and_evaluate(config, workdir)
+  assert not os.path.exists(workdir)  # Refused before the workdir is made.
+  return str(e.value)
+
+
+def test_a_stack_too_big_for_memory_is_refused_with_the_largest_that_fits(
+    cifar_dir, tmp_path):
+  """The stack's train program is compiled from its abstract state and
+  sized before anything is allocated: 3 runs in a little less memory than
+  they need are refused naming 2, and 2 runs then train in that memory."""
+  small = dict(num_epochs=0, num_steps=1, eval_every_epochs=0, **{
+      'memory_limit_gib': 1e-4})
+  said = _refusal(cli.tiny_config(cifar_dir, runs=3, **small),
+                  str(tmp_path / 'w'))
+  assert 'not even one run fits' in said
+  need = float(re.search(r'needs about ([0-9.]+) MiB', said).group(1))
+  small['memory_limit_gib'] = (need - 1) / 1024
+  said = _refusal(cli.tiny_config(cifar_dir, runs=3, **small),
+                  str(tmp_path / 'w'))
+  assert 'the largest that fits: runs=2 ' in said
+  final = train.train_and_evaluate(cli.tiny_config(cifar_dir, runs=2, **small),
+                                   str(tmp_path / 'w'))
+  assert len(final['runs']) == 2
+
+
 def _train_records(workdir, run=None):
   return [r for r in cli.read_jsonl(str(workdir))
           if r['split'] == 'train' and r.get('run') == run]
@@ -106,18 +139,18 @@ RUN = dict(num_epochs=0, num_steps=12, log_every_steps=4,
 
 def test_run_i_of_a_stack_is_the_single_run_with_its_seed_and_values(
     cifar_dir, tmp_path):
-  """Two seeds at learning rate 0.03 (the config's is 0.02): run 1 (seed 1)
-  trains as the single run with seed 1 and that rate does, to float
-  tolerance (the stacked program rounds differently), record for record;
-  `evaluate --run` reads each run back."""
-  stack = cli.tiny_config(cifar_dir, runs=2, sweep='learning_rate=0.03',
-                          **RUN)
+  """Two seeds at learning rate 0.03 and dropout 0.3 (the config's are 0.02
+  and 0.5): run 1 (seed 1) trains as the single run with seed 1 and those
+  values does, to float tolerance (the stacked program rounds differently),
+  record for record; `evaluate --run` reads each run back."""
+  stack = cli.tiny_config(cifar_dir, runs=2,
+                          sweep='learning_rate=0.03 dropout_rate=0.3', **RUN)
   final = train.train_and_evaluate(stack, str(tmp_path / 'stack'))
-  assert [(r['seed'], r['learning_rate']) for r in final['runs']] == [
-      (0, 0.03), (1, 0.03)]
+  assert [(r['seed'], r['learning_rate'], r['dropout_rate'])
+          for r in final['runs']] == [(0, 0.03, 0.3), (1, 0.03, 0.3)]
   single = train.train_and_evaluate(
-      cli.tiny_config(cifar_dir, seed=1, learning_rate=0.03, **RUN),
-      str(tmp_path / 'single'))
+      cli.tiny_config(cifar_dir, seed=1, learning_rate=0.03, dropout_rate=0.3,
+                      **RUN), str(tmp_path / 'single'))
   got = _train_records(tmp_path / 'stack', 1)
   want = _train_records(tmp_path / 'single')
   assert [r['step'] for r in got] == [r['step'] for r in want] == [4, 8, 12]
@@ -153,7 +186,8 @@ def test_a_diverging_run_is_frozen_and_the_others_finish(cifar_dir, tmp_path,
   frozen_at = final['runs'][1]['frozen_at_step']
   assert final['frozen_runs'] == [1] and 1 <= frozen_at <= 12
   assert (f'run 1 (seed 0, learning_rate=1e+06, weight_decay=0.0005, '
-          f'momentum=0.9) became non-finite at step {frozen_at}: frozen') in out
+          f'momentum=0.9, dropout_rate=0.5) became non-finite at step '
+          f'{frozen_at}: frozen') in out
   assert final['runs'][0]['frozen_at_step'] is None
   saved = cli.load_state_on_host(str(tmp_path / 'w'), 12)
   for leaf in jax.tree.leaves(saved['params']):  # Its last good parameters.

@@ -170,6 +170,10 @@ class InMemoryFeed:
     return jax.vmap(lambda p: self._gather(images, labels, p, step_in_epoch,
                                            batch))(perms)
 
+  def device_arrays(self) -> tuple:
+    """Every array the feed keeps on the device (for sizing a stack)."""
+    return self.train_arrays, self.eval_arrays
+
   def epoch_data(self, epoch: int):
     """What `gather_batch` reads for `epoch`: the arrays and that epoch's
     permutation of each shard (computed once per epoch)."""

@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from alexnet_jax.model.layers import Conv
+from alexnet_jax.model.layers import Dropout
 from alexnet_jax.model.layers import adaptive_avg_pool
 from alexnet_jax.model.layers import local_response_norm
 from alexnet_jax.model.layers import max_pool
@@ -124,7 +125,7 @@ class AlexNet(nn.Module):
                     kernel_init=kinit, bias_init=binit, name=name)
 
   @nn.compact
-  def __call__(self, x, *, train: bool = False):
+  def __call__(self, x, *, train: bool = False, dropout_rate=None):
     if self.dropout_placement not in ('paper', 'torchvision'):
       raise ValueError(f'unknown dropout_placement {self.dropout_placement!r}; '
                        'valid: paper, torchvision')
@@ -153,7 +154,9 @@ class AlexNet(nn.Module):
     x = x.reshape((x.shape[0], -1))
     self.sow('intermediates', 'flatten', x)
 
-    drop = nn.Dropout(self.dropout_rate, deterministic=not train)
+    # `dropout_rate`: a stacked run's own rate (traced), else the module's.
+    drop = Dropout(self.dropout_rate if dropout_rate is None else dropout_rate,
+                   deterministic=not train)
     for name in ('fc6', 'fc7'):
       if self.dropout_placement == 'torchvision':
         x = drop(x)

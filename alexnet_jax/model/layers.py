@@ -168,3 +168,28 @@ def adaptive_avg_pool(x, out_size: int):
       cols.append(x[:, r0:r1, c0:c1, :].mean(axis=(1, 2)))
     rows.append(jnp.stack(cols, axis=1))
   return jnp.stack(rows, axis=1)
+
+
+class Dropout(nn.Dropout):
+  """flax's `nn.Dropout`, whose rate may also be a traced number: a stack of
+  runs sweeping `dropout_rate` (`task/runs.py`) gives each run its own rate
+  inside one compiled step. A Python rate is flax's own code path; a traced
+  one draws the same mask from the same key (the class keeps flax's name, so
+  it is auto-named Dropout_N and `make_rng` folds in the same path)."""
+
+  @nn.compact
+  def __call__(self, inputs, deterministic=None, rng=None):
+    if isinstance(self.rate, (int, float)):
+      return super().__call__(inputs, deterministic, rng)
+    if nn.merge_param('deterministic', self.deterministic, deterministic):
+      return inputs
+    keep = 1. - self.rate
+    if rng is None:
+      rng = self.make_rng(self.rng_collection)
+    shape = list(inputs.shape)
+    for dim in self.broadcast_dims:
+      shape[dim] = 1
+    mask = jnp.broadcast_to(jax.random.bernoulli(rng, p=keep, shape=shape),
+                            inputs.shape)
+    return jax.lax.select(mask, inputs / keep.astype(inputs.dtype),
+                          jnp.zeros_like(inputs))

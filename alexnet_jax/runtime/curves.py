@@ -51,7 +51,7 @@ _PANELS = (
 )
 # The fields a stack of runs may sweep (`task/runs.py`), as its records
 # carry them.
-_SWEPT = ('learning_rate', 'weight_decay', 'momentum')
+_SWEPT = ('learning_rate', 'weight_decay', 'momentum', 'dropout_rate')
 # A learning rate spanning more than this factor (plateau or step decays)
 # is drawn on a log scale, where each decay is visible, not a drop to zero.
 _LOG_LR_RANGE = 100.

@@ -19,8 +19,10 @@ from typing import Optional
 from alexnet_jax.errors import ConfigError
 
 # What may differ between the runs of one compiled step: the optimizer's
-# numbers (traced into the update; the schedule's shape is shared).
-SWEEPABLE = ('learning_rate', 'weight_decay', 'momentum')
+# numbers (traced into the update; the schedule's shape is shared) and the
+# dropout rate (traced into the model, `layers.Dropout`).
+OPTIMIZER_FIELDS = ('learning_rate', 'weight_decay', 'momentum')
+SWEEPABLE = OPTIMIZER_FIELDS + ('dropout_rate',)
 SWEEP_MODES = ('cross', 'zip')
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +31,9 @@ class Run:
   index: int
   seed: int
   values: dict  # field -> value, every SWEEPABLE field.
+
+  def optimizer_values(self) -> dict:
+    return {k: self.values[k] for k in OPTIMIZER_FIELDS}
 
   def describe(self) -> str:
     swept = ', '.join(f'{k}={v:g}' for k, v in self.values.items())

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from alexnet_jax.runtime import memory
 from alexnet_jax.task import state as state_lib
 
 
@@ -69,6 +70,11 @@ def make_step_fn(input_spec, num_classes: int, *, log_every: int,
     aug_key, dropout_key = jax.random.split(
         jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step))
     x = input_spec.train_view(aug_key, batch['images'])
+    # A stacked run's numbers (`make_runs_step`): its dropout rate goes to
+    # the model, the rest to its optimizer.
+    hyper = dict(hyper or {})
+    rate = {'dropout_rate': hyper.pop('dropout_rate')} if (
+        'dropout_rate' in hyper) else {}
 
     def loss_fn(params):
       # Batch statistics over the global batch: under jit, the mean over a
@@ -76,7 +82,7 @@ def make_step_fn(input_spec, num_classes: int, *, log_every: int,
       mutable = ['batch_stats'] if state.batch_stats else False
       out = state.apply_fn(state_lib.variables(params, state.batch_stats), x,
                            train=True, rngs={'dropout': dropout_key},
-                           mutable=mutable)
+                           mutable=mutable, **rate)
       logits, updated = out if mutable else (out, {})
       loss = cross_entropy(logits, labels, num_classes, label_smoothing)
       return loss.mean(), (logits, updated.get('batch_stats', {}))
@@ -84,7 +90,7 @@ def make_step_fn(input_spec, num_classes: int, *, log_every: int,
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(state.params)
     extra = {'value': state.plateau_value} if plateau else {}
-    tx = state.tx if hyper is None else optimizer_of(**hyper)
+    tx = optimizer_of(**hyper) if hyper else state.tx
     updates, opt_state = tx.update(grads, state.opt_state, state.params,
                                    **extra)
     step = state.step + 1
@@ -194,6 +200,22 @@ class OnDevice:
       return self.single(state, self.feed.batch(epoch, index))
     return self.chunk(state, self.feed.epoch_data(epoch), np.int32(index),
                       np.int32(n))
+
+  def compiled(self, abstract_state, runs=None):
+    """(the program `advance` runs, compiled ahead from the abstract state
+    with nothing allocated, the bytes of the data passed into it): what
+    `runtime/memory.py` sizes a stack of runs by. `runs`: the batches of
+    the stack's first `runs` runs only (a smaller stack's program)."""
+    first = lambda tree: tree if runs is None else jax.tree.map(
+        lambda x: x[:runs], tree)
+    if self.limit == 1:
+      return self.single.lower(abstract_state,
+                               first(self.feed.batch(0, 0))).compile(), 0
+    images, labels, perms = self.feed.epoch_data(0)
+    data = (images, labels, first(perms))
+    return self.chunk.lower(abstract_state, data, np.int32(0),
+                            np.int32(1)).compile(), memory.per_device_bytes(
+                                data)
 
   def close(self):
     pass

@@ -70,6 +70,8 @@ _RANGES = {
         _finite(e) and e > 0 for e in v), 'a list of positive epoch numbers'),
     'steps_per_call': (lambda v: _integer(v) and v >= 0,
                        'an integer >= 0 (0: by platform)'),
+    'memory_limit_gib': (lambda v: _finite(v) and v >= 0,
+                         'a finite number >= 0 (0: the device\'s own)'),
     'runs': (lambda v: _integer(v) and v >= 1,
              'a positive integer (seeds trained together)'),
     'profile_steps': (lambda v: _integer(v) and v >= 0,
@@ -173,6 +175,11 @@ def _check_runs(config):
   if not runs_lib.is_multi(config.runs, config.sweep):
     runs_lib.plan(1, config.sweep, config.sweep_mode, config, config.seed)
     return
+  for field, values in runs_lib.parse_sweep(config.sweep).items():
+    ok, must_be = _RANGES[field]
+    for v in values:
+      if not ok(v):
+        raise ConfigError(f'--config.sweep: {field} {v:g} must be {must_be}')
   runs_lib.plan(config.runs, config.sweep, config.sweep_mode, config,
                 config.seed)
   if registry.get(config.dataset).streamed:
