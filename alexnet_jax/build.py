@@ -41,7 +41,8 @@ Config = ml_collections.ConfigDict
 
 def device_mesh(config: Config, devices=None):
   return mesh_lib.make_mesh(config.model_parallelism,
-                            config.tower_parallelism, devices)
+                            config.tower_parallelism, devices,
+                            runs_parallelism=config.runs_parallelism)
 
 
 def dataset(config: Config) -> registry.Dataset:
@@ -217,7 +218,7 @@ def check_stack_fits(config: Config, made_feed, run_durations: Durations,
   any of it is allocated (`runtime/memory.py`): its train program compiled
   from the abstract state, plus the data the feed holds."""
   stack = run_plan(config)
-  room = memory.budget(mesh.devices.flat[0], config.memory_limit_gib)
+  room = memory.budget(mesh.local_devices[0], config.memory_limit_gib)
   if not stack or room is None:
     return
   resident = memory.per_device_bytes(made_feed.device_arrays())
@@ -263,12 +264,20 @@ def train_steps(config: Config, made_feed, run_durations: Durations,
   if stack:
     step_fn = steps.make_runs_step(step_fn, {
         k: jnp.asarray([r.values[k] for r in stack], jnp.float32)
-        for k in runs_lib.SWEEPABLE}, unroll=jax.default_backend() == 'cpu')
+        for k in runs_lib.SWEEPABLE}, unroll=unrolled(made_feed.mesh))
   if made_feed.streamed:
     return steps.FromHost(step_fn, made_feed.train(
         start_step, run_durations.steps_per_epoch, run_durations.total_steps))
   return steps.OnDevice(step_fn, made_feed, run_durations.steps_per_epoch,
                         steps_per_call(config))
+
+
+def unrolled(mesh) -> bool:
+  """Whether a stack's runs are stepped side by side in one program rather
+  than by one batched step: on XLA:CPU, where a batched convolution is a
+  grouped one and several times slower (`benchmarks.stacked_runs`), unless
+  the stack is spread over devices (`runs_parallelism`)."""
+  return jax.default_backend() == 'cpu' and mesh.shape['runs'] == 1
 
 
 # Steps per call where `steps_per_call` is 0 (auto), by platform: on

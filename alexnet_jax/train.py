@@ -120,6 +120,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 class _Run:
   """One run's loop and its pieces: train, log, evaluate, save, stop, finish."""
   stacked = 1  # Runs along the state's leading axis (`_Stack`).
+  to_host = staticmethod(jax.device_get)  # `_Stack`: from every run group.
 
   def __init__(self, feed, durations, mesh, train_steps, evaluator,
                lr_schedule, ckpt, reporter, stop):
@@ -133,9 +134,11 @@ class _Run:
     d, sizes, batch = self.durations, self.feed.sizes, self.feed.batch_size
     n_params = sum(x.size for x in jax.tree.leaves(state.params)
                    ) // self.stacked
-    n, parts = jax.device_count(), mesh_lib.batch_shards(self.mesh)
+    groups = self.mesh.shape['runs']  # A stack spread over devices.
+    n, parts = jax.device_count() // groups, mesh_lib.batch_shards(self.mesh)
     split = (f'{batch // n} per device x {n} devices' if parts == n
-             else f'{batch // parts} per tower pair x {parts} pairs')
+             else f'{batch // parts} per tower pair x {parts} pairs') + (
+                 f' in each of {groups} run groups' if groups > 1 else '')
     self.reporter.log(
         f'{model_name}: {n_params:,} parameters | {dataset}: '
         f'{sizes["train"]} train / {sizes["val"]} val / '
@@ -148,6 +151,11 @@ class _Run:
           f"FC layers split over 'model' ({self.mesh.shape['model']} ways): "
           f"fc6 kernel sharded "
           f"{tuple(state.params['fc6']['kernel'].sharding.spec)}")
+    if self.mesh.shape['runs'] > 1:
+      self.reporter.log(
+          f"the stack's runs split over 'runs' ({self.mesh.shape['runs']} "
+          f"groups of devices): conv1 kernel sharded "
+          f"{tuple(state.params['conv1']['kernel'].sharding.spec)}")
     if self.mesh.shape['tower'] > 1:
       self.reporter.log(
           f"the two towers on a 'tower' pair of devices: conv2 kernel sharded "
@@ -173,7 +181,7 @@ class _Run:
         log_now = d.logs_at(step)
         # Wait for the step where it is timed: after compilation, and when
         # its metrics are logged.
-        sums = jax.device_get(state.sums) if (
+        sums = self.to_host(state.sums) if (
             log_now or step == start_step + 1) else None
         steps_per_sec = self.reporter.after_step(step, n)
         eval_now = d.evaluates_at(step) and self.feed.sizes['val'] > 0
@@ -232,7 +240,7 @@ class _Run:
 
   def save(self, state, step: int, metrics: Optional[dict] = None):
     """A checkpoint, never of a state that has seen a non-finite loss."""
-    first_bad, params_ok = jax.device_get(steps.finiteness(state))
+    first_bad, params_ok = self.to_host(steps.finiteness(state))
     self.check_finite({'first_nonfinite_step': first_bad})
     if not params_ok:
       raise self.nonfinite('the parameters', step)
@@ -327,6 +335,17 @@ class _Stack(_Run):
   def live(self) -> list:
     return [i for i in range(self.stacked) if i not in self.frozen]
 
+  def everywhere(self, tree):
+    """`tree` replicated on every device: a stack spread over processes
+    (`runs_parallelism`) holds each run on its own group's devices only."""
+    if self.mesh.shape['runs'] == 1:
+      return tree
+    return jax.jit(lambda t: t,
+                   out_shardings=mesh_lib.replicated(self.mesh))(tree)
+
+  def to_host(self, tree):
+    return jax.device_get(self.everywhere(tree))
+
   def log_header(self, state, start_step, model_name: str, dataset: str):
     super().log_header(state, start_step, model_name, dataset)
     self.reporter.log(f'{self.stacked} runs in one step:')
@@ -335,13 +354,13 @@ class _Stack(_Run):
     self.check_finite(state.sums)  # Runs a resumed stack had frozen.
 
   def learning_rate(self, state, step: int) -> list:
-    scale = jax.device_get(optim.plateau_scale(state.opt_state))
+    scale = self.to_host(optim.plateau_scale(state.opt_state))
     return [float(self.schedules[i](step - 1)) * float(
         scale[i] if getattr(scale, 'ndim', 0) else scale)
             for i in range(self.stacked)]
 
   def check_finite(self, sums):
-    for i, bad in enumerate(jax.device_get(sums['first_nonfinite_step'])):
+    for i, bad in enumerate(self.to_host(sums['first_nonfinite_step'])):
       if bad >= 0 and i not in self.frozen:
         self.frozen[i] = int(bad)
         self.reporter.log(
@@ -355,7 +374,7 @@ class _Stack(_Run):
   def log_train(self, state, m: dict, step: int,
                 steps_per_sec: Optional[float]):
     self.check_finite(m)
-    m = jax.device_get(m)
+    m = self.to_host(m)
     lrs = self.learning_rate(state, step)
     epoch = self.durations.epoch(step)
     images_per_sec = (self.feed.batch_size * self.stacked * steps_per_sec
@@ -380,8 +399,9 @@ class _Stack(_Run):
     grouped convolutions: slow on CPUs, and evaluation is a sliver of a
     run's time anywhere)."""
     variables = state_lib.eval_variables(state)
-    per_run = [self.feed.evaluate(self.evaluator, jax.tree.map(
-        lambda x, i=i: x[i], variables), name) for i in range(self.stacked)]
+    per_run = [self.feed.evaluate(self.evaluator, self.everywhere(
+        jax.tree.map(lambda x, i=i: x[i], variables)), name)
+               for i in range(self.stacked)]
     sums = jax.tree.map(lambda *xs: jnp.stack(xs), *per_run)
     each = [evaluation.split_metrics(s) for s in per_run]
     if record:

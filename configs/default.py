@@ -157,6 +157,10 @@ def _bookkeeping(c):
   c.sweep = ''
   c.sweep_mode = 'cross'
   c.memory_limit_gib = 0.
+  # Spreads a stack over devices: this many groups of devices, each training
+  # runs / runs_parallelism of the runs, data-parallel within the group
+  # (the mesh's 'runs' axis). Must divide the runs and the device count.
+  c.runs_parallelism = 1
   # > 0: write an XLA profile of this many steps, a few steps after the run
   # (or its resume) starts, into the workdir: TensorBoard's profile plugin
   # reads it (`tensorboard --logdir WORKDIR`, tensorboard-plugin-profile).

@@ -8,6 +8,7 @@ as its own `python -m alexnet_jax.main` process.
 """
 
 import inspect
+import json
 import os
 import re
 import shutil
@@ -110,6 +111,38 @@ def test_two_processes_match_one_process(runs, tmp_path):
   np.testing.assert_allclose(train_losses(workdir), train_losses(runs['one']),
                              rtol=1e-5)
   assert_trees_close(params_of(workdir), params_of(runs['one']))
+
+
+def _run_losses(workdir, run):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [r['loss'] for r in map(json.loads, f)
+            if r['split'] == 'train' and r.get('run') == run]
+
+
+@pytest.mark.slow
+def test_a_stack_spread_over_devices_and_processes(runs, tmp_path):
+  """A stack of 2 runs over the mesh's 'runs' axis: on 2 devices of one
+  process each device holds one run (its state split over 'runs'), and on 2
+  real processes each process holds one run and the whole training set;
+  run 0 trains as the single run with its seed, and the two layouts agree."""
+  stack = ['--config.runs=2', '--config.runs_parallelism=2']
+  devices = str(tmp_path / 'devices')
+  log = run_main(devices, runs['cifar'], runs['env'], devices=2,
+                 extra=stack).stdout
+  assert "'runs': 2, 'data': 1" in log and 'in each of 2 run groups' in log
+  assert "conv1 kernel sharded ('runs',)" in log
+  processes = str(tmp_path / 'processes')
+  result = subprocess.run(
+      ['bash', 'launch/local_multiprocess.sh', '2',
+       *main_args(processes, runs['cifar'], stack)], cwd=REPO,
+      env=dict(runs['env'], PYTHON=sys.executable), capture_output=True,
+      text=True, timeout=600)
+  assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+  np.testing.assert_allclose(_run_losses(devices, 0),
+                             train_losses(runs['one']), rtol=2e-4)
+  for run in (0, 1):
+    np.testing.assert_allclose(_run_losses(processes, run),
+                               _run_losses(devices, run), rtol=1e-5)
 
 
 @pytest.mark.slow

@@ -77,6 +77,10 @@ def test_a_bad_sweep_is_one_error_naming_the_choices(sweep, mode, says):
     ('model_parallelism', 2, 'model_parallelism 2 cannot split a stack'),
     ('init_from', 'torchvision', 'init_from'),
     ('runs', 0, 'runs 0 must be a positive integer'),
+    ('runs_parallelism', 4, "runs_parallelism 4 must divide the stack's 2 "
+     'runs'),
+    ('runs_parallelism', 2, 'runs_parallelism 2 must be a positive divisor '
+     'of the device count 1'),
 ])
 def test_what_a_stack_cannot_do_is_refused_by_name(field, value, says):
   config = cli.tiny_config('/nonexistent', **{'runs': 2, field: value})
@@ -85,6 +89,12 @@ def test_what_a_stack_cannot_do_is_refused_by_name(field, value, says):
   with pytest.raises(ConfigError) as e:
     validation.validate_config(config)
   assert says in str(e.value)
+
+
+def test_one_run_is_not_spread_over_devices():
+  config = cli.tiny_config('/nonexistent', runs_parallelism=2)
+  with pytest.raises(ConfigError, match='runs_parallelism 2 spreads a stack'):
+    validation.validate_config(config)
 
 
 @pytest.mark.parametrize('n', [2, 5, 40])

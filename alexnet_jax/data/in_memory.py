@@ -127,8 +127,9 @@ class InMemoryFeed:
                   'test': len(data.test)}
     self.image_shape = data.train.images.shape[1:]
     self.shards = dataset.shards
+    self.share_index, self.share_count = mesh_lib.share_of_process(mesh)
     share, self.per_shard = process_share(
-        data.train, self.shards, jax.process_index(), jax.process_count())
+        data.train, self.shards, self.share_index, self.share_count)
     self.train_arrays = (mesh_lib.put_process_share(share.images, mesh),
                          mesh_lib.put_process_share(share.labels, mesh))
     self.eval_arrays = {name: (mesh_lib.put_replicated(s.images, mesh),
@@ -156,7 +157,7 @@ class InMemoryFeed:
   def _gather(self, images, labels, perms, step_in_epoch, batch):
     parts = mesh_lib.batch_shards(self.mesh)
     batch_sharding = mesh_lib.batch(self.mesh)
-    idx = batch_indices(perms, step_in_epoch, batch, jax.process_count())
+    idx = batch_indices(perms, step_in_epoch, batch, self.share_count)
     idx = jax.lax.with_sharding_constraint(
         idx.reshape(parts, batch // parts), batch_sharding)
     take = jax.vmap(lambda rows, i: rows[i])
@@ -166,9 +167,13 @@ class InMemoryFeed:
             jax.lax.with_sharding_constraint(y, batch_sharding))
 
   def _gather_runs(self, images, labels, perms, step_in_epoch, batch):
-    """`_gather` for each run's permutation (perms [runs, ...])."""
-    return jax.vmap(lambda p: self._gather(images, labels, p, step_in_epoch,
-                                           batch))(perms)
+    """`_gather` for each run's permutation (perms [runs, ...]), each run's
+    batch on its run group's devices."""
+    x, y = jax.vmap(lambda p: self._gather(images, labels, p, step_in_epoch,
+                                           batch), spmd_axis_name='runs')(perms)
+    where = mesh_lib.stacked_batch(self.mesh)
+    return (jax.lax.with_sharding_constraint(x, where),
+            jax.lax.with_sharding_constraint(y, where))
 
   def device_arrays(self) -> tuple:
     """Every array the feed keeps on the device (for sizing a stack)."""

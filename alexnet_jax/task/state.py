@@ -71,6 +71,8 @@ def create_train_state(model, tx, image_shape, seed: int, mesh,
     key = jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
   abstract = jax.eval_shape(init, key)
   shardings = mesh_lib.state_shardings(abstract, mesh)
+  if seeds is not None:  # Run groups over the mesh's 'runs' axis.
+    shardings = jax.tree.map(mesh_lib.stacked, shardings)
   if abstract_only:
     return None, checkpoints.abstract_with_shardings(abstract, shardings)
   state = jax.jit(init, out_shardings=shardings)(key)

@@ -112,7 +112,9 @@ def make_runs_step(step_fn, hyper: dict, unroll: bool = False):
 
   `unroll`: the runs' steps side by side in the program instead of one
   batched step (XLA:CPU turns a batched convolution into a grouped one,
-  several times slower; `build.train_steps` unrolls there)."""
+  several times slower; `build.train_steps` unrolls there). The batched
+  step's run axis is the mesh's 'runs' axis (`runtime/mesh.py`): a stack
+  spread over devices runs each group's runs on its own devices."""
 
   def one(state, batch, h):
     new = step_fn(state, batch, h)
@@ -130,7 +132,7 @@ def make_runs_step(step_fn, hyper: dict, unroll: bool = False):
 
   def step(state, batch):
     if not unroll:
-      return jax.vmap(one)(state, batch, hyper)
+      return jax.vmap(one, spmd_axis_name='runs')(state, batch, hyper)
     n = len(next(iter(hyper.values())))
     row = lambda tree, i: jax.tree.map(lambda x: x[i], tree)
     each = [one(row(state, i), row(batch, i), row(hyper, i))

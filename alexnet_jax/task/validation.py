@@ -72,6 +72,8 @@ _RANGES = {
                        'an integer >= 0 (0: by platform)'),
     'memory_limit_gib': (lambda v: _finite(v) and v >= 0,
                          'a finite number >= 0 (0: the device\'s own)'),
+    'runs_parallelism': (lambda v: _integer(v) and v >= 1,
+                         'a positive integer (groups of devices)'),
     'runs': (lambda v: _integer(v) and v >= 1,
              'a positive integer (seeds trained together)'),
     'profile_steps': (lambda v: _integer(v) and v >= 0,
@@ -94,6 +96,16 @@ def _choice(config, field, valid, note=''):
 
 def _check_parallelism(config):
   n = jax.device_count()
+  rp = config.runs_parallelism
+  if not _integer(rp) or rp < 1 or n % rp:
+    raise ConfigError(f'runs_parallelism {rp!r} must be a positive divisor of '
+                      f'the device count {n}')
+  if rp > 1:  # Each group of n / rp devices splits its runs' batches.
+    n //= rp
+    if config.batch_size % n:
+      raise ConfigError(
+          f'batch_size {config.batch_size} is not divisible by the {n} '
+          f'devices of each of the runs_parallelism {rp} groups')
   if config.batch_size % n:
     raise ConfigError(f'batch_size {config.batch_size} is not divisible by the '
                       f'device count {n}; use a multiple of {n}')
@@ -174,14 +186,23 @@ def _check_runs(config):
   """A stack of runs (`task/runs.py`): its plan, and what it cannot do yet."""
   if not runs_lib.is_multi(config.runs, config.sweep):
     runs_lib.plan(1, config.sweep, config.sweep_mode, config, config.seed)
+    if config.runs_parallelism != 1:
+      raise ConfigError(f'runs_parallelism {config.runs_parallelism} spreads '
+                        'a stack of runs over devices; one run takes 1 (or '
+                        'set --config.runs)')
     return
   for field, values in runs_lib.parse_sweep(config.sweep).items():
     ok, must_be = _RANGES[field]
     for v in values:
       if not ok(v):
         raise ConfigError(f'--config.sweep: {field} {v:g} must be {must_be}')
-  runs_lib.plan(config.runs, config.sweep, config.sweep_mode, config,
-                config.seed)
+  stack = runs_lib.plan(config.runs, config.sweep, config.sweep_mode, config,
+                        config.seed)
+  if len(stack) % config.runs_parallelism:
+    raise ConfigError(f'runs_parallelism {config.runs_parallelism} must '
+                      f'divide the stack\'s {len(stack)} runs (runs '
+                      f'{config.runs} x {len(stack) // config.runs} sweep '
+                      'points)')
   if registry.get(config.dataset).streamed:
     held = ', '.join(n for n, s in registry.DATASETS.items() if not s.streamed)
     raise ConfigError(f'runs {config.runs} / sweep: many runs in one step need '
