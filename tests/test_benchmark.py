@@ -109,7 +109,8 @@ def test_help_prints_usage_and_exits_zero(module):
 
 @pytest.mark.parametrize('args, message', [
     (('--parts=device,gpus',), '--parts: gpus is not one of device, '
-     'train_step, step_profile, cifar_main, store_training, input_pipeline'),
+     'train_step, step_profile, cifar_main, stacked_runs, store_training, '
+     'input_pipeline'),
     (('--main_epochs=-1',), '--main_epochs must be >= 0, got -1'),
 ])
 def test_gpu_check_refuses_bad_arguments_in_one_line(args, message, tmp_path):
@@ -142,7 +143,7 @@ def test_gpu_check_part_that_cannot_import_fails_alone(tmp_path, monkeypatch,
   assert sections['input_pipeline']['status'] == 'error'
   assert 'benchmarks.gpu.input_pipeline' in sections['input_pipeline'][
       'error']
-  assert [t['status'] for t in report['targets']] == ['not measured'] * 5
+  assert [t['status'] for t in report['targets']] == ['not measured'] * 6
   text = (tmp_path / 'gpu_check.md').read_text()
   assert '**input_pipeline: error**: ModuleNotFoundError' in text
   assert capsys.readouterr().out.strip().splitlines()[-1] == str(tmp_path)
@@ -176,6 +177,12 @@ def smoke_report():
           'cifar_main': {'status': 'error', 'error': 'the main job exited 1',
                          'wall_s': 20., 'data': 'fake', 'pace':
                          '1 step per call', 'full_cifar_epoch_s': 300.},
+          'stacked_runs': {
+              'status': 'ok', 'runs': 2, 'wall_ratio': 1.25,
+              'one': {'wall_s': 20., 'train_images_per_sec': 1000.,
+                      'test_top1': .5},
+              'stack': {'wall_s': 25., 'train_images_per_sec': 1600.,
+                        'test_top1': .52}},
           'store_training': {
               'status': 'ok', 'model': 'alexnet_tiny', 'batch_size': 8,
               'image_size': 32, 'dtype': 'float32',
@@ -218,8 +225,11 @@ def test_gpu_check_report_has_every_table(tmp_path):
   assert lines[lines.index('| the step alone | 2,000 | 100% |') + 1:][:2] == [
       '| store (jpeg), the whole run | 1,500 | 75.0% |',
       '| store (raw), the whole run | 1,900 | 95.0% |']
+  assert lines[lines.index('| `--config.runs=2` | 25.0 s (1.25×) | 1,600 | '
+                           '52.0% |') - 1] == '| one run | 20.0 s | 1,000 | 50.0% |'
   targets = lines[lines.index('| GPU target | value | status |') + 2:]
-  assert len(targets) == 5 and all(
+  assert '| 1.25× |' in targets[5]
+  assert len(targets) == 6 and all(
       '**not measured** (--smoke (tiny shapes))' in l for l in targets)
   assert '| 300.00 s |' in targets[3]
   assert '| 75.0% |' in targets[4]  # The worse encoding's.

@@ -108,6 +108,22 @@ def _cifar_table(main: dict) -> list:
   return lines
 
 
+def _stack_table(stack: dict) -> list:
+  if 'wall_ratio' not in stack:
+    return []
+  one, many, n = stack['one'], stack['stack'], stack['runs']
+  rate = lambda r: ('—' if r.get('train_images_per_sec') is None else
+                    f"{r['train_images_per_sec']:,.0f}")
+  top1 = many.get('test_top1')
+  return ['| many runs in one (CIFAR main job) | wall | train images/s (all '
+          'runs) | test top-1 (the mean) |', '| --- | --- | --- | --- |',
+          f"| one run | {one['wall_s']:.1f} s | {rate(one)} | "
+          f"{targets_lib.pct(one.get('test_top1'))} |",
+          f"| `--config.runs={n}` | {many['wall_s']:.1f} s "
+          f"({stack['wall_ratio']:.2f}×) | {rate(many)} | "
+          f"{targets_lib.pct(top1)} |", '']
+
+
 def _profile_table(prof: dict) -> list:
   if not prof.get('top'):
     return []
@@ -165,6 +181,7 @@ def markdown(report: dict) -> str:
            + _train_table(s.get('train_step', {}).get('configs', []))
            + _profile_table(s.get('step_profile', {}))
            + _cifar_table(s.get('cifar_main', {}))
+           + _stack_table(s.get('stacked_runs', {}))
            + _store_table(s.get('store_training', {}))
            + _pipeline_table(s.get('input_pipeline', {}))
            + _targets_table(report.get('targets', ())))

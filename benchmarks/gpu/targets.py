@@ -13,6 +13,8 @@ TARGETS = (  # (key, what, threshold, higher is better); issue 24's.
      'job\'s measured rate)', 0.5, False),
     ('store_vs_step', 'training from the store ≥ 80% of the step\'s own '
      f'rate (JPEG and raw, the worse; {_STEP})', 0.8, True),
+    ('stack_vs_one', 'the CIFAR main job with --config.runs=8 in ≤ 1.5× the '
+     'time of one run (1 epoch each, wall; issue 25)', 1.5, False),
 )
 
 
@@ -52,7 +54,9 @@ def evaluate(report: dict) -> list:
             'vs_best_pytorch': (row or {}).get('speedup_vs_best_pytorch'),
             'main_warm': main.get('warm_wall_s'),
             'cifar_epoch': main.get('full_cifar_epoch_s'),
-            'store_vs_step': _store_ratio(report)}
+            'store_vs_step': _store_ratio(report),
+            'stack_vs_one': report['sections'].get('stacked_runs', {}).get(
+                'wall_ratio')}
   why_none = _why_not_measured(report, row)
   out = []
   for key, what, threshold, higher in TARGETS:
