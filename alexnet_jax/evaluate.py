@@ -57,6 +57,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, step=None,
   """{step, split, examples, loss, top1, top5} on the test split (of run
   `run` of a stack)."""
   config = ml_collections.ConfigDict(config.to_dict())  # Unlocked copy.
+  config.runs_parallelism = 1  # One run's evaluation, on every device.
   if ten_crop:
     if not registry.get(config.dataset).streamed:
       image_datasets = [n for n, s in registry.DATASETS.items() if s.streamed]

@@ -38,7 +38,8 @@ def run_main(workdir, cifar_dir, env, devices=1, extra=(), timeout=600):
 
 
 def logged_mesh(stdout):
-  """The mesh a run's header line names: {'data': d, 'model': m, 'tower': t}."""
+  """The mesh a run's header line names: {'runs': r, 'data': d, 'model': m,
+  'tower': t}."""
   [line] = [l for l in stdout.splitlines() if ' parameters | ' in l]
   return ast.literal_eval(line.split(', mesh ', 1)[1].split(')', 1)[0])
 

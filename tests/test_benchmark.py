@@ -324,9 +324,9 @@ def test_tfdata_twin_does_the_streaming_pipeline_s_work(tmp_path, size):
 
 
 def test_gpu_targets_read_met_or_not_off_a_gpu_report():
-  """Issue 24's five targets, each from its own part's figure; the store's
-  is the worse encoding's; a part that did not run leaves its target 'not
-  measured'."""
+  """Issue 24's five targets and issue 25's, each from its own part's
+  figure; the store's is the worse encoding's; a part that did not run
+  leaves its target 'not measured'."""
   from benchmarks.gpu import targets  # pylint: disable=g-import-not-at-top
   row = {'model': 'alexnet_torchvision', 'batch_size': 256,
          'dtype': 'bfloat16', 'step_ms': 4., 'mfu': 0.35,
@@ -336,11 +336,13 @@ def test_gpu_targets_read_met_or_not_off_a_gpu_report():
       'train_step': {'configs': [{'model': 'alexnet_cifar'}, row]},
       'cifar_main': {'warm_wall_s': 12., 'full_cifar_epoch_s': 0.6},
       'store_training': {'runs': {'jpeg': {'vs_step': 0.9},
-                                  'raw': {'vs_step': 0.7}}}}}
+                                  'raw': {'vs_step': 0.7}}},
+      'stacked_runs': {'wall_ratio': 1.4}}}
   got = {t['key']: (t['status'], t['value']) for t in targets.evaluate(report)}
   assert got == {'mfu': ('met', 0.35), 'vs_best_pytorch': ('not met', 1.1),
                  'main_warm': ('met', 12.), 'cifar_epoch': ('not met', 0.6),
-                 'store_vs_step': ('not met', 0.7)}
+                 'store_vs_step': ('not met', 0.7),
+                 'stack_vs_one': ('met', 1.4)}
   del report['sections']['store_training']['runs']['raw']
   report['sections']['cifar_main'] = {}
   got = {t['key']: t['status'] for t in targets.evaluate(report)}

@@ -66,8 +66,8 @@ def test_tiny_net_on_4_devices():
       model_parallelism=2, image_size=0, dump_hlo='')
   rows = {r['layout']: r for r in cv.run_devices(4, args)}
   dp, fc = rows['dp'], rows['fc_model']
-  assert dp['mesh'] == {'data': 4, 'model': 1, 'tower': 1}
-  assert fc['mesh'] == {'data': 2, 'model': 2, 'tower': 1}
+  assert dp['mesh'] == {'runs': 1, 'data': 4, 'model': 1, 'tower': 1}
+  assert fc['mesh'] == {'runs': 1, 'data': 2, 'model': 2, 'tower': 1}
   grads = dp['param_bytes']
   reduced = dp['collectives']['all-reduce']['bytes']
   assert grads <= reduced <= grads + 64, (grads, reduced)

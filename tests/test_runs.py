@@ -15,6 +15,7 @@ from scipy import stats
 
 from alexnet_jax import evaluate
 from alexnet_jax import train
+from alexnet_jax import visualize
 from alexnet_jax.errors import ConfigError
 from alexnet_jax.runtime import curves
 from alexnet_jax.task import runs
@@ -182,6 +183,15 @@ def test_run_i_of_a_stack_is_the_single_run_with_its_seed_and_values(
                      r'--run=0\.\.1'):
     evaluate.evaluate(saved_run.load_config(str(tmp_path / 'stack')),
                       str(tmp_path / 'stack'))
+  # visualize --run: run i's own conv1, its picture titled with the run.
+  saved = cli.load_state_on_host(str(tmp_path / 'stack'), 12)
+  for i in (0, 1):
+    _, [tower] = visualize.filters(str(tmp_path / 'stack'), run=i,
+                                   out=str(tmp_path / f'f{i}.png'))
+    np.testing.assert_array_equal(
+        tower.kernels, saved['params']['conv1']['kernel'][i])
+  with pytest.raises(ConfigError, match='holds 2 runs'):
+    visualize.filters(str(tmp_path / 'stack'), out=str(tmp_path / 'f.png'))
 
 
 def test_a_diverging_run_is_frozen_and_the_others_finish(cifar_dir, tmp_path,

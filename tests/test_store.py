@@ -202,7 +202,7 @@ def test_paper_recipe_trains_from_the_store(paper_recipe_run):
   squares, PCA noise and the 10-crop test on in the config it ran."""
   workdir, stdout, _ = paper_recipe_run
   assert 'store: 30 train / 6 val / 12 test' in stdout
-  assert "mesh {'data': 1, 'model': 1, 'tower': 2}" in stdout
+  assert "mesh {'runs': 1, 'data': 1, 'model': 1, 'tower': 2}" in stdout
   assert ("the two towers on a 'tower' pair of devices: conv2 kernel sharded "
           "(None, None, None, 'tower')") in stdout
   with open(workdir / 'config.json') as f:

@@ -94,7 +94,7 @@ def pick_run(config, variables, run: Optional[int], where: str):
     raise ConfigError(
         f'{given}: {where} holds {len(plan)} runs trained together (runs/'
         f'sweep in its config.json); pick one with --run=0..{len(plan) - 1} '
-        '(evaluate, predict): '
+        '(evaluate, predict, visualize): '
         + '; '.join(r.describe() for r in plan[:8])
         + ('; ...' if len(plan) > 8 else ''))
   return jax.tree.map(lambda x: np.asarray(x)[run], variables)

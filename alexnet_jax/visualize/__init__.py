@@ -40,22 +40,27 @@ from alexnet_jax.visualize import pictures
 EVAL_SPLITS = ('test', 'val')
 
 
-def _load(workdir: str, step=None, dataset=None, data_dir=None):
-  """(config, step, model, numpy variables); `dataset`/`data_dir` override the
-  workdir's (converted torchvision weights know no ImageNet folder)."""
+def _load(workdir: str, step=None, dataset=None, data_dir=None, run=None):
+  """(config, step, model, numpy variables, the run's title for its
+  pictures: model, dataset, step, and a stack's run with its seed and
+  values, never a path); `dataset`/`data_dir` override the
+  workdir's (converted torchvision weights know no ImageNet folder); `run`:
+  which of a stack of runs (`saved_run.pick_run`). The config returned is
+  one run's."""
   config = saved_run.load_config(workdir)
   if dataset is not None:
     config.dataset = dataset
   if data_dir is not None:
     config.data_dir = data_dir
   step, model, params = saved_run.load_model(config, workdir, step,
-                                             build.dataset(config).num_classes)
-  return config, step, model, params
-
-
-def _run_title(config, step: int) -> str:
-  """A picture names the run (model, dataset, step), never a path."""
-  return f'{config.model} on {config.dataset}, step {step}'
+                                             build.dataset(config).num_classes,
+                                             run)
+  plan = build.run_plan(config)
+  title = f'{config.model} on {config.dataset}, step {step}'
+  if plan is not None:
+    title += f', {plan[run].describe()}'
+  config.runs, config.sweep, config.runs_parallelism = 1, '', 1
+  return config, step, model, params, title
 
 
 def _open(config, model, params, batch_size: Optional[int]):
@@ -93,14 +98,14 @@ def _positive(value, flag: str):
     raise DataError(f'{flag} {value!r} must be a positive integer')
 
 
-def filters(workdir: str, out=None, step=None):
+def filters(workdir: str, out=None, step=None, run=None):
   """Draws conv1's kernels; (path written, [inspection.Tower])."""
   out = _out(out, workdir, 'filters.png')
-  config, step, model, params = _load(workdir, step)
+  config, step, model, params, run_title = _load(workdir, step, run=run)
   towers = inspection.conv1_towers(params['params'], model.groups)
   blocks = [(f'{t.title}  |  mean chroma {t.chroma.mean():.3f}',
              pictures.kernel_grid(t.kernels)) for t in towers]
-  title = (f'{_run_title(config, step)}: conv1 (each kernel scaled to its '
+  title = (f'{run_title}: conv1 (each kernel scaled to its '
            'own min..max)')
   path = pictures.write(out, pictures.filters_png(blocks, title))
   return path, towers
@@ -135,7 +140,7 @@ def _neighbours_json(nb, names, workdir, step, split, sample) -> dict:
 def neighbours(workdir: str, split: str = 'test', count: int = 8, k: int = 6,
                sample: Optional[int] = None, out=None, step=None,
                batch_size: Optional[int] = None, dataset=None, data_dir=None,
-               log: Callable = print):
+               log: Callable = print, run=None):
   """Fig. 4: `count` images of `split` (a fixed-seed random choice) and the
   `k` training images nearest to each by fc7 features.
 
@@ -145,7 +150,8 @@ def neighbours(workdir: str, split: str = 'test', count: int = 8, k: int = 6,
                       (batch_size, '--batch_size')):
     _positive(value, flag)
   png = _out(out, workdir, f'neighbours_{split}.png')
-  config, step, model, params = _load(workdir, step, dataset, data_dir)
+  config, step, model, params, run_title = _load(workdir, step, dataset,
+                                                 data_dir, run)
   splits, net, names = _open(config, model, params, batch_size)
   reader = _eval_split(splits, split, config)
   if count > len(reader):
@@ -154,7 +160,7 @@ def neighbours(workdir: str, split: str = 'test', count: int = 8, k: int = 6,
   queries = inspection.sample_indices(len(reader), count)
   nb = inspection.nearest_neighbours(net, splits, split, queries, k, sample,
                                      log)
-  title = (f'{_run_title(config, step)}: {split} images (left) and the {k} '
+  title = (f'{run_title}: {split} images (left) and the {k} '
            f'nearest of {nb.searched} training images by fc7 features')
   pictures.write(png, pictures.neighbours_png(nb, names, title))
   record = _neighbours_json(nb, names, workdir, step, split, sample)
@@ -165,7 +171,7 @@ def neighbours(workdir: str, split: str = 'test', count: int = 8, k: int = 6,
 
 def errors(workdir: str, split: str = 'test', mistakes: int = 12, out=None,
            step=None, batch_size: Optional[int] = None, dataset=None,
-           data_dir=None):
+           data_dir=None, run=None):
   """The trainer's evaluation of `split`, one top-1 per image: the confusion
   matrix, per-class top-1 and the `mistakes` most confident mistakes.
 
@@ -175,7 +181,8 @@ def errors(workdir: str, split: str = 'test', mistakes: int = 12, out=None,
   if not isinstance(mistakes, int) or mistakes < 0:
     raise DataError(f'--mistakes {mistakes!r} must be an integer >= 0')
   out = _out(out, workdir, f'errors_{split}.png')
-  config, step, model, params = _load(workdir, step, dataset, data_dir)
+  config, step, model, params, run_title = _load(workdir, step, dataset,
+                                                 data_dir, run)
   splits, net, names = _open(config, model, params, batch_size)
   reader = _eval_split(splits, split, config)
   p = inspection.predict_split(net, reader)
@@ -187,7 +194,7 @@ def errors(workdir: str, split: str = 'test', mistakes: int = 12, out=None,
   strip = [(img, int(p.labels[i]), int(p.predicted[i]),
             float(p.confidence[i])) for img, i in zip(images, worst)]
   right = int(np.trace(confusion))
-  title = (f'{_run_title(config, step)}: {split} split, {right}/'
+  title = (f'{run_title}: {split} split, {right}/'
            f'{len(p.labels)} right (top-1 {100 * right / len(p.labels):.2f}%)')
   path = pictures.write(out, pictures.errors_png(confusion, accuracy, names,
                                                  strip, title))

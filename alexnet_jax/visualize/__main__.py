@@ -33,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
                      'alexnet_jax.convert')
     sub.add_argument('--out', metavar='FILE.png', help='default: in WORKDIR')
     sub.add_argument('--step', type=int, help='checkpoint (default: latest)')
+    sub.add_argument('--run', type=int,
+                     help='which run of a workdir that trained several '
+                     'together (--config.runs / sweep)')
     sub.add_argument('--verbose', action='store_true',
                      help='the traceback of user errors too')
     if name == 'filters':
@@ -68,7 +71,7 @@ def _report_errors(path, p, accuracy, names):
 
 
 def _run(args):
-  kwargs = dict(out=args.out, step=args.step)
+  kwargs = dict(out=args.out, step=args.step, run=args.run)
   if args.command == 'filters':
     path, towers = filters(args.workdir, **kwargs)
     for tower in towers:
