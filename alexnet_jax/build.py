@@ -9,6 +9,7 @@ never see the config (big_vision's rule). `train.py` calls them in order;
 the same way, so they read a config exactly as training does.
 """
 
+import time
 from typing import Optional
 
 import jax
@@ -213,14 +214,17 @@ def train_state(config: Config, net: alexnet.AlexNet, tx, side: int, mesh,
 
 
 def check_stack_fits(config: Config, made_feed, run_durations: Durations,
-                     net: alexnet.AlexNet, tx, side: int, mesh, apply):
+                     net: alexnet.AlexNet, tx, side: int,
+                     mesh, apply) -> Optional[str]:
   """Refuses a stack of runs that would not fit the device's memory, before
   any of it is allocated (`runtime/memory.py`): its train program compiled
-  from the abstract state, plus the data the feed holds."""
+  from the abstract state, plus the data the feed holds. Returns the
+  figures in a line for the log (None: one run, or nothing to size by)."""
   stack = run_plan(config)
   room = memory.budget(mesh.local_devices[0], config.memory_limit_gib)
   if not stack or room is None:
-    return
+    return None
+  begun = time.monotonic()
   resident = memory.per_device_bytes(made_feed.device_arrays())
 
   def size(runs):
@@ -236,11 +240,12 @@ def check_stack_fits(config: Config, made_feed, run_durations: Durations,
 
   whole = size(stack)
   if whole is None:  # No memory analysis on this platform.
-    return
+    return None
   refused = memory.refusal(whole, room, lambda: memory.largest(
       size(stack[:1]), whole, room.bytes))
   if refused:
     raise ConfigError(refused)
+  return memory.fits(whole, room, time.monotonic() - begun)
 
 
 def finetuned(config: Config, workdir: str, state):

@@ -77,8 +77,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   build.check_input_side(config, model, side)
   tx, lr_schedule = build.optimizer(config, durations)
   apply_fn = build.apply_fn(config, model, mesh)
-  build.check_stack_fits(config, feed, durations, model, tx, side, mesh,
-                         apply_fn)
+  sized = build.check_stack_fits(config, feed, durations, model, tx, side,
+                                 mesh, apply_fn)
   state, abstract_state = build.train_state(config, model, tx, side, mesh,
                                             apply_fn)
   state = build.finetuned(config, workdir, state)
@@ -107,7 +107,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
               ckpt, reporter, stop)
     plan = build.run_plan(config)
     run = _Run(*pieces) if plan is None else _Stack(
-        *pieces, plan=plan, schedules=[
+        *pieces, plan=plan, sized=sized, schedules=[
             build.optimizer_with(config, durations, **r.optimizer_values())[1]
             for r in plan])
     run.log_header(state, start_step, config.model, config.dataset)
@@ -327,9 +327,10 @@ class _Stack(_Run):
   deviation and 95% interval over the runs that finished. The kept
   "best" checkpoint ranks the mean validation top-1 of those runs."""
 
-  def __init__(self, *pieces, plan, schedules):
+  def __init__(self, *pieces, plan, schedules, sized=None):
     super().__init__(*pieces)
     self.plan, self.schedules, self.stacked = plan, schedules, len(plan)
+    self.sized = sized  # What `build.check_stack_fits` found, for the log.
     self.frozen = {}  # Run index -> the step it turned non-finite.
 
   def live(self) -> list:
@@ -351,6 +352,8 @@ class _Stack(_Run):
     self.reporter.log(f'{self.stacked} runs in one step:')
     for r in self.plan:
       self.reporter.log(f'  {r.describe()}')
+    if self.sized:
+      self.reporter.log(self.sized)
     self.check_finite(state.sums)  # Runs a resumed stack had frozen.
 
   def learning_rate(self, state, step: int) -> list:

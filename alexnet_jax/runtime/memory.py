@@ -117,5 +117,13 @@ def refusal(size: StackSize, room: Budget, largest_fit) -> Optional[str]:
           'smaller batch)')
 
 
+def fits(size: StackSize, room: Budget, seconds: float) -> str:
+  """The log's line for a stack that fits."""
+  return (f'memory: the stack needs about {_amount(size.total)} per device '
+          f'(train step {_amount(size.program)}, data '
+          f'{_amount(size.resident)}) of the {_amount(room.bytes)} of '
+          f'{room.source} (sized in {seconds:.1f} s)')
+
+
 def _amount(n: int) -> str:
   return f'{n / GIB:.2f} GiB' if n >= GIB else f'{n / 2 ** 20:.1f} MiB'
