@@ -6,6 +6,7 @@ frozen while the others finish, and a stacked workdir read back."""
 import json
 import os
 import re
+import signal
 import subprocess
 
 import jax
@@ -233,9 +234,10 @@ def test_every_run_diverging_stops_as_one_run_does(cifar_dir, tmp_path):
 @pytest.mark.slow
 def test_a_stack_killed_and_rerun_ends_as_one_never_stopped(
     cifar_dir, tmp_path, subprocess_env):
-  """kill -9 after step 15's line (saves at 10 and after each evaluation),
-  rerun: the same states bit for bit, the same records and final metrics
-  as the stack run straight through."""
+  """SIGTERM after step 5's line: the stack saves the step it stopped at
+  and exits as one run does; rerun, kill -9 after step 15's line (saves at
+  10 and after each evaluation), rerun: the same states bit for bit, the
+  same records and final metrics as the stack run straight through."""
   run = dict(num_epochs=0, num_steps=20, eval_every_epochs=0.2, runs=2,
              sweep='learning_rate=0.01,0.02')
   ref = str(tmp_path / 'ref')
@@ -243,6 +245,18 @@ def test_a_stack_killed_and_rerun_ends_as_one_never_stopped(
   assert done.returncode == 0, done.stderr[-2000:]
   workdir = str(tmp_path / 'w')
   args = cli.cli_args(cifar_dir, workdir, **run)
+  proc = cli.start_cli(args, subprocess_env, stdout=subprocess.PIPE,
+                       stderr=subprocess.DEVNULL)
+  out = LineReader(proc.stdout)
+  out.wait_for(' 5/20 | epoch')
+  proc.send_signal(signal.SIGTERM)
+  out = out.rest()
+  assert proc.wait(timeout=300) == 128 + signal.SIGTERM, out[-2000:]
+  last = out.strip().splitlines()[-1]
+  assert last.startswith('stopped by SIGTERM at step '), out[-1000:]
+  step = int(last.split('at step ')[1].split('/')[0])
+  assert 5 <= step < 15, last  # The step under way, not the run's end.
+  assert os.path.isdir(os.path.join(workdir, 'checkpoints', str(step)))
   proc = cli.start_cli(args, subprocess_env, stdout=subprocess.PIPE,
                        stderr=subprocess.DEVNULL)
   out = LineReader(proc.stdout)
