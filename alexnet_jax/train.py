@@ -331,6 +331,7 @@ class _Stack(_Run):
     super().__init__(*pieces)
     self.plan, self.schedules, self.stacked = plan, schedules, len(plan)
     self.sized = sized  # What `build.check_stack_fits` found, for the log.
+    self._replicate = None  # `everywhere`'s program.
     self.frozen = {}  # Run index -> the step it turned non-finite.
 
   def live(self) -> list:
@@ -341,8 +342,10 @@ class _Stack(_Run):
     (`runs_parallelism`) holds each run on its own group's devices only."""
     if self.mesh.shape['runs'] == 1:
       return tree
-    return jax.jit(lambda t: t,
-                   out_shardings=mesh_lib.replicated(self.mesh))(tree)
+    if self._replicate is None:  # One compiled copy per tree structure.
+      self._replicate = jax.jit(
+          lambda t: t, out_shardings=mesh_lib.replicated(self.mesh))
+    return self._replicate(tree)
 
   def to_host(self, tree):
     return jax.device_get(self.everywhere(tree))
