@@ -221,11 +221,15 @@ def check_stack_fits(config: Config, made_feed, run_durations: Durations,
   from the abstract state, plus the data the feed holds. Returns the
   figures in a line for the log (None: one run, or nothing to size by)."""
   stack = run_plan(config)
-  room = memory.budget(mesh.local_devices[0], config.memory_limit_gib)
-  if not stack or room is None:
+  if not stack:
     return None
-  begun = time.monotonic()
   resident = memory.per_device_bytes(made_feed.device_arrays())
+  room = memory.budget(mesh.local_devices[0], config.memory_limit_gib,
+                       held=resident)
+  if room is None:
+    return None
+  room = memory.least(room)
+  begun = time.monotonic()
 
   def size(runs):
     _, abstract = state_lib.create_train_state(
@@ -241,8 +245,10 @@ def check_stack_fits(config: Config, made_feed, run_durations: Durations,
   whole = size(stack)
   if whole is None:  # No memory analysis on this platform.
     return None
+  groups = mesh.shape['runs']  # A smaller stack still fills each group.
   refused = memory.refusal(whole, room, lambda: memory.largest(
-      size(stack[:1]), whole, room.bytes))
+      size(stack[:groups]), whole, room.bytes, multiple=groups),
+                           points=len(stack) // config.runs)
   if refused:
     raise ConfigError(refused)
   return memory.fits(whole, room, time.monotonic() - begun)

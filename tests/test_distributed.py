@@ -20,8 +20,10 @@ import numpy as np
 import pytest
 
 from alexnet_jax.runtime import distributed
+from tests import cli
 from tests.conftest import REPO
 from tests.conftest import require_cifar_subset
+from tests.helpers import simulated_devices_env
 from tests.multiproc import free_port, main_args, params_of, train_losses
 from tests.multiproc import assert_trees_close, run_main
 
@@ -131,6 +133,14 @@ def test_a_stack_spread_over_devices_and_processes(runs, tmp_path):
                  extra=stack).stdout
   assert "'runs': 2, 'data': 1" in log and 'in each of 2 run groups' in log
   assert "conv1 kernel sharded ('runs',)" in log
+  # Too big for its memory: one line, sized by a stack that fills each group.
+  refused = cli.run_cli(
+      main_args(str(tmp_path / 'big'), runs['cifar'], [
+          '--config.runs=4', '--config.runs_parallelism=2',
+          '--config.memory_limit_gib=0.0001']),
+      simulated_devices_env(runs['env'], 2))
+  cli.assert_one_error_line(refused, 'a stack of 4 runs needs about')
+  assert not os.path.exists(tmp_path / 'big')
   processes = str(tmp_path / 'processes')
   result = subprocess.run(
       ['bash', 'launch/local_multiprocess.sh', '2',

@@ -19,6 +19,7 @@ from alexnet_jax import train
 from alexnet_jax import visualize
 from alexnet_jax.errors import ConfigError
 from alexnet_jax.runtime import curves
+from alexnet_jax.runtime import memory
 from alexnet_jax.task import runs
 from alexnet_jax.task import saved_run
 from alexnet_jax.task import validation
@@ -133,10 +134,36 @@ def test_a_stack_too_big_for_memory_is_refused_with_the_largest_that_fits(
   small['memory_limit_gib'] = (need - 1) / 1024
   said = _refusal(cli.tiny_config(cifar_dir, runs=3, **small),
                   str(tmp_path / 'w'))
-  assert 'the largest that fits: runs=2 ' in said
+  assert 'the largest that fits: 2 runs, --config.runs=2 ' in said
   final = train.train_and_evaluate(cli.tiny_config(cifar_dir, runs=2, **small),
                                    str(tmp_path / 'w'))
   assert len(final['runs']) == 2
+
+
+class _Device:
+  """What `memory.budget` reads of a GPU: its allocator's figures."""
+  device_kind = 'NVIDIA H200'
+
+  def memory_stats(self):
+    return {'bytes_limit': 100 * 2 ** 30, 'bytes_in_use': 30 * 2 ** 30}
+
+
+def test_free_memory_counts_the_stacks_own_data_back_in():
+  """The feed's arrays are on the device when the stack is sized: free
+  memory no longer counts them, and the stack's size does."""
+  room = memory.budget(_Device(), held=2 * 2 ** 30)
+  assert room == memory.Budget(72 * 2 ** 30, 'free on NVIDIA H200')
+  assert memory.budget(_Device(), 1.5, held=7).bytes == 1.5 * 2 ** 30
+  small = memory.StackSize(2, 10 * 2 ** 30, 2 * 2 ** 30)
+  many = memory.StackSize(8, 34 * 2 ** 30, 2 * 2 ** 30)  # 4 GiB a run.
+  assert memory.largest(small, many, room.bytes) == 17  # (72-2-2) / 4.
+  assert memory.largest(small, many, room.bytes, multiple=4) == 16
+  said = memory.refusal(memory.StackSize(24, 98 * 2 ** 30, 2 * 2 ** 30),
+                        room, lambda: 17, points=3)
+  assert said.startswith('a stack of 24 runs (8 for each of 3 sweep points) '
+                         'needs about 100.00 GiB per device')
+  assert ('the largest that fits: 15 runs, --config.runs=5 for each of the 3 '
+          'sweep points') in said
 
 
 def _train_records(workdir, run=None):
@@ -187,8 +214,8 @@ def test_run_i_of_a_stack_is_the_single_run_with_its_seed_and_values(
   # visualize --run: run i's own conv1, its picture titled with the run.
   saved = cli.load_state_on_host(str(tmp_path / 'stack'), 12)
   for i in (0, 1):
-    _, [tower] = visualize.filters(str(tmp_path / 'stack'), run=i,
-                                   out=str(tmp_path / f'f{i}.png'))
+    path, [tower] = visualize.filters(str(tmp_path / 'stack'), run=i)
+    assert str(path).endswith(f'filters_run{i}.png')
     np.testing.assert_array_equal(
         tower.kernels, saved['params']['conv1']['kernel'][i])
   with pytest.raises(ConfigError, match='holds 2 runs'):

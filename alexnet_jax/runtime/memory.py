@@ -9,8 +9,10 @@ is added to the data the feed holds on the device, against the device's
 memory (`memory_stats()['bytes_limit']` on GPUs and TPUs; on CPUs the
 host's available memory shared by its devices; or `--config.memory_limit_gib`).
 A stack that does not fit is refused with the largest N that does, by the
-line through the program's bytes at one run and at N: a fixed part and a
-part per run (states, gradients, activations, batches).
+line through the program's bytes at a small stack and at N: a fixed part
+and a part per run (states, gradients, activations, batches). Only the
+train program is sized: evaluation runs one run at a time, a fraction of
+it.
 """
 
 import dataclasses
@@ -19,6 +21,7 @@ import os
 from typing import Optional
 
 import jax
+import numpy as np
 
 GIB = 2 ** 30
 
@@ -29,20 +32,31 @@ class Budget:
   source: str  # Where the figure comes from, for the refusal's line.
 
 
-def budget(device, limit_gib: float = 0.) -> Optional[Budget]:
-  """The bytes a stack may take on `device` (None: unknown, not sized)."""
+def budget(device, limit_gib: float = 0., held: int = 0) -> Optional[Budget]:
+  """The bytes a stack may take on `device` (None: unknown, not sized).
+  `held`: bytes of the stack's own already on the device (the feed's data),
+  which a measure of free memory no longer counts."""
   if limit_gib:
     return Budget(int(limit_gib * GIB), '--config.memory_limit_gib')
   stats = device.memory_stats() if hasattr(device, 'memory_stats') else None
   if stats and stats.get('bytes_limit'):
-    return Budget(int(stats['bytes_limit']) - int(stats.get('bytes_in_use', 0)),
-                  f'free on {device.device_kind}')
+    return Budget(int(stats['bytes_limit']) - int(stats.get('bytes_in_use', 0))
+                  + held, f'free on {device.device_kind}')
   available = _host_available()
   if available is None:
     return None
   local = max(1, jax.local_device_count())
-  return Budget(available // local, 'host memory available'
+  return Budget(available // local + held, 'host memory available'
                 + (f' / {local} devices' if local > 1 else ''))
+
+
+def least(room: Budget) -> Budget:
+  """The smallest budget over the processes: every process decides alike."""
+  if jax.process_count() == 1:
+    return room
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  every = multihost_utils.process_allgather(np.int64(room.bytes))
+  return Budget(int(np.min(every)), room.source + ', the least over processes')
 
 
 def _host_available() -> Optional[int]:
@@ -93,28 +107,45 @@ class StackSize:
     return self.program + self.resident
 
 
-def largest(one: StackSize, many: StackSize, limit: int) -> int:
-  """The most runs that fit in `limit` bytes, by the line through the
-  programs of a stack of one and of `many.runs`: a fixed part and a part
-  per run (states, gradients, activations, batches)."""
-  per_run = max(1, (many.program - one.program) / max(1, many.runs - 1))
-  fixed = max(0, one.program - per_run)
-  return max(0, int((limit - one.resident - fixed) // per_run))
+def largest(small: StackSize, many: StackSize, limit: int,
+            multiple: int = 1) -> int:
+  """The most runs (a multiple of `multiple`) that fit in `limit` bytes, by
+  the line through the programs of a small stack and of `many`: a fixed
+  part and a part per run (states, gradients, activations, batches)."""
+  if many.runs > small.runs:
+    per_run = (many.program - small.program) / (many.runs - small.runs)
+  else:
+    per_run = many.program / many.runs
+  per_run = max(per_run, 1.)
+  fixed = max(0., small.program - per_run * small.runs)
+  n = max(0, int((limit - small.resident - fixed) // per_run))
+  return n - n % multiple
 
 
-def refusal(size: StackSize, room: Budget, largest_fit) -> Optional[str]:
+def refusal(size: StackSize, room: Budget, largest_fit,
+            points: int = 1) -> Optional[str]:
   """The one line refusing a stack that does not fit, or None.
-  `largest_fit()`: the most runs that fit (computed only when refusing)."""
+  `largest_fit()`: the most runs that fit (computed only when refusing);
+  `points`: the sweep's points, each taking `--config.runs` of the runs."""
   if size.total <= room.bytes:
     return None
   n = largest_fit()
-  fits = (f'the largest that fits: runs={n}' if n else
-          'not even one run fits')
-  return (f'runs {size.runs}: the stack needs about {_amount(size.total)} '
+  per_point = n // points
+  if per_point:
+    fits = (f'the largest that fits: {per_point * points} runs, '
+            f'--config.runs={per_point}'
+            + (f' for each of the {points} sweep points' if points > 1
+               else ''))
+  else:
+    fits = ('not even one run fits' if points == 1 else
+            f'not even one run for each of the {points} sweep points fits')
+  what = (f'{size.runs} runs' if points == 1 else
+          f'{size.runs} runs ({size.runs // points} for each of {points} '
+          'sweep points)')
+  return (f'a stack of {what} needs about {_amount(size.total)} '
           f'per device (train step {_amount(size.program)}, data '
           f'{_amount(size.resident)}), more than the {_amount(room.bytes)} '
-          f'of {room.source}; {fits} (fewer runs or sweep points, or a '
-          'smaller batch)')
+          f'of {room.source}; {fits} (or a smaller batch)')
 
 
 def fits(size: StackSize, room: Budget, seconds: float) -> str:

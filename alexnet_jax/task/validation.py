@@ -100,15 +100,20 @@ def _check_parallelism(config):
   if not _integer(rp) or rp < 1 or n % rp:
     raise ConfigError(f'runs_parallelism {rp!r} must be a positive divisor of '
                       f'the device count {n}')
-  if rp > 1:  # Each group of n / rp devices splits its runs' batches.
-    n //= rp
-    if config.batch_size % n:
-      raise ConfigError(
-          f'batch_size {config.batch_size} is not divisible by the {n} '
-          f'devices of each of the runs_parallelism {rp} groups')
+  # Each of the runs_parallelism groups of n / rp devices splits its runs'
+  # batches.
+  devices = (f'device count {n // rp}' if rp == 1 else
+             f'{n // rp} devices of each of the runs_parallelism {rp} groups')
+  n //= rp
+  local = jax.local_device_count()
+  if rp > 1 and n % local and local % n:
+    raise ConfigError(
+        f'runs_parallelism {rp}: groups of {n} devices do not line up with '
+        f'the {local} devices of each process; choose groups that hold '
+        'whole processes or that a process holds whole')
   if config.batch_size % n:
     raise ConfigError(f'batch_size {config.batch_size} is not divisible by the '
-                      f'device count {n}; use a multiple of {n}')
+                      f'{devices}; use a multiple of {n}')
   mp = config.model_parallelism
   if not _integer(mp) or mp < 1 or n % mp:
     raise ConfigError(f'model_parallelism {mp!r} must be a positive divisor of '

@@ -93,6 +93,11 @@ def _out(out, workdir: str, name: str) -> epath.Path:
   return path
 
 
+def _named(stem: str, run, suffix: str) -> str:
+  """A picture's default name; a stack's run has its own."""
+  return stem + ('' if run is None else f'_run{run}') + suffix
+
+
 def _positive(value, flag: str):
   if value is not None and (not isinstance(value, int) or value < 1):
     raise DataError(f'{flag} {value!r} must be a positive integer')
@@ -100,7 +105,7 @@ def _positive(value, flag: str):
 
 def filters(workdir: str, out=None, step=None, run=None):
   """Draws conv1's kernels; (path written, [inspection.Tower])."""
-  out = _out(out, workdir, 'filters.png')
+  out = _out(out, workdir, _named('filters', run, '.png'))
   config, step, model, params, run_title = _load(workdir, step, run=run)
   towers = inspection.conv1_towers(params['params'], model.groups)
   blocks = [(f'{t.title}  |  mean chroma {t.chroma.mean():.3f}',
@@ -122,8 +127,10 @@ def _eval_split(splits: dict, split: str, config):
   return splits[split]
 
 
-def _neighbours_json(nb, names, workdir, step, split, sample) -> dict:
+def _neighbours_json(nb, names, workdir, step, split, sample,
+                     run=None) -> dict:
   return {'workdir': str(workdir), 'step': step, 'split': split,
+          **({} if run is None else {'run': run}),
           'feature': 'fc7 after ReLU, evaluation view', 'distance': 'euclidean',
           'searched': nb.searched, 'sample': sample,
           'seconds': round(nb.seconds, 3), 'queries': [
@@ -149,7 +156,7 @@ def neighbours(workdir: str, split: str = 'test', count: int = 8, k: int = 6,
   for value, flag in ((count, '--count'), (k, '--k'), (sample, '--sample'),
                       (batch_size, '--batch_size')):
     _positive(value, flag)
-  png = _out(out, workdir, f'neighbours_{split}.png')
+  png = _out(out, workdir, _named(f'neighbours_{split}', run, '.png'))
   config, step, model, params, run_title = _load(workdir, step, dataset,
                                                  data_dir, run)
   splits, net, names = _open(config, model, params, batch_size)
@@ -163,7 +170,7 @@ def neighbours(workdir: str, split: str = 'test', count: int = 8, k: int = 6,
   title = (f'{run_title}: {split} images (left) and the {k} '
            f'nearest of {nb.searched} training images by fc7 features')
   pictures.write(png, pictures.neighbours_png(nb, names, title))
-  record = _neighbours_json(nb, names, workdir, step, split, sample)
+  record = _neighbours_json(nb, names, workdir, step, split, sample, run)
   json_path = png.with_suffix('.json')
   pictures.write(json_path, (json.dumps(record, indent=1) + '\n').encode())
   return str(png), str(json_path), nb
@@ -180,7 +187,7 @@ def errors(workdir: str, split: str = 'test', mistakes: int = 12, out=None,
   _positive(batch_size, '--batch_size')
   if not isinstance(mistakes, int) or mistakes < 0:
     raise DataError(f'--mistakes {mistakes!r} must be an integer >= 0')
-  out = _out(out, workdir, f'errors_{split}.png')
+  out = _out(out, workdir, _named(f'errors_{split}', run, '.png'))
   config, step, model, params, run_title = _load(workdir, step, dataset,
                                                  data_dir, run)
   splits, net, names = _open(config, model, params, batch_size)

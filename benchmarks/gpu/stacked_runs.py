@@ -44,7 +44,8 @@ def measure(mode: str, clock: part.Clock, budget_s: float, cifar_dir: str,
     root = pathlib.Path(tmp)
     left = lambda: max(min(budget_s - (time.monotonic() - begun),
                            clock.left()), 10.)
-    one = _job('one_run', [], cifar_dir, mode, root, left() / 2, out_dir,
+    # One run takes about a third of the part, the stack of 8 the rest.
+    one = _job('one_run', [], cifar_dir, mode, root, left() * 0.4, out_dir,
                clock)
     out['one'] = one
     stack = _job(f'runs{runs}', [f'--config.runs={runs}'], cifar_dir, mode,
