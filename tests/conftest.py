@@ -52,6 +52,16 @@ def cifar_dir():
   return require_cifar_subset()
 
 
+@pytest.fixture(scope='session', autouse=True)
+def compilation_cache(tmp_path_factory):
+  """Runs in this process compile through JAX's persistent cache, as the
+  command line does by default (`runtime/compile_cache.py`), in a folder of
+  the session's own: a program compiled twice (a stack sized, then
+  trained) or by several tests is loaded the second time."""
+  from alexnet_jax.runtime import compile_cache  # pylint: disable=g-import-not-at-top
+  compile_cache.enable(str(tmp_path_factory.mktemp('jax_cache')))
+
+
 @pytest.fixture(scope='session')
 def subprocess_env():
   """Environment for running `python -m alexnet_jax.main` from the repo root

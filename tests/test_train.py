@@ -208,7 +208,7 @@ BAD_INPUT = [
     ({'config': 'configs/no_such.py'}, 'cannot load --config: [Errno 2] No '
      "such file or directory: 'configs/no_such.py'"),
     ({'config': 'NO_GET_CONFIG'}, 'defines no get_config()'),
-    ({'runs': 2, 'memory_limit_gib': 0.001}, 'runs 2: the stack needs about'),
+    ({'runs': 2, 'memory_limit_gib': 0.001}, 'a stack of 2 runs needs about'),
     ({'model': 'alexnet_cifar'}, 'was saved by a different model or config '
      '(params/conv1/bias is (16,) float32 there, (48,) float32 here)'),
 ]
