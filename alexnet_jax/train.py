@@ -14,7 +14,7 @@ import json
 from typing import Optional
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 import ml_collections
 
 from alexnet_jax import build
@@ -121,6 +121,12 @@ class _Run:
   """One run's loop and its pieces: train, log, evaluate, save, stop, finish."""
   stacked = 1  # Runs along the state's leading axis (`_Stack`).
   to_host = staticmethod(jax.device_get)  # `_Stack`: from every run group.
+
+  @staticmethod
+  def placed(new, old):
+    """`new` where the state kept `old` (`_Stack`: host figures put back)."""
+    del old
+    return new
 
   def __init__(self, feed, durations, mesh, train_steps, evaluator,
                lr_schedule, ckpt, reporter, stop):
@@ -264,8 +270,8 @@ class _Run:
   def validate(self, state, step: int):
     """Val metrics, the plateau schedule's input, a ranked checkpoint, curves."""
     self.val_metrics, sums = self.evaluate_split('val', state, step)
-    state = state.replace(
-        plateau_value=1. - sums.top1.total / sums.top1.count)
+    state = state.replace(plateau_value=self.placed(
+        1. - sums.top1.total / sums.top1.count, state.plateau_value))
     self.save(state, step, {checkpoints.BEST_METRIC: self.ranked_top1()})
     self.reporter.write_curves()
     return state
@@ -350,6 +356,10 @@ class _Stack(_Run):
   def to_host(self, tree):
     return jax.device_get(self.everywhere(tree))
 
+  @staticmethod
+  def placed(new, old):
+    return jax.device_put(np.asarray(new, old.dtype), old.sharding)
+
   def log_header(self, state, start_step, model_name: str, dataset: str):
     super().log_header(state, start_step, model_name, dataset)
     self.reporter.log(f'{self.stacked} runs in one step:')
@@ -408,7 +418,10 @@ class _Stack(_Run):
     per_run = [self.feed.evaluate(self.evaluator, self.everywhere(
         jax.tree.map(lambda x, i=i: x[i], variables)), name)
                for i in range(self.stacked)]
-    sums = jax.tree.map(lambda *xs: jnp.stack(xs), *per_run)
+    # Stacked on the host: an eager stack of arrays across a spread stack's
+    # devices ran collectives that XLA:CPU could deadlock on.
+    per_run = self.to_host(per_run)
+    sums = jax.tree.map(lambda *xs: np.stack(xs), *per_run)
     each = [evaluation.split_metrics(s) for s in per_run]
     if record:
       for i, metrics in enumerate(each):
